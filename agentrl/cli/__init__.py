@@ -1,0 +1,51 @@
+"""The `agentrl` command: `agentrl train | eval | rollout | view | envs | sandbox ...`.
+
+Each subcommand lives in its own module of this package with two functions:
+``add_parser(subparsers)`` (registers its arguments and ``set_defaults(func=run)``) and
+``run(args) -> int``. Heavy imports happen inside ``run`` so that ``agentrl --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+SUBCOMMANDS = ("train", "eval", "rollout", "view", "envs", "sandbox")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agentrl",
+        description="agentrl: an agentic environment gym and multi-turn RL trainer for LLMs.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"agentrl.cli.{name}")
+        except ModuleNotFoundError as e:  # a subcommand still being written on this branch
+            if e.name != f"agentrl.cli.{name}":
+                raise
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

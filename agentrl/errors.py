@@ -1,0 +1,44 @@
+"""Errors agentrl raises on purpose. Each message says what was wrong and how to fix it.
+
+A bad rollout is data, not a crash: failures inside an episode (a tool error, a dead sandbox, an engine
+timeout) are recorded on the `Trajectory`; these exceptions are for configuration and programming
+errors that the user must fix before a run can make sense.
+"""
+
+from __future__ import annotations
+
+
+class AgentRLError(Exception):
+    """Base class of every error agentrl raises on purpose."""
+
+
+class ConfigError(AgentRLError, ValueError):
+    """A configuration value, file or flag is wrong; the message names it and the fix."""
+
+
+class EnvNotFoundError(AgentRLError, LookupError):
+    """No env is registered under the given name or id."""
+
+
+class SuiteError(ConfigError):
+    """An env suite file is malformed; the message names the file and the offending field."""
+
+
+class SandboxError(AgentRLError):
+    """A sandbox could not be created, or died; the message says why and how to fix it."""
+
+
+class SandboxUnavailableError(SandboxError):
+    """The sandbox backend (e.g. the Docker engine) is not reachable."""
+
+
+class EngineError(AgentRLError):
+    """An inference engine failed (unreachable, crashed, bad answer)."""
+
+
+class ModelNotFoundError(AgentRLError, FileNotFoundError):
+    """A `--model` value is neither a known alias nor a folder with a model in it."""
+
+
+class CheckpointError(AgentRLError):
+    """A checkpoint is missing, incomplete or incompatible."""
