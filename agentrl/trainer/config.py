@@ -1,0 +1,127 @@
+"""Configuration of the RL algorithm and of the training backends (frozen dataclasses, one docstring a field).
+
+The train loop and the CLI build these; the CLI generates its flags from the field docstrings, so every
+field says what it does and what a sensible value is. ``AlgorithmConfig`` is backend-agnostic: the torch
+and the Megatron backend read the same one and call the same loss functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from agentrl.errors import ConfigError
+
+AdvantageEstimator = Literal["grpo", "dr_grpo", "rloo", "reinforce_plus_plus_baseline"]
+PolicyLoss = Literal["ppo", "gspo"]
+LossAggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+KLEstimator = Literal["k1", "k2", "k3", "low_var_kl"]
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    """How advantages and the policy loss are computed (GRPO family)."""
+
+    advantage_estimator: AdvantageEstimator = "grpo"
+    """``grpo``: (r - group mean) / (group std + eps); ``dr_grpo``: r - group mean (no std division);
+    ``rloo``: r - mean of the other samples of the group; ``reinforce_plus_plus_baseline``: r - group
+    mean, then normalised by the std over the whole batch."""
+    adv_eps: float = 1e-6
+    """Added to the std before dividing, so a group of equal rewards gives 0, not NaN."""
+    policy_loss: PolicyLoss = "ppo"
+    """``ppo``: token-level clipped ratio; ``gspo``: one ratio per sequence, the geometric mean of its
+    token ratios (GSPO); use far smaller clip eps with it (the paper: 3e-4 low, 4e-4 high)."""
+    clip_eps_low: float = 0.2
+    """The ratio is clipped from below at ``1 - clip_eps_low``."""
+    clip_eps_high: float = 0.28
+    """The ratio is clipped from above at ``1 + clip_eps_high`` (DAPO's clip-higher: > low keeps
+    exploration alive)."""
+    dual_clip_c: float | None = 3.0
+    """Dual clip: for negative advantages the loss is capped at ``-c * A`` so a huge ratio cannot blow
+    it up (must be > 1). ``None`` turns it off."""
+    loss_agg_mode: LossAggMode = "token-mean"
+    """``token-mean``: mean over every trained token of the batch; ``seq-mean-token-mean``: mean over
+    sequences of each one's token mean (GRPO paper); ``seq-mean-token-sum``: mean over sequences of
+    token sums; ``seq-mean-token-sum-norm``: token sums divided by the constant ``loss_norm_tokens``
+    (Dr.GRPO), so no length bias."""
+    loss_norm_tokens: int | None = None
+    """The constant normaliser of ``seq-mean-token-sum-norm`` (Dr.GRPO uses the max response length).
+    ``None``: the longest trained-token count of the batch."""
+    kl_coef: float = 0.0
+    """Weight of the KL(policy || reference) term added to the loss. 0 skips the reference model
+    entirely (no memory, no forward pass). Search-R1 uses 0.001."""
+    kl_estimator: KLEstimator = "low_var_kl"
+    """Per-token KL estimator (Schulman): ``k1`` = log r, ``k2`` = (log r)^2 / 2, ``k3`` =
+    exp(-log r) + log r - 1, ``low_var_kl`` = k3 clamped as verl does (for numerical safety)."""
+    tis_cap: float | None = None
+    """Truncated importance sampling: weight each token's loss by min(exp(old - rollout logprob),
+    cap), correcting for the engine's sampling differing from the trainer's. ``None`` turns it off;
+    2.0 is the usual cap."""
+    entropy_coef: float = 0.0
+    """Weight of an entropy bonus (subtracted from the loss). Entropy is always logged as a metric."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.clip_eps_low < 1 or self.clip_eps_high < 0:
+            raise ConfigError(
+                f"clip eps low={self.clip_eps_low}, high={self.clip_eps_high}: need 0 <= low < 1 and "
+                "high >= 0 (typical: 0.2 and 0.28)"
+            )
+        if self.dual_clip_c is not None and self.dual_clip_c <= 1.0:
+            raise ConfigError(f"dual_clip_c={self.dual_clip_c} must be > 1 (typical: 3.0) or None")
+        if self.kl_coef < 0:
+            raise ConfigError(f"kl_coef={self.kl_coef} must be >= 0")
+        if self.tis_cap is not None and self.tis_cap <= 0:
+            raise ConfigError(f"tis_cap={self.tis_cap} must be > 0 (typical: 2.0) or None")
+        if self.loss_norm_tokens is not None and self.loss_norm_tokens <= 0:
+            raise ConfigError(f"loss_norm_tokens={self.loss_norm_tokens} must be a positive int or None")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with a linear warmup then a constant learning rate (shared by the training backends)."""
+
+    lr: float = 1e-6
+    """Peak learning rate (Search-R1: 1e-6; tiny models on CPU learn faster with ~1e-5)."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay of AdamW."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    warmup_steps: int = 0
+    """Optimizer steps over which the lr ramps linearly from lr/warmup_steps up to lr; constant after."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this; ``None`` disables clipping (the norm is still logged)."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.warmup_steps < 0:
+            raise ConfigError(f"lr={self.lr} must be > 0 and warmup_steps={self.warmup_steps} >= 0")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ConfigError(f"max_grad_norm={self.max_grad_norm} must be > 0 or None")
+
+
+@dataclass(frozen=True)
+class TorchBackendConfig:
+    """The plain-torch training backend: an HF transformers model on CPU or one GPU."""
+
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    """Advantage / loss / KL settings."""
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    """Optimizer and lr schedule."""
+    device: str = "auto"
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    bf16: bool = True
+    """On GPU, run forward/backward under bf16 autocast (weights and optimizer stay fp32). Ignored on CPU."""
+    gradient_checkpointing: bool = True
+    """On GPU, recompute activations in backward to save memory. Ignored on CPU."""
+    micro_batch_tokens: int = 4096
+    """Token budget of one micro-batch (padded length x sequences); gradients accumulate over
+    micro-batches. A sequence longer than the budget gets a micro-batch of its own."""
+    seed: int = 0
+    """Seed of torch's RNG at construction (dropout, if the model has any)."""
+    gguf_file: str | None = None
+    """Name of a GGUF file inside the model folder to load (e.g. SmolLM2's ``*.gguf``); ``None``: HF weights."""
+
+    def __post_init__(self) -> None:
+        if self.micro_batch_tokens <= 0:
+            raise ConfigError(f"micro_batch_tokens={self.micro_batch_tokens} must be > 0 (try 4096)")
