@@ -66,7 +66,7 @@ class TurnResult:
 class ToolEnv(gym.Env[list[Message], str]):
     """Base of multi-turn tool environments; see the module docstring for the contract."""
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"], "render_fps": 1}
+    metadata = {"render_modes": ["ansi"], "render_fps": 1}  # noqa: RUF012 (gymnasium declares it)
     observation_format: ClassVar[Literal["chat", "inline"]] = "chat"
     stop_strings: ClassVar[tuple[str, ...]] = ()
 
