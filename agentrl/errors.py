@@ -42,3 +42,7 @@ class ModelNotFoundError(AgentRLError, FileNotFoundError):
 
 class CheckpointError(AgentRLError):
     """A checkpoint is missing, incomplete or incompatible."""
+
+
+class RetrievalError(AgentRLError):
+    """A retriever could not answer (server unreachable after retries, bad answer); the episode records it."""
