@@ -119,8 +119,6 @@ class TorchBackendConfig:
     micro-batches. A sequence longer than the budget gets a micro-batch of its own."""
     seed: int = 0
     """Seed of torch's RNG at construction (dropout, if the model has any)."""
-    gguf_file: str | None = None
-    """Name of a GGUF file inside the model folder to load (e.g. SmolLM2's ``*.gguf``); ``None``: HF weights."""
 
     def __post_init__(self) -> None:
         if self.micro_batch_tokens <= 0:

@@ -1,0 +1,71 @@
+"""From trajectories to a :class:`TrainBatch`: advantages per group, broadcast over each episode's tokens.
+
+FAILED and ABORTED episodes (dead sandbox, engine error, aborted generation) are kept out of the group
+statistics, out of the batch and counted in the returned metrics: a bad rollout is data, not a gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from agentrl.rollout.trajectory import Status, Trajectory
+from agentrl.trainer.advantages import compute_advantages
+from agentrl.trainer.backend import TrainBatch
+from agentrl.trainer.config import AlgorithmConfig
+
+
+def trajectory_advantages(trajectories: Sequence[Trajectory], config: AlgorithmConfig) -> torch.Tensor:
+    """One advantage per trajectory, (N,) float32, 0 for the non-trainable ones."""
+    slots: dict[str, int] = {}
+    group_index = torch.tensor(
+        [slots.setdefault(t.group_id, len(slots)) for t in trajectories], dtype=torch.long
+    )
+    rewards = torch.tensor([float(t.reward) for t in trajectories], dtype=torch.float64)
+    valid = torch.tensor([t.trainable for t in trajectories], dtype=torch.bool)
+    return compute_advantages(rewards, group_index, valid, config.advantage_estimator, eps=config.adv_eps)
+
+
+def trajectories_to_batch(
+    trajectories: Sequence[Trajectory], config: AlgorithmConfig
+) -> tuple[TrainBatch, dict[str, float]]:
+    """Build the batch of trainable episodes and the metrics of the conversion.
+
+    Each sequence is ``prompt_ids + response_ids``; prompt tokens get mask 0, logprob 0 and advantage 0;
+    response tokens keep the controller's mask and the engine's logprobs, and carry the episode's
+    advantage where the mask is 1.
+
+    Returns:
+        ``(batch, metrics)``; metrics: ``n_trajectories``, ``n_trainable``, ``n_failed``,
+        ``n_aborted``, ``adv_mean``, ``adv_abs_mean``, ``frac_zero_adv`` (trainable episodes whose
+        advantage is 0, e.g. groups that all succeeded or all failed).
+    """
+    for t in trajectories:
+        t.check()
+    adv = trajectory_advantages(trajectories, config)  # (N,)
+    batch = TrainBatch(input_ids=[], loss_mask=[], advantages=[], rollout_logprobs=[])
+    kept: list[float] = []
+    for t, a in zip(trajectories, adv.tolist(), strict=True):
+        if not t.trainable:
+            continue
+        n_prompt = len(t.prompt_ids)
+        mask = torch.tensor([0.0] * n_prompt + [float(m) for m in t.loss_mask], dtype=torch.float32)  # (T,)
+        batch.input_ids.append(torch.tensor(t.prompt_ids + t.response_ids, dtype=torch.long))
+        batch.loss_mask.append(mask)
+        batch.advantages.append(mask * a)
+        batch.rollout_logprobs.append(
+            torch.tensor([0.0] * n_prompt + list(t.rollout_logprobs), dtype=torch.float32) * mask
+        )
+        kept.append(a)
+    kept_t = torch.tensor(kept, dtype=torch.float32)
+    metrics = {
+        "n_trajectories": float(len(trajectories)),
+        "n_trainable": float(len(kept)),
+        "n_failed": float(sum(t.status == Status.FAILED for t in trajectories)),
+        "n_aborted": float(sum(t.status == Status.ABORTED for t in trajectories)),
+        "adv_mean": float(kept_t.mean().item()) if kept else 0.0,
+        "adv_abs_mean": float(kept_t.abs().mean().item()) if kept else 0.0,
+        "frac_zero_adv": float((kept_t == 0).float().mean().item()) if kept else 0.0,
+    }
+    return batch, metrics
