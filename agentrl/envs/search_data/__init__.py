@@ -45,3 +45,17 @@ def question_types() -> dict[str, list[str]]:
     for t in _all_tasks():
         out[t["split"]].add(t["type"])
     return {s: sorted(v) for s, v in out.items()}
+
+
+@cache
+def _corpus_index() -> dict[str, dict[str, str]]:
+    with gzip.open(CORPUS_PATH, "rt", encoding="utf-8") as f:
+        return {d["id"]: d for d in map(json.loads, f)}
+
+
+def doc_by_id(doc_id: str) -> dict[str, str]:
+    """The packaged corpus document ``doc_id`` (``{"id", "title", "text"}``)."""
+    try:
+        return _corpus_index()[doc_id]
+    except KeyError:
+        raise ConfigError(f"no document {doc_id!r} in the packaged Search corpus") from None

@@ -1,0 +1,250 @@
+"""``agentrl/Search-v0``: Search-R1's search-and-answer protocol over a retriever."""
+
+from __future__ import annotations
+
+import re
+import string
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from agentrl.envs.base import Task, ToolEnv, TurnResult
+from agentrl.envs.spaces import Message
+from agentrl.errors import ConfigError
+from agentrl.tools.parsers import ParseError, TagParser
+from agentrl.tools.retrieval.base import Retriever, format_docs
+
+PROMPT = (
+    "Answer the given question. You must conduct reasoning inside <think> and </think> first every time "
+    "you get new information. After reasoning, if you find you lack some knowledge, you can call a search "
+    "engine by <search> query </search> and it will return the top searched results between "
+    "<information> and </information>. You can search as many times as your want. If you find no further "
+    "external knowledge needed, you can directly provide the answer inside <answer> and </answer>, "
+    "without detailed illustrations. For example, <answer> Beijing </answer>. Question: {question}\n"
+)
+"""Search-R1's user turn, verbatim (typo "as your want" included: trained checkpoints expect it)."""
+INVALID_ACTION = (
+    "\nMy previous action is invalid. If I want to search, I should put the query between <search> and "
+    "</search>. If I want to give the final answer, I should put the answer between <answer> and "
+    "</answer>. Let me try again.\n"
+)
+"""Search-R1's observation after a turn with neither a search nor an answer."""
+
+_retrievers: dict[tuple[str, str], Retriever] = {}
+_retrievers_lock = threading.Lock()
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalisation: lower case, drop punctuation, drop articles, collapse whitespace."""
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, golds: Iterable[str]) -> bool:
+    """True when ``prediction`` equals any gold answer after :func:`normalize_answer`."""
+    pred = normalize_answer(prediction)
+    return any(pred == normalize_answer(g) for g in golds)
+
+
+def information(docs_text: str) -> str:
+    """The observation after a search, spaced exactly as Search-R1 appends it to the response."""
+    return f"\n\n<information>{docs_text.strip()}</information>\n\n"
+
+
+def shared_retriever(kind: str, *, url: str | None = None, corpus: str | None = None) -> Retriever:
+    """One retriever per (kind, location) per process, so that many envs share an index or a pool."""
+    if kind not in ("bm25", "http"):
+        raise ConfigError(f"retriever must be 'bm25', 'http' or a Retriever instance, got {kind!r}")
+    if kind == "http" and not url:
+        raise ConfigError("retriever='http' needs retriever_url, e.g. 'http://127.0.0.1:8000/retrieve'")
+    key = (kind, str(url if kind == "http" else corpus or ""))
+    with _retrievers_lock:
+        if key not in _retrievers:
+            if kind == "http":
+                from agentrl.tools.retrieval.http import HTTPRetriever
+
+                _retrievers[key] = HTTPRetriever(str(url))
+            else:
+                from agentrl.tools.retrieval.bm25 import BM25Retriever
+
+                _retrievers[key] = BM25Retriever.from_file(corpus)
+        return _retrievers[key]
+
+
+def _offline_tasks(split: str) -> list[Task]:
+    from agentrl.envs.search_data import load_tasks
+
+    return [
+        Task(
+            id=r["id"],
+            prompt=r["question"],
+            answer=list(r["answers"]),
+            meta={
+                "type": r["type"],
+                "hops": r["hops"],
+                "docs": list(r["docs"]),
+                "data_source": "agentrl-offline",
+            },
+        )
+        for r in load_tasks(split)
+    ]
+
+
+class SearchEnv(ToolEnv):
+    """Question answering with a search engine, in Search-R1's exact protocol.
+
+    ## Description
+    Each episode is one factoid question. The agent reasons in ``<think>``, searches with
+    ``<search> query </search>`` (generation stops at ``</search>``), reads the top ``topk`` passages
+    returned inside ``<information>``, and ends with ``<answer> ... </answer>``. By default the questions
+    and the corpus are the packaged offline set (countries, capitals, chemical elements and WordNet named
+    entities; single- and two-hop questions; see ``agentrl/envs/search_data``); ``task_file`` reads
+    Search-R1 parquet/JSONL data (NQ, HotpotQA...) instead, to be used with an HTTP retriever over wiki-18.
+
+    ## Action
+    The agent's turn as text. The first ``<search>``/``<answer>`` tag outside ``<think>`` is the action
+    (Search-R1 takes the first tag anywhere; a tag inside ``<think>`` is not executed here).
+
+    ## Observation
+    ``observation_format = "inline"``: observations are appended raw inside the assistant turn and masked
+    out of the loss. Reset gives one user message, :data:`PROMPT` with the question. After a search: one
+    message ``"\\n\\n<information>Doc 1(Title: t) text\\nDoc 2(...)...</information>\\n\\n"``; after an
+    invalid turn: :data:`INVALID_ACTION`; after an answer: nothing.
+
+    ## Reward
+    1.0 when the answer equals a gold alias after SQuAD normalisation (:func:`exact_match`), else 0.0;
+    given on the answer turn. ``info["success"]`` says the same; ``info["tool_calls"]`` counts searches.
+
+    ## Episode End
+    Terminated on the first turn with an ``<answer>``; truncated after ``max_turns`` turns without one
+    (Search-R1's "max turns 4" is 4 search rounds plus a final answer, i.e. ``max_turns=5`` here).
+
+    ## Arguments
+    * ``split``: ``"train"``, ``"test"`` (training question types, unseen subjects) or ``"heldout"``
+      (question types never seen in training).
+    * ``max_turns``: turn limit (default 5).
+    * ``retriever``: ``"bm25"`` (local bm25s index, default), ``"http"`` (a server speaking Search-R1's
+      ``POST /retrieve``; give ``retriever_url``) or a :class:`~agentrl.tools.retrieval.base.Retriever`.
+    * ``retriever_url``: URL of the ``/retrieve`` endpoint for ``retriever="http"``.
+    * ``corpus``: JSONL(.gz) corpus for ``retriever="bm25"`` (default: the packaged one).
+    * ``topk``: passages per search (default 3).
+    * ``hops``: keep only questions needing these many documents (an int or a list, e.g. ``2``).
+    * ``question_types``: keep only these question types (e.g. ``["capital_of"]``).
+    * ``task_file``: a Search-R1 ``.parquet``/``.jsonl`` QA file to read tasks from instead.
+
+    ## Version History
+    * v0: initial version.
+    """
+
+    observation_format = "inline"
+    stop_strings = ("</search>", "</answer>")
+
+    def __init__(
+        self,
+        *,
+        split: str = "train",
+        max_turns: int = 5,
+        retriever: str | Retriever = "bm25",
+        retriever_url: str | None = None,
+        corpus: str | None = None,
+        topk: int = 3,
+        hops: int | Sequence[int] | None = None,
+        question_types: Sequence[str] | None = None,
+        task_file: str | Path | None = None,
+        tasks: Sequence[Task] | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        if topk < 1:
+            raise ConfigError(f"topk must be >= 1, got {topk}")
+        self.topk = topk
+        self.hops = None if hops is None else {hops} if isinstance(hops, int) else set(hops)
+        self.question_types = None if question_types is None else set(question_types)
+        self.task_file = task_file
+        self._retriever_spec = retriever
+        self._retriever_args = {"url": retriever_url, "corpus": corpus}
+        self._retriever: Retriever | None = retriever if isinstance(retriever, Retriever) else None
+        if isinstance(retriever, str) and (
+            retriever not in ("bm25", "http") or (retriever == "http" and not retriever_url)
+        ):
+            shared_retriever(retriever, url=retriever_url)  # raises the ConfigError that says what to pass
+        self._parser = TagParser({"search": "query", "answer": "answer"})
+        super().__init__(split=split, max_turns=max_turns, tasks=tasks, render_mode=render_mode)
+
+    # ----------------------------------------------------------------- ToolEnv hooks
+    def load_tasks(self, split: str) -> Sequence[Task]:
+        """The split's tasks (offline set or ``task_file``), after the ``hops``/``question_types`` filters."""
+        if self.task_file is not None:
+            from agentrl.envs.qa_files import read_qa_tasks
+
+            tasks = read_qa_tasks(self.task_file)
+        else:
+            tasks = _offline_tasks(split)
+        if self.question_types is not None:
+            known = {str(t.meta.get("type")) for t in tasks}
+            if unknown := sorted(self.question_types - known):
+                raise ConfigError(
+                    f"question_types {unknown} do not occur in split {split!r}; available: {sorted(known)}"
+                )
+            tasks = [t for t in tasks if t.meta.get("type") in self.question_types]
+        if self.hops is not None:
+            tasks = [t for t in tasks if t.meta.get("hops") in self.hops]
+        return tasks
+
+    def initial_messages(self, task: Task) -> list[Message]:
+        question = task.prompt.strip()
+        if not question.endswith("?"):
+            question += "?"  # as Search-R1's data preparation does
+        return [{"role": "user", "content": PROMPT.format(question=question)}]
+
+    def turn(self, text: str) -> TurnResult:
+        assert self.task is not None
+        calls = self._parser.parse(text)
+        if isinstance(calls, ParseError) or not calls:
+            kind = calls.kind if isinstance(calls, ParseError) else "no_action"
+            return TurnResult([self._obs(INVALID_ACTION)], info={"tool_calls": 0, "invalid_action": kind})
+        call = calls[0]
+        if call.name == "answer":
+            answer = str(call.arguments["answer"])
+            golds = self.task.answer if isinstance(self.task.answer, list) else [self.task.answer]
+            success = exact_match(answer, [str(g) for g in golds])
+            info = {"tool_calls": 0, "success": success, "answer": answer}
+            return TurnResult([], reward=float(success), terminated=True, info=info)
+        query = str(call.arguments["query"])
+        docs = self.retriever.search([query], self.topk)[0]
+        info = {"tool_calls": 1, "query": query, "doc_ids": [d.id for d in docs]}
+        return TurnResult([self._obs(information(format_docs(docs)))], info=info)
+
+    @staticmethod
+    def _obs(content: str) -> Message:
+        return {"role": "tool", "name": "search", "content": content}
+
+    @property
+    def retriever(self) -> Retriever:
+        """The retriever, created on first use and shared with the other envs of this process."""
+        if self._retriever is None:
+            assert isinstance(self._retriever_spec, str)
+            self._retriever = shared_retriever(self._retriever_spec, **self._retriever_args)
+        return self._retriever
+
+    # ----------------------------------------------------------------- checks
+    def scripted_episode(self) -> list[str]:
+        """Agent turns that solve the current task: one search per gold document, then the answer.
+
+        Each query is the gold document's title and first sentence, which the retriever ranks first for
+        the packaged corpus; tasks read from ``task_file`` (no gold documents) search the question.
+        Used by ``agentrl envs check search``.
+        """
+        assert self.task is not None, "call reset() first"
+        from agentrl.envs.search_data import doc_by_id
+
+        queries = []
+        for doc_id in self.task.meta.get("docs") or []:
+            doc = doc_by_id(doc_id)
+            queries.append(f"{doc['title']} {doc['text'].split('. ')[0]}")
+        turns = [
+            f"<think> I need to look this up. </think>\n<search> {q} </search>"
+            for q in queries or [self.task.prompt]
+        ]
+        golds = self.task.answer if isinstance(self.task.answer, list) else [self.task.answer]
+        return [*turns, f"<think> I found it. </think>\n<answer> {golds[0]} </answer>"]
