@@ -1,0 +1,292 @@
+"""The Ray side of a run: a local (loopback-bound) Ray instance, and the trainer / engine / rollout actors.
+
+Three actors, one process each, so that a run scales from a laptop to a cluster without code changes:
+
+* :class:`TrainerWorker` holds the training backend (torch or Megatron): train steps, weights, checkpoints.
+* :class:`EngineWorker` holds an :class:`~agentrl.rollout.embedded_engine.EmbeddedEngine` and serves
+  ``generate`` concurrently (an async actor, so concurrent requests batch inside the engine).
+  SGLang engines need no actor: their servers are already processes, driven over HTTP by the
+  rollout manager.
+* :class:`~agentrl.trainer.rollout_manager.RolloutManager` runs the multi-turn controller over envs.
+
+Actors are created with ``max_restarts=0`` on purpose (RELIABILITY F24): a restarted trainer would
+have lost its optimizer state, so a dead actor must surface as an exception in the driver, which
+exits non-zero and is resumed from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agentrl.errors import ConfigError
+from agentrl.rollout.engine import GenerateOutput, SamplingParams
+from agentrl.rollout.trajectory import Trajectory
+from agentrl.trainer.train_config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(config: TrainConfig) -> None:
+    """Connect to ``config.ray_address``, or start a local Ray bound to 127.0.0.1 (no dashboard)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if config.ray_address:
+        ray.init(address=config.ray_address, log_to_driver=True)
+        return
+    ray.init(
+        address="local",
+        num_cpus=config.num_cpus or os.cpu_count() or 1,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=True,
+        configure_logging=False,
+    )
+
+
+def set_threads(num_cpus: int | None) -> None:
+    """Ray sets OMP_NUM_THREADS=1 in workers; the phases of a run never overlap, so each actor may use
+    every core while it works."""
+    torch.set_num_threads(max(1, num_cpus or os.cpu_count() or 1))
+
+
+def make_backend(model_path: Path, config: TrainConfig) -> Any:
+    """The training backend ``config.backend`` names, on ``model_path``."""
+    if config.backend == "torch":
+        from agentrl.trainer.torch_backend import TorchBackend
+
+        return TorchBackend(model_path, config.torch_backend_config())
+    try:
+        from agentrl.trainer.megatron.backend import MegatronBackend, MegatronBackendConfig
+    except ImportError as e:
+        raise ConfigError(
+            f"--backend megatron could not be imported ({e}); install the megatron extra "
+            "(pip install 'agentrl[megatron]') on a CUDA machine, or use --backend torch"
+        ) from e
+    return MegatronBackend(
+        model_path,
+        MegatronBackendConfig(algorithm=config.algorithm, optimizer=config.optimizer, seed=config.seed),
+    )
+
+
+def split_by_group(trajectories: Sequence[Trajectory], parts: int) -> list[list[Trajectory]]:
+    """Split a rollout into ``parts`` mini-batches of whole groups (advantages are per group)."""
+    groups: dict[str, list[Trajectory]] = {}
+    for t in trajectories:
+        groups.setdefault(t.group_id, []).append(t)
+    ordered = list(groups.values())
+    per_part = -(-len(ordered) // parts) if ordered else 0
+    return [
+        [t for group in ordered[i * per_part : (i + 1) * per_part] for t in group]
+        for i in range(parts)
+        if ordered[i * per_part : (i + 1) * per_part]
+    ]
+
+
+class TrainerWorker:
+    """Owns the training backend; the loop calls it once per rollout to train and hand out weights."""
+
+    def __init__(self, model_path: str, config: TrainConfig) -> None:
+        set_threads(config.num_cpus)
+        self.config = config
+        self.backend = make_backend(Path(model_path), config)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def train(self, trajectories: list[Trajectory]) -> dict[str, float]:
+        """``steps_per_rollout`` optimizer steps over the rollout, whole groups per step; mean metrics."""
+        from agentrl.trainer.batch import trajectories_to_batch
+
+        sums: dict[str, float] = {}
+        parts = split_by_group(trajectories, self.config.steps_per_rollout)
+        for part in parts:
+            batch, batch_metrics = trajectories_to_batch(part, self.config.algorithm)
+            step_metrics = self.backend.train_step(batch) if len(batch) else {}
+            for key, value in {**batch_metrics, **step_metrics}.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+        out = {f"train/{k}": v / max(1, len(parts)) for k, v in sums.items()}
+        out["train/optimizer_steps"] = float(len(parts))
+        return out
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights under HF names, for the embedded engine (sent through Ray's object store)."""
+        return {name: tensor.detach().cpu() for name, tensor in self.backend.hf_state_dict()}
+
+    def export_hf(self, path: str) -> str:
+        self.backend.export_hf(Path(path))
+        return path
+
+    def save(self, path: str) -> None:
+        self.backend.save(Path(path))
+
+    def load(self, path: str) -> None:
+        self.backend.load(Path(path))
+
+    def save_checkpoint(self, root: str, step: int, loop_state: dict[str, Any], keep_last: int) -> str:
+        """Write ``root/step_N`` atomically (backend state + the loop's state) and move ``latest`` to it."""
+        from agentrl.trainer.checkpoint import save_checkpoint
+
+        return str(save_checkpoint(Path(root), step, self.backend, loop_state, keep_last=keep_last))
+
+    def load_checkpoint(self, root: str) -> dict[str, Any] | None:
+        """Restore the latest complete checkpoint under ``root``; its loop state, or None if there is none."""
+        from agentrl.trainer.checkpoint import load_latest
+
+        return load_latest(Path(root), self.backend)
+
+
+class EngineWorker:
+    """Hosts an embedded engine; ``generate`` calls from the rollout manager run concurrently here."""
+
+    def __init__(self, model_path: str, num_cpus: int | None, engine_kwargs: dict[str, Any]) -> None:
+        from agentrl.rollout.embedded_engine import EmbeddedEngine
+
+        set_threads(num_cpus)
+        self.engine = EmbeddedEngine(model_path, **engine_kwargs)
+
+    async def generate(
+        self, input_ids: list[int], sampling: SamplingParams, session_id: str | None = None
+    ) -> GenerateOutput:
+        return await self.engine.generate(input_ids, sampling, session_id=session_id)
+
+    async def update_weights(self, source: Any, version: int) -> None:
+        await self.engine.update_weights(source, version=version)
+
+    async def health(self) -> bool:
+        return bool(await self.engine.health())
+
+    async def pause(self) -> None:
+        await self.engine.pause()
+
+    async def resume(self) -> None:
+        await self.engine.resume()
+
+    async def abort(self, session_id: str | None = None) -> None:
+        await self.engine.abort(session_id)
+
+    async def close(self) -> None:
+        await self.engine.close()
+
+
+class RemoteEngine:
+    """The :class:`~agentrl.rollout.engine.Engine` protocol over an :class:`EngineWorker` actor handle."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+
+    async def generate(
+        self, input_ids: list[int], sampling: SamplingParams, *, session_id: str | None = None
+    ) -> GenerateOutput:
+        return await self.actor.generate.remote(input_ids, sampling, session_id)
+
+    async def update_weights(self, source: Any, *, version: int) -> None:
+        await self.actor.update_weights.remote(source, version)
+
+    async def health(self) -> bool:
+        return bool(await self.actor.health.remote())
+
+    async def pause(self) -> None:
+        await self.actor.pause.remote()
+
+    async def resume(self) -> None:
+        await self.actor.resume.remote()
+
+    async def abort(self, session_id: str | None = None) -> None:
+        await self.actor.abort.remote(session_id)
+
+    async def close(self) -> None:
+        await self.actor.close.remote()
+
+
+@dataclass
+class Actors:
+    """Handles of a run's actors; ``None`` where a debug mode does without one."""
+
+    trainer: Any
+    rollout: Any
+    engines: list[Any] = field(default_factory=list)
+
+    def shutdown(self) -> None:
+        """Close the rollout manager (envs, SGLang servers), then kill every actor."""
+        import ray
+
+        if self.rollout is not None:
+            try:
+                ray.get(self.rollout.close.remote(), timeout=60)
+            except Exception as e:  # a dead actor must not mask the error that killed the run
+                log.warning("closing the rollout manager failed: %s", e)
+        for actor in [self.rollout, self.trainer, *self.engines]:
+            if actor is not None:
+                ray.kill(actor)
+
+
+def _sglang_engine(config: TrainConfig, model_path: str) -> Any:
+    from agentrl.rollout.sglang_engine import SGLangEngine, SGLangEngineConfig
+
+    return SGLangEngine(
+        SGLangEngineConfig(
+            model_path=model_path,
+            python=config.sglang_python,
+            urls=tuple(config.sglang_urls),
+            num_servers=config.num_engines,
+            extra_args=tuple(config.sglang_args),
+        )
+    )
+
+
+def create_actors(config: TrainConfig, model_path: Path, env_factory: Any, log_dir: Path) -> Actors:
+    """Start Ray (if needed) and the actors ``config`` calls for; write their pids to ``actors.json``."""
+    import ray
+
+    from agentrl.trainer.rollout_manager import RolloutManager, env_specs
+
+    init_ray(config)
+    options = {"num_cpus": 0, "max_restarts": 0}
+    trainer: Any = None
+    if not config.debug_rollout_only:
+        trainer = ray.remote(TrainerWorker).options(**options).remote(str(model_path), config)
+    rollout: Any = None
+    engines: list[Any] = []
+    if not config.debug_train_only:
+        engine: Any
+        if config.engine == "embedded":
+            worker = ray.remote(EngineWorker).options(max_concurrency=1024, **options)
+            engines = [worker.remote(str(model_path), config.num_cpus, {"seed": config.seed})]
+            engine = RemoteEngine(engines[0])
+        else:
+            engine = functools.partial(_sglang_engine, config, str(model_path))
+        rollout = (
+            ray.remote(RolloutManager)
+            .options(**options)
+            .remote(
+                engine,
+                str(model_path),
+                env_specs(config.env, config.suite, "" if config.suite else config.split, config.env_kwargs),
+                eval_specs=env_specs(config.env, config.suite, config.eval_split, config.env_kwargs),
+                max_turns=config.max_turns,
+                max_new_tokens=config.max_new_tokens,
+                max_context=config.max_context,
+                max_concurrency=config.max_concurrency,
+                seed=config.seed,
+                env_factory=env_factory,
+            )
+        )
+    actors = Actors(trainer, rollout, engines)
+    pids = {
+        "trainer": trainer.pid.remote() if trainer else None,
+        "rollout": rollout.pid.remote() if rollout else None,
+    }
+    resolved = {k: ray.get(v) if v is not None else None for k, v in pids.items()}
+    (log_dir / "actors.json").write_text(json.dumps(resolved) + "\n", encoding="utf-8")
+    return actors

@@ -1,0 +1,141 @@
+"""Evaluation: run a suite's episodes, aggregate per env (success, reward, turns, pass@k), write a report.
+
+The report is three artefacts in one folder: ``report.json`` (everything, for scripts), ``report.md``
+(a Markdown table, for humans and PRs) and one ``<env>.png`` per env (bars of success / reward /
+turns and the pass@k curve).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentrl.rollout.trajectory import Trajectory
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples of which ``c`` succeeded (Chen et al. 2021, HumanEval).
+
+    ``1 - C(n - c, k) / C(n, k)``: the chance that at least one of ``k`` samples drawn without
+    replacement from the ``n`` succeeds.
+    """
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples per task, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+@dataclass
+class EnvReport:
+    """Aggregates of one suite entry."""
+
+    env: str
+    split: str
+    episodes: int
+    tasks: int
+    success: float
+    reward: float
+    turns: float
+    tool_calls: float
+    response_tokens: float
+    pass_at_k: dict[int, float] = field(default_factory=dict)
+    status: dict[str, int] = field(default_factory=dict)
+
+
+def _success(t: Trajectory) -> bool:
+    value = t.metrics.get("success")
+    return bool(value) if value is not None else t.reward > 0
+
+
+def summarize_env(env: str, split: str, trajectories: Sequence[Trajectory], ks: Sequence[int]) -> EnvReport:
+    """Per-env means over all episodes (FAILED / ABORTED count as failures: a broken episode did not
+    solve the task) and pass@k per task, averaged over tasks."""
+    n_eps = max(1, len(trajectories))
+    by_task: dict[str, list[bool]] = defaultdict(list)
+    for t in trajectories:
+        by_task[t.task_id].append(t.trainable and _success(t))
+    min_samples = min((len(v) for v in by_task.values()), default=0)
+    passk = {
+        k: sum(pass_at_k(len(v), sum(v), k) for v in by_task.values()) / max(1, len(by_task))
+        for k in ks
+        if k <= min_samples
+    }
+    return EnvReport(
+        env=env,
+        split=split,
+        episodes=len(trajectories),
+        tasks=len(by_task),
+        success=sum(t.trainable and _success(t) for t in trajectories) / n_eps,
+        reward=sum(t.reward for t in trajectories) / n_eps,
+        turns=sum(len(t.turns) for t in trajectories) / n_eps,
+        tool_calls=sum(float(t.metrics.get("tool_calls", 0) or 0) for t in trajectories) / n_eps,
+        response_tokens=sum(sum(t.loss_mask) for t in trajectories) / n_eps,
+        pass_at_k=passk,
+        status=dict(Counter(t.status.value for t in trajectories)),
+    )
+
+
+def markdown_table(reports: Sequence[EnvReport]) -> str:
+    """One row per env: episodes, success, reward, turns, tool calls, pass@k columns."""
+    ks = sorted({k for r in reports for k in r.pass_at_k})
+    head = [
+        "env",
+        "split",
+        "episodes",
+        "success",
+        "reward",
+        "turns",
+        "tool calls",
+        *[f"pass@{k}" for k in ks],
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in reports:
+        cells = [r.env, r.split, str(r.episodes), f"{r.success:.3f}", f"{r.reward:.3f}", f"{r.turns:.2f}"]
+        cells += [f"{r.tool_calls:.2f}", *[f"{r.pass_at_k[k]:.3f}" if k in r.pass_at_k else "-" for k in ks]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_env(report: EnvReport, path: Path) -> Path:
+    """Bars of success / reward / turns, and pass@k against k, for one env."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    names, values = ["success", "reward", "turns"], [report.success, report.reward, report.turns]
+    left.bar(names, values, color=["tab:green", "tab:blue", "tab:gray"])
+    for i, v in enumerate(values):
+        left.text(i, v, f"{v:.2f}", ha="center", va="bottom")
+    left.set_title(f"{report.env} ({report.split}, {report.episodes} episodes)")
+    ks = sorted(report.pass_at_k)
+    right.plot(ks, [report.pass_at_k[k] for k in ks], "o-")
+    right.set_xlabel("k")
+    right.set_ylabel("pass@k")
+    right.set_ylim(0, 1.05)
+    right.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(reports: Sequence[EnvReport], out_dir: Path, meta: dict[str, Any]) -> dict[str, Path]:
+    """Write ``report.json``, ``report.md`` and ``<env>.png`` files into ``out_dir``; return their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "report.json", "markdown": out_dir / "report.md"}
+    payload = {**meta, "envs": [asdict(r) for r in reports]}
+    paths["json"].write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    title = f"# agentrl eval: {meta.get('suite', '')} with {meta.get('model', '')}\n\n"
+    paths["markdown"].write_text(title + markdown_table(reports), encoding="utf-8")
+    for i, r in enumerate(reports):
+        stem = f"{i:02d}_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in r.env)
+        paths[f"plot_{i}"] = plot_env(r, out_dir / f"{stem}.png")
+    return paths

@@ -1,0 +1,85 @@
+"""The train loop: generate -> advantages -> train -> sync weights -> eval -> checkpoint.
+
+This file is meant to be read top to bottom in a minute. The pieces it calls live elsewhere: the actors
+and their set-up in :mod:`agentrl.trainer.run` / :mod:`agentrl.trainer.actors`, the rollout manager in
+:mod:`agentrl.trainer.rollout_manager`, advantages and losses in the backend's ``train_step``, metrics in
+:mod:`agentrl.trainer.metrics`.
+
+Run it with ``agentrl train --env search --max-turns 5`` (see ``agentrl train --help``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from agentrl.trainer.metrics import dump_rollouts, plot_curves, read_metrics, rollout_metrics, summarize
+from agentrl.trainer.rollout_manager import EnvFactory
+from agentrl.trainer.run import Run
+from agentrl.trainer.train_config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What a finished run leaves behind."""
+
+    log_dir: Path
+    """metrics.jsonl, tensorboard/, rollouts/, curves.png, summary.txt."""
+    last_step: int
+    """The last rollout step trained (equals num_rollouts when the run completed)."""
+    summary: str
+    """The printed summary of what improved."""
+    hf_dir: Path | None
+    """The exported policy (HF folder), when --export-hf."""
+
+
+@contextmanager
+def timed(metrics: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    metrics[f"time/{name}_s"] = time.perf_counter() - start
+
+
+def train(config: TrainConfig, *, env_factory: EnvFactory | None = None) -> RunResult:
+    """Run ``config`` to the end; raises if an actor dies (the run is then resumed from a checkpoint)."""
+    run = Run.start(config, env_factory=env_factory)
+    try:
+        if run.start_step == 0 and run.can_evaluate:
+            run.logger.log(0, run.evaluate(step=0))
+        for step in range(run.start_step + 1, config.num_rollouts + 1):
+            metrics: dict[str, float] = {}
+            with timed(metrics, "rollout"):
+                trajectories = run.generate(step)  # groups of n episodes per task, filtered
+            metrics.update(rollout_metrics(trajectories))
+            if config.dump_interval and step % config.dump_interval == 0:
+                dump_rollouts(trajectories, run.log_dir, step)
+            if not config.debug_rollout_only:
+                with timed(metrics, "train"):
+                    metrics.update(run.train(trajectories))  # advantages + steps_per_rollout optimizer steps
+                with timed(metrics, "sync"):
+                    run.sync_weights(version=step)  # state dict (embedded) or HF folder on disk (SGLang)
+            metrics["perf/tokens_per_s"] = metrics["rollout/total_tokens"] / max(
+                1e-9, sum(v for k, v in metrics.items() if k.startswith("time/"))
+            )
+            if run.can_evaluate and config.eval_interval and step % config.eval_interval == 0:
+                metrics.update(run.evaluate(step=step))
+            run.logger.log(step, metrics)
+            if config.save and (step % config.save_interval == 0 or step == config.num_rollouts):
+                run.checkpoint(step)
+        last_step = config.num_rollouts
+        if run.can_evaluate and (not config.eval_interval or last_step % config.eval_interval):
+            run.logger.log(last_step, run.evaluate(step=last_step))
+        hf_dir = run.export_hf() if config.export_hf and not config.debug_rollout_only else None
+    finally:
+        run.close()
+    records = read_metrics(run.log_dir / "metrics.jsonl")
+    plot_curves(records, run.log_dir / "curves.png")
+    summary = summarize(records)
+    (run.log_dir / "summary.txt").write_text(summary + "\n", encoding="utf-8")
+    return RunResult(run.log_dir, last_step, summary, hf_dir)

@@ -1,0 +1,190 @@
+"""One training run's moving parts, behind the few verbs the train loop uses.
+
+:class:`Run` owns the log folder, the Ray actors (trainer, engine, rollout manager), the task sampler
+and the metrics logger; :func:`agentrl.trainer.loop.train` only calls ``generate``, ``train``,
+``sync_weights``, ``evaluate``, ``checkpoint`` and ``export_hf`` on it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agentrl.cli.dataclass_args import config_to_dict
+from agentrl.errors import CheckpointError, ConfigError
+from agentrl.rollout.trajectory import Trajectory, load_jsonl
+from agentrl.trainer.actors import Actors, create_actors
+from agentrl.trainer.metrics import MetricsLogger, rollout_metrics
+from agentrl.trainer.rollout_manager import EnvFactory, GenerationSettings
+from agentrl.trainer.task_sampler import TaskSampler
+from agentrl.trainer.train_config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def keep_informative_groups(
+    trajectories: list[Trajectory], groups: int, dynamic_filter: bool
+) -> list[Trajectory]:
+    """The first ``groups`` groups, skipping (with ``dynamic_filter``) those whose rewards all agree."""
+    by_group: dict[str, list[Trajectory]] = {}
+    for t in trajectories:
+        by_group.setdefault(t.group_id, []).append(t)
+    kept = [
+        g for g in by_group.values() if not dynamic_filter or len({t.reward for t in g if t.trainable}) > 1
+    ][:groups]
+    return [t for g in kept for t in g]
+
+
+@dataclass
+class Run:
+    config: TrainConfig
+    log_dir: Path
+    actors: Actors
+    sampler: TaskSampler | None
+    eval_keys: list[str]
+    logger: MetricsLogger
+    start_step: int = 0
+
+    @classmethod
+    def start(cls, config: TrainConfig, *, env_factory: EnvFactory | None = None) -> Run:
+        """Make the log folder, log the resolved config, start Ray and the actors, resume if asked."""
+        from agentrl.models import resolve_model
+
+        log_dir = Path(config.log_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+        log_dir.mkdir(parents=True, exist_ok=True)
+        resolved = json.dumps(config_to_dict(config), indent=2)
+        (log_dir / "config.json").write_text(resolved + "\n", encoding="utf-8")
+        log.info("resolved config:\n%s", resolved)
+        model_path = resolve_model(config.model)
+        actors = create_actors(config, model_path, env_factory, log_dir)
+        sampler, eval_keys = None, []
+        if actors.rollout is not None:
+            import ray
+
+            train_keys, all_eval = ray.get(
+                [actors.rollout.task_keys.remote("train"), actors.rollout.task_keys.remote("eval")]
+            )
+            sampler = TaskSampler(train_keys, seed=config.seed)
+            eval_keys = all_eval[: config.eval_episodes]
+        run = cls(config, log_dir, actors, sampler, eval_keys, logger=None)  # type: ignore[arg-type]
+        if config.resume:
+            run.start_step = run._resume()
+        run.logger = MetricsLogger(
+            log_dir, total_steps=config.num_rollouts, initial_step=run.start_step, progress=config.progress
+        )
+        return run
+
+    @property
+    def can_evaluate(self) -> bool:
+        return bool(self.eval_keys) and self.actors.rollout is not None
+
+    def generate(self, step: int) -> list[Trajectory]:
+        """One rollout: ``rollout_batch_size`` groups of ``n_samples_per_prompt`` episodes."""
+        import ray
+
+        c = self.config
+        if c.debug_train_only:
+            return self._replay(step)
+        assert self.sampler is not None
+        n_prompts = math.ceil(c.rollout_batch_size * (c.over_sample if c.dynamic_filter else 1.0))
+        settings = GenerationSettings(c.n_samples_per_prompt, c.temperature, c.top_p, step)
+        keys = self.sampler.sample(n_prompts)
+        trajectories = ray.get(self.actors.rollout.generate.remote(keys, settings))
+        return keep_informative_groups(trajectories, c.rollout_batch_size, c.dynamic_filter)
+
+    def _replay(self, step: int) -> list[Trajectory]:
+        source = Path(self.config.debug_train_only or "")
+        files = sorted(source.glob("step_*.jsonl")) if source.is_dir() else [source]
+        if not files or not files[0].exists():
+            raise ConfigError(f"--debug-train-only {source}: no rollout dump (step_*.jsonl) found there")
+        return list(load_jsonl(files[(step - 1) % len(files)]))
+
+    def train(self, trajectories: list[Trajectory]) -> dict[str, float]:
+        import ray
+
+        return dict(ray.get(self.actors.trainer.train.remote(trajectories)))
+
+    def sync_weights(self, version: int) -> None:
+        """Push the trainer's weights to the engine: in memory (embedded) or through an HF folder (SGLang)."""
+        import ray
+
+        if self.actors.rollout is None:
+            return
+        if self.config.engine == "embedded":
+            source: Any = self.actors.trainer.state_dict.remote()
+        else:
+            folder = self.log_dir / "weights" / f"v{version:06d}"
+            source = ray.get(self.actors.trainer.export_hf.remote(str(folder)))
+        ray.get(self.actors.rollout.update_weights.remote(source, version))
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Greedy episodes on the first ``eval_episodes`` tasks of the eval split (the same every time)."""
+        import ray
+
+        settings = GenerationSettings(n_samples=1, temperature=0.0, step=0)
+        start = time.perf_counter()
+        trajectories = ray.get(self.actors.rollout.generate.remote(self.eval_keys, settings))
+        metrics = rollout_metrics(trajectories, prefix="eval/")
+        metrics["time/eval_s"] = time.perf_counter() - start
+        self.logger.write(
+            f"eval @ step {step}: reward {metrics['eval/reward']:.3f}, success {metrics['eval/success']:.3f}"
+        )
+        return metrics
+
+    def _loop_state(self, step: int) -> dict[str, Any]:
+        return {
+            "step": step,
+            "sampler": self.sampler.state_dict() if self.sampler else None,
+            "python_rng": random.getstate(),
+            "numpy_rng": np.random.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def checkpoint(self, step: int) -> None:
+        import ray
+
+        assert self.config.save
+        ray.get(
+            self.actors.trainer.save_checkpoint.remote(
+                self.config.save, step, self._loop_state(step), self.config.keep_last
+            )
+        )
+
+    def _resume(self) -> int:
+        import ray
+
+        state = ray.get(self.actors.trainer.load_checkpoint.remote(self.config.save))
+        if state is None:
+            raise CheckpointError(
+                f"--resume: no complete checkpoint in {self.config.save}; run without --resume"
+            )
+        if self.sampler is not None and state["sampler"] is not None:
+            self.sampler.load_state_dict(state["sampler"])
+        random.setstate(state["python_rng"])
+        np.random.set_state(state["numpy_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        step = int(state["step"])
+        self.sync_weights(version=step)
+        log.info("resumed from step %d of %s", step, self.config.save)
+        return step
+
+    def export_hf(self) -> Path:
+        import ray
+
+        folder = self.log_dir / "hf_model"
+        ray.get(self.actors.trainer.export_hf.remote(str(folder)))
+        return folder
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
+        self.actors.shutdown()
