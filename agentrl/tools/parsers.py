@@ -78,6 +78,32 @@ def json_depth(payload: str) -> int:
     return deepest
 
 
+def _close_outside_strings(text: str, start: int, close_tag: str) -> int:
+    """Index of the first ``close_tag`` after ``start`` that is not inside a JSON string.
+
+    A call whose code argument mentions ``</tool_call>`` must not be cut there. When the JSON's quotes
+    are unbalanced, the first occurrence anywhere is used, so the JSON error is reported, not a
+    missing close tag.
+    """
+    in_string = escaped = False
+    i = start
+    while i < len(text):
+        ch = text[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif text.startswith(close_tag, i):
+            return i
+        i += 1
+    return text.find(close_tag, start)
+
+
 @dataclass(frozen=True)
 class _Limits:
     max_text_chars: int
@@ -151,7 +177,7 @@ class HermesParser:
         pos = 0
         while (start := text.find(self.open_tag, pos)) != -1:
             start += len(self.open_tag)
-            end = text.find(self.close_tag, start)
+            end = _close_outside_strings(text, start, self.close_tag)
             if end == -1:
                 return ParseError(
                     "truncated",
