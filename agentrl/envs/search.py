@@ -231,8 +231,9 @@ class SearchEnv(ToolEnv):
     def scripted_episode(self) -> list[str]:
         """Agent turns that solve the current task: one search per gold document, then the answer.
 
-        Each query is the gold document's title and first sentence, which the retriever ranks first for
-        the packaged corpus; tasks read from ``task_file`` (no gold documents) search the question.
+        Each query is the gold document's title and text (an oracle query: it checks the search path,
+        not retrieval quality, which ``bench/retrieval.py`` measures); tasks read from ``task_file`` (no
+        gold documents) search the question.
         Used by ``agentrl envs check search``.
         """
         assert self.task is not None, "call reset() first"
@@ -241,7 +242,7 @@ class SearchEnv(ToolEnv):
         queries = []
         for doc_id in self.task.meta.get("docs") or []:
             doc = doc_by_id(doc_id)
-            queries.append(f"{doc['title']} {doc['text'].split('. ')[0]}")
+            queries.append(f"{doc['title']} {doc['text']}")
         turns = [
             f"<think> I need to look this up. </think>\n<search> {q} </search>"
             for q in queries or [self.task.prompt]
