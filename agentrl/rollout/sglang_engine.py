@@ -1,0 +1,533 @@
+"""`SGLangEngine`: the production :class:`~agentrl.rollout.engine.Engine`, SGLang servers over HTTP.
+
+It either launches ``num_servers`` SGLang servers (each its own process group, in SGLang's own venv) or
+connects to running servers / a router given by URL, and speaks SGLang's native API with httpx.
+
+What it promises (RELIABILITY.md D.20-21):
+
+* Every request is bounded: a timeout, retries with exponential backoff, a concurrency cap per server.
+* A health monitor probes ``/health_generate``; a server that fails is marked dead and routed around.
+  A request whose server dies mid-flight is retried on another live server, or returns
+  ``finish_reason="abort"`` — it is never lost and never raises into the rollout.
+* A launched server that dies is restarted (reloading the latest weights) while the restart budget
+  lasts; once it is spent the engine fails loudly: every later ``generate`` raises :class:`EngineError`.
+* Requests of one ``session_id`` (one episode) stick to one server while it lives, for its prefix cache.
+
+Example::
+
+    config = SGLangEngineConfig(model_path="/models/tiny", sglang_args=("--device", "cpu"))
+    async with SGLangEngine(config) as engine:
+        out = await engine.generate([1, 2, 3], SamplingParams(max_new_tokens=8), session_id="ep-0")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from agentrl.errors import ConfigError, EngineError
+from agentrl.rollout import sglang_protocol as proto
+from agentrl.rollout.engine import GenerateOutput, SamplingParams
+from agentrl.rollout.sglang_launcher import (
+    SGLangServerProcess,
+    agentrl_cache_dir,
+    find_sglang_python,
+    free_port,
+)
+
+log = logging.getLogger(__name__)
+
+
+class _ServerFailed(Exception):
+    """A server answered with a 5xx: treat it like a dropped connection."""
+
+
+_TRANSIENT = (httpx.TransportError, _ServerFailed)
+"""Errors that mean "this server may be dead": connection refused or reset, read cut, timeout, 5xx."""
+
+
+@dataclass(frozen=True)
+class SGLangEngineConfig:
+    """How to reach (or start) SGLang servers and how hard to try."""
+
+    model_path: str | None = None
+    """HF folder to serve on launched servers. Set this or ``server_urls``, not both."""
+    server_urls: tuple[str, ...] = ()
+    """Running servers (or one ``sglang_router`` URL) to connect to instead of launching."""
+    num_servers: int = 1
+    """How many servers to launch (ignored with ``server_urls``)."""
+    python: str | None = None
+    """Interpreter of the SGLang venv; default ``AGENTRL_SGLANG_PYTHON`` or the setup_sglang.sh venv."""
+    sglang_args: tuple[str, ...] = ()
+    """Extra ``sglang.launch_server`` flags, verbatim (e.g. ``("--tp", "2", "--mem-fraction-static", "0.7")``)."""
+    gpus_per_server: int = 0
+    """GPUs each launched server uses; server ``i`` gets ``--base-gpu-id i*gpus_per_server``. 0 on CPU."""
+    original_logprobs: bool = True
+    """Launch with ``SGLANG_RETURN_ORIGINAL_LOGPROB=1`` so logprobs are before temperature scaling, as
+    the Engine contract says; connected servers must be started with it by the user."""
+    host: str = "127.0.0.1"
+    """Address launched servers bind to."""
+    log_dir: str | None = None
+    """Server logs go here; default ``${AGENTRL_CACHE:-~/.cache/agentrl}/logs``."""
+    startup_timeout_s: float = 600.0
+    """How long a launched server may take to answer ``/health_generate``."""
+    request_timeout_s: float = 600.0
+    """Upper bound of one ``/generate`` call; a longer call counts as a dead server."""
+    control_timeout_s: float = 120.0
+    """Upper bound of control calls (weights update, pause, abort, flush)."""
+    max_retries: int = 3
+    """Re-sends of a request whose server failed, each on a live server, before it returns ``abort``."""
+    retry_backoff_s: float = 0.5
+    """First retry delay; doubled each retry."""
+    max_concurrency_per_server: int = 256
+    """In-flight ``/generate`` calls per server; more wait in agentrl (SGLang's queue stays short)."""
+    health_interval_s: float = 5.0
+    """Seconds between health probes of every server."""
+    health_timeout_s: float = 30.0
+    """A ``/health_generate`` slower than this fails (SGLang itself gives up after 20 s)."""
+    health_failures: int = 2
+    """Consecutive failed probes before a running process is declared dead (an exited one is at once)."""
+    restart_budget: int = 2
+    """Restarts of launched servers over the engine's life; one more death then raises EngineError."""
+    server_wait_s: float = 120.0
+    """How long a request waits for some server to be alive (e.g. during a restart) before ``abort``."""
+    pause_mode: proto.PauseMode = "abort"
+    """``/pause_generation`` mode: "abort" returns in-flight requests with ``finish_reason="abort"``;
+    "in_place" and "retract" keep them and finish them after ``resume()``."""
+    max_sessions: int = 65536
+    """Session-to-server assignments remembered (least recently used are forgotten)."""
+
+    def __post_init__(self) -> None:
+        if (self.model_path is None) == (not self.server_urls):
+            raise ConfigError(
+                "SGLangEngineConfig needs exactly one of model_path (launch servers) or server_urls "
+                "(connect to running servers)"
+            )
+        if self.num_servers < 1 or self.max_concurrency_per_server < 1:
+            raise ConfigError("num_servers and max_concurrency_per_server must be at least 1")
+
+
+@dataclass(eq=False)
+class _Server:
+    """One server as the router sees it."""
+
+    url: str
+    semaphore: asyncio.Semaphore
+    process: SGLangServerProcess | None = None
+    alive: bool = True
+    failures: int = 0
+    restarting: bool = False
+    inflight: dict[str, str | None] = field(default_factory=dict)
+    """rid -> session_id of requests sent to this server and not answered yet."""
+
+
+class SGLangEngine:
+    """SGLang servers behind the :class:`~agentrl.rollout.engine.Engine` protocol."""
+
+    def __init__(self, config: SGLangEngineConfig) -> None:
+        self.config = config
+        self.weight_version = 0
+        self._weights_path = config.model_path
+        self._servers: list[_Server] = []
+        self._sessions: OrderedDict[str, _Server] = OrderedDict()
+        self._aborted: set[str] = set()
+        self._admitted = asyncio.Event()
+        self._admitted.set()
+        self._alive_changed = asyncio.Event()
+        self._fatal: EngineError | None = None
+        self._restarts_used = 0
+        self._client: httpx.AsyncClient | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> SGLangEngine:
+        """Launch (or connect to) the servers and start the health monitor; returns self."""
+        cfg = self.config
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(cfg.request_timeout_s, connect=5.0))
+        if cfg.server_urls:
+            self._servers = [self._new_server(url.rstrip("/")) for url in cfg.server_urls]
+            await self._check_connected()
+        else:
+            processes = [self._new_process(i) for i in range(cfg.num_servers)]
+            for process in processes:
+                process.start()
+            try:
+                await asyncio.gather(*(p.wait_healthy(cfg.startup_timeout_s) for p in processes))
+            except BaseException:
+                await asyncio.gather(*(asyncio.to_thread(p.kill) for p in processes))
+                raise
+            self._servers = [self._new_server(p.url, p) for p in processes]
+        self._monitor = asyncio.create_task(self._monitor_loop(), name="sglang-health-monitor")
+        return self
+
+    async def __aenter__(self) -> SGLangEngine:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop the monitor, kill launched servers, close the HTTP client."""
+        tasks = [t for t in (self._monitor, *self._background) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(asyncio.to_thread(s.process.kill) for s in self._servers if s.process))
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def _new_server(self, url: str, process: SGLangServerProcess | None = None) -> _Server:
+        return _Server(url, asyncio.Semaphore(self.config.max_concurrency_per_server), process)
+
+    def _new_process(self, index: int, model_path: str | None = None) -> SGLangServerProcess:
+        cfg = self.config
+        args = list(cfg.sglang_args)
+        if model_path and model_path != cfg.model_path and "--tokenizer-path" not in args:
+            # Trainer checkpoints may hold weights only; keep the original tokenizer.
+            args += ["--tokenizer-path", str(cfg.model_path)]
+        if cfg.gpus_per_server:
+            args += ["--base-gpu-id", str(index * cfg.gpus_per_server)]
+        port = free_port(cfg.host)
+        log_dir = Path(cfg.log_dir) if cfg.log_dir else agentrl_cache_dir() / "logs"
+        return SGLangServerProcess(
+            find_sglang_python(cfg.python),
+            model_path or cfg.model_path or "",
+            port=port,
+            host=cfg.host,
+            extra_args=args,
+            log_path=log_dir / f"sglang-{index}-{port}.log",
+            env={"SGLANG_RETURN_ORIGINAL_LOGPROB": "1"} if cfg.original_logprobs else None,
+        )
+
+    async def _check_connected(self) -> None:
+        results = await asyncio.gather(*(self._probe(s) for s in self._servers))
+        if not any(results):
+            raise EngineError(
+                f"none of the SGLang servers {[s.url for s in self._servers]} answered /health_generate; "
+                "check that they are running and reachable from this machine"
+            )
+        for server, ok in zip(self._servers, results, strict=True):
+            server.alive = ok
+
+    # ---- Engine protocol -------------------------------------------------------------------------
+
+    async def generate(
+        self, input_ids: list[int], sampling: SamplingParams, *, session_id: str | None = None
+    ) -> GenerateOutput:
+        """Continue ``input_ids``; retried on another server if this one dies, else ``abort``."""
+        self._raise_if_failed()
+        await self._admitted.wait()
+        error = "no live SGLang server"
+        for attempt in range(self.config.max_retries + 1):
+            server = await self._pick(session_id)
+            if server is None:
+                break
+            rid = uuid.uuid4().hex
+            try:
+                return await self._generate_on(server, rid, input_ids, sampling, session_id)
+            except _TRANSIENT as exc:
+                if rid in self._aborted:
+                    self._aborted.discard(rid)
+                    return _aborted_output(self.weight_version, "aborted while the server failed")
+                error = f"{type(exc).__name__} from {server.url}: {exc}"
+                log.warning("SGLang request failed (attempt %d): %s", attempt + 1, error)
+                self._mark_dead(server)
+                self._raise_if_failed()
+                await asyncio.sleep(self.config.retry_backoff_s * 2**attempt)
+        return _aborted_output(self.weight_version, error)
+
+    async def _generate_on(
+        self,
+        server: _Server,
+        rid: str,
+        input_ids: list[int],
+        sampling: SamplingParams,
+        session_id: str | None,
+    ) -> GenerateOutput:
+        assert self._client is not None, "call start() first"
+        async with server.semaphore:
+            server.inflight[rid] = session_id
+            try:
+                response = await self._client.post(
+                    f"{server.url}/generate", json=proto.generate_payload(input_ids, sampling, rid)
+                )
+            finally:
+                server.inflight.pop(rid, None)
+        self._aborted.discard(rid)
+        if response.status_code >= 500:
+            raise _ServerFailed(f"HTTP {response.status_code}: {response.text[:500]}")
+        if response.status_code != 200:
+            raise EngineError(
+                f"SGLang {server.url}/generate rejected a request with {len(input_ids)} input ids: "
+                f"HTTP {response.status_code} {response.text[:500]}"
+            )
+        out = proto.parse_generate_response(response.json(), self.weight_version)
+        out.meta["server"] = server.url
+        return out
+
+    async def update_weights(self, source: Any, *, version: int) -> None:
+        """Load an HF folder (``source``) on every live server with ``/update_weights_from_disk``."""
+        path = str(source)
+        self._raise_if_failed()
+        await self._broadcast(
+            "/update_weights_from_disk", proto.update_weights_from_disk_payload(path, version)
+        )
+        self._weights_path = path
+        self.weight_version = version
+
+    async def update_weights_from_tensor(
+        self, serialized_named_tensors: Sequence[str], *, version: int
+    ) -> None:
+        """Colocated GPU path: tensors shared by CUDA IPC (see ``update_weights_from_tensor_payload``)."""
+        payload = proto.update_weights_from_tensor_payload(serialized_named_tensors, version)
+        await self._broadcast("/update_weights_from_tensor", payload)
+        self.weight_version = version
+
+    async def init_weights_update_group(
+        self, master_address: str, master_port: int, world_size: int, *, ranks_per_server: int = 1
+    ) -> None:
+        """Disaggregated GPU path: every server joins the trainer's NCCL group (trainer is rank 0)."""
+        await asyncio.gather(
+            *(
+                self._post(
+                    s,
+                    "/init_weights_update_group",
+                    proto.init_weights_update_group_payload(
+                        master_address, master_port, 1 + i * ranks_per_server, world_size
+                    ),
+                )
+                for i, s in enumerate(self._live())
+            )
+        )
+
+    async def update_weights_from_distributed(
+        self, names: Sequence[str], dtypes: Sequence[str], shapes: Sequence[Sequence[int]], *, version: int
+    ) -> None:
+        """Announce tensors the trainer is about to broadcast over the update group."""
+        payload = proto.update_weights_from_distributed_payload(names, dtypes, shapes, version)
+        await self._broadcast("/update_weights_from_distributed", payload)
+        self.weight_version = version
+
+    async def health(self) -> bool:
+        """True while the engine is usable and at least one server answers ``/health_generate``."""
+        if self._fatal is not None or not self._servers:
+            return False
+        results = await asyncio.gather(*(self._probe(s) for s in self._live()))
+        return any(results)
+
+    async def pause(self) -> None:
+        """Hold new requests here and pause generation on the servers (``pause_mode``)."""
+        self._admitted.clear()
+        await self._broadcast("/pause_generation", proto.pause_payload(self.config.pause_mode))
+
+    async def resume(self) -> None:
+        """Continue generation on the servers and admit requests again."""
+        await self._broadcast("/continue_generation", {})
+        self._admitted.set()
+
+    async def flush_cache(self) -> None:
+        """Drop every server's prefix cache (SGLang refuses while requests run)."""
+        await self._broadcast("/flush_cache", {})
+
+    async def abort(self, session_id: str | None = None) -> None:
+        """Abort in-flight requests of ``session_id`` (or all); they return ``finish_reason="abort"``."""
+        calls = []
+        for server in self._live():
+            if session_id is None:
+                self._aborted.update(server.inflight)
+                calls.append(self._post(server, "/abort_request", proto.abort_payload(None)))
+                continue
+            for rid, sid in list(server.inflight.items()):
+                if sid == session_id:
+                    self._aborted.add(rid)
+                    calls.append(self._post(server, "/abort_request", proto.abort_payload(rid)))
+        await asyncio.gather(*calls, return_exceptions=True)
+
+    @property
+    def server_urls(self) -> list[str]:
+        """Current URLs (a restarted server gets a new port)."""
+        return [s.url for s in self._servers]
+
+    def alive_urls(self) -> list[str]:
+        return [s.url for s in self._live()]
+
+    @property
+    def restarts_used(self) -> int:
+        return self._restarts_used
+
+    # ---- routing ---------------------------------------------------------------------------------
+
+    def _live(self) -> list[_Server]:
+        return [s for s in self._servers if s.alive]
+
+    async def _pick(self, session_id: str | None) -> _Server | None:
+        """The session's server if alive, else the least loaded live one; waits during restarts."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.server_wait_s
+        while True:
+            self._raise_if_failed()
+            if session_id is not None and session_id in self._sessions:
+                server = self._sessions[session_id]
+                if server.alive:
+                    self._sessions.move_to_end(session_id)
+                    return server
+            live = self._live()
+            if live:
+                server = min(live, key=lambda s: len(s.inflight))
+                if session_id is not None:
+                    self._remember(session_id, server)
+                return server
+            if not any(s.restarting or s.process is None for s in self._servers):
+                return None
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            self._alive_changed.clear()
+            try:
+                await asyncio.wait_for(self._alive_changed.wait(), timeout=remaining)
+            except TimeoutError:
+                return None
+
+    def _remember(self, session_id: str, server: _Server) -> None:
+        self._sessions[session_id] = server
+        self._sessions.move_to_end(session_id)
+        while len(self._sessions) > self.config.max_sessions:
+            self._sessions.popitem(last=False)
+
+    def _raise_if_failed(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+
+    # ---- control calls -------------------------------------------------------------------------
+
+    async def _post(self, server: _Server, path: str, payload: dict[str, Any]) -> httpx.Response:
+        assert self._client is not None, "call start() first"
+        response = await self._client.post(
+            f"{server.url}{path}", json=payload, timeout=self.config.control_timeout_s
+        )
+        if response.status_code != 200:
+            raise EngineError(
+                f"SGLang {server.url}{path} failed: HTTP {response.status_code} {response.text[:500]}"
+            )
+        return response
+
+    async def _broadcast(self, path: str, payload: dict[str, Any]) -> None:
+        """POST to every live server; raise if any of them refuses."""
+        servers = self._live()
+        if not servers:
+            raise EngineError(f"no live SGLang server to send {path} to; see the server logs")
+        results = await asyncio.gather(
+            *(self._post(s, path, payload) for s in servers), return_exceptions=True
+        )
+        errors = [f"{s.url}: {r}" for s, r in zip(servers, results, strict=True) if isinstance(r, Exception)]
+        if errors:
+            raise EngineError(f"SGLang {path} failed on {len(errors)} server(s): " + "; ".join(errors))
+
+    # ---- health and restarts -------------------------------------------------------------------
+
+    async def _probe(self, server: _Server) -> bool:
+        assert self._client is not None, "call start() first"
+        if server.process is not None and not server.process.running():
+            return False
+        try:
+            response = await self._client.get(
+                f"{server.url}/health_generate", timeout=self.config.health_timeout_s
+            )
+        except _TRANSIENT:
+            return False
+        return response.status_code == 200
+
+    async def _monitor_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.health_interval_s)
+            # A paused SGLang server cannot run the one-token health request; it would look dead.
+            if not self._admitted.is_set():
+                continue
+            servers = [s for s in self._servers if not s.restarting]
+            try:
+                results = await asyncio.gather(*(self._probe(s) for s in servers))
+            except Exception:  # the monitor must outlive any surprise, or dead servers go unnoticed
+                log.exception("SGLang health probe raised")
+                continue
+            for server, ok in zip(servers, results, strict=True):
+                self._record_probe(server, ok)
+
+    def _record_probe(self, server: _Server, ok: bool) -> None:
+        if ok:
+            server.failures = 0
+            if not server.alive:
+                log.warning("SGLang server %s is healthy again", server.url)
+                server.alive = True
+                self._alive_changed.set()
+            return
+        server.failures += 1
+        exited = server.process is not None and not server.process.running()
+        if exited or server.failures >= self.config.health_failures:
+            self._mark_dead(server)
+
+    def _mark_dead(self, server: _Server) -> None:
+        """Route around ``server``; restart it if we launched it and its process is gone."""
+        server.alive = False
+        process = server.process
+        if process is None or server.restarting:
+            return
+        if process.running() and server.failures < self.config.health_failures:
+            return  # one failed request is not proof; the monitor decides
+        if self._restarts_used >= self.config.restart_budget:
+            self._fatal = EngineError(
+                f"SGLang server {server.url} died and the restart budget ({self.config.restart_budget}) "
+                f"is spent. Log {process.log_path}, last lines:\n{process.log_tail()}"
+            )
+            self._alive_changed.set()
+            log.error("%s", self._fatal)
+            return
+        self._restarts_used += 1
+        server.restarting = True
+        task = asyncio.create_task(self._restart(server), name=f"sglang-restart-{server.url}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _restart(self, server: _Server) -> None:
+        """Replace a dead launched server with a fresh process serving the latest weights."""
+        old = server.process
+        assert old is not None
+        log.warning(
+            "restarting dead SGLang server %s (%d/%d)",
+            server.url,
+            self._restarts_used,
+            self.config.restart_budget,
+        )
+        await asyncio.to_thread(old.kill)
+        index = self._servers.index(server)
+        process = self._new_process(index, self._weights_path)
+        process.start()
+        server.url = process.url
+        try:
+            await process.wait_healthy(self.config.startup_timeout_s)
+            if self.weight_version:
+                await self._post(server, "/update_weight_version", {"new_version": str(self.weight_version)})
+        except EngineError as exc:
+            self._fatal = EngineError(f"restarting SGLang server {server.url} failed: {exc}")
+            self._alive_changed.set()
+            return
+        finally:
+            server.restarting = False
+        server.process, server.failures, server.alive = process, 0, True
+        self._alive_changed.set()
+
+
+def _aborted_output(version: int, error: str) -> GenerateOutput:
+    return GenerateOutput(
+        output_ids=[], logprobs=[], finish_reason="abort", weight_version=version, meta={"error": error}
+    )
