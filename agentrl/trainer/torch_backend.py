@@ -1,0 +1,307 @@
+"""`TorchBackend`: the policy as a plain Hugging Face transformers model on CPU or one GPU.
+
+This is the backend of laptop and single-GPU runs (Megatron is the multi-GPU one); both implement
+:class:`agentrl.trainer.backend.TrainBackend` and call the same loss functions. Sequences are right-padded
+into micro-batches that fit a token budget; gradients accumulate over them and the loss uses the whole
+batch's denominators, so the update does not depend on how the batch was split.
+
+Example::
+
+    >>> backend = TorchBackend("path/to/hf_model", TorchBackendConfig())
+    >>> batch, _ = trajectories_to_batch(trajectories, backend.config.algorithm)
+    >>> metrics = backend.train_step(batch)      # {'loss': ..., 'grad_norm': ..., 'clip_frac': ...}
+    >>> backend.export_hf(Path("out/hf"))         # loadable by transformers and SGLang
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext, suppress
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from agentrl.errors import CheckpointError, ConfigError
+from agentrl.trainer.backend import TrainBatch
+from agentrl.trainer.config import TorchBackendConfig
+from agentrl.trainer.kl import entropy_from_logits
+from agentrl.trainer.losses import policy_loss
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+STATE_FILE = "trainer_state.pt"
+
+
+def plan_micro_batches(lengths: list[int], token_budget: int) -> list[list[int]]:
+    """Group sequence indices so that (longest length x count) <= ``token_budget`` per group.
+
+    Longest first, so each group's padding is small; a sequence over the budget gets its own group.
+    Deterministic: ties keep the input order.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and lengths[groups[-1][0]] * (len(groups[-1]) + 1) <= token_budget:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but CUDA is not available here; use device='cpu' or 'auto'")
+    return device
+
+
+def _pad(tensors: list[torch.Tensor], device: torch.device, value: float = 0.0) -> torch.Tensor:
+    return pad_sequence(tensors, batch_first=True, padding_value=value).to(device)
+
+
+class _MetricMean:
+    """Token-weighted means over micro-batches; ``*_max`` / ``*_min`` keys combine by max / min."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, metrics: dict[str, float], weight: float) -> None:
+        for k, v in metrics.items():
+            if k.endswith("_max") or k.endswith("_min"):
+                pick = max if k.endswith("_max") else min
+                self.sums[k] = pick(self.sums.get(k, v), v)
+                self.weights[k] = 1.0
+            else:
+                self.sums[k] = self.sums.get(k, 0.0) + v * weight
+                self.weights[k] = self.weights.get(k, 0.0) + weight
+
+    def result(self) -> dict[str, float]:
+        return {
+            k: (s if k.endswith(("_max", "_min")) else s / max(self.weights[k], 1e-12))
+            for k, s in self.sums.items()
+        }
+
+
+class TorchBackend:
+    """A trainable HF causal LM (and a frozen reference copy when ``kl_coef > 0``).
+
+    Dropout is switched off: the trainer's logprobs must equal those the engine sampled from, and
+    dropout would make every recompute differ. The reference model is the weights at construction,
+    so a resumed run must construct the backend from the same initial model before :meth:`load`.
+    """
+
+    def __init__(self, model_path: str | Path, config: TorchBackendConfig | None = None) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.config = config or TorchBackendConfig()
+        self.device = _resolve_device(self.config.device)
+        torch.manual_seed(self.config.seed)
+        self.model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        self.model.to(self.device)  # type: ignore[call-arg,arg-type]  # transformers wraps .to in a decorator mypy misreads
+        self.model.eval()
+        for module in self.model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        self.tokenizer: Any = None  # stays None for a weights-only folder: export_hf writes no tokenizer
+        with suppress(OSError, ValueError):
+            self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        pad = getattr(self.model.config, "pad_token_id", None)
+        self.pad_id = int(pad) if isinstance(pad, int) else 0
+        on_gpu = self.device.type == "cuda"
+        self.autocast_bf16 = on_gpu and self.config.bf16
+        if on_gpu and self.config.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.ref_model: torch.nn.Module | None = None
+        if self.config.algorithm.kl_coef > 0:
+            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        opt = self.config.optimizer
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
+        )
+        warmup = opt.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
+        )
+        self.step = 0
+
+    def _autocast(self) -> AbstractContextManager[object]:
+        if self.autocast_bf16:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _forward(
+        self, model: torch.nn.Module, ids: list[torch.Tensor], entropy_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logprobs (B, T) of each token given its prefix (column 0 is 0.0) and, when ``entropy_mask``
+        is given, entropy (B, T) at its nonzero positions. Full-vocab fp32 logits live only here."""
+        input_ids = _pad(ids, self.device, self.pad_id).long()  # (B, T)
+        lengths = torch.tensor([len(x) for x in ids], device=self.device)
+        attention_mask = (
+            torch.arange(input_ids.shape[1], device=self.device)[None] < lengths[:, None]
+        ).long()
+        with self._autocast():
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        logits = logits[:, :-1].float()  # (B, T-1, V): position t-1 predicts token t
+        targets = input_ids[:, 1:]  # (B, T-1)
+        token_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+        lp = token_logits - torch.logsumexp(logits, dim=-1)  # (B, T-1)
+        lp = torch.cat([lp.new_zeros(lp.shape[0], 1), lp], dim=1)  # (B, T)
+        entropy = None
+        if entropy_mask is not None:
+            sel = entropy_mask[:, 1:].bool()  # (B, T-1)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.algorithm.entropy_coef != 0):
+                rows = entropy_from_logits(logits[sel])  # (n_sel,)
+            entropy = lp.new_zeros(lp.shape)
+            entropy[:, 1:][sel] = rows
+        return lp, entropy
+
+    @torch.no_grad()
+    def _logprobs_with(self, model: torch.nn.Module, input_ids: list[torch.Tensor]) -> list[torch.Tensor]:
+        out: list[torch.Tensor] = [torch.empty(0)] * len(input_ids)
+        for group in plan_micro_batches([len(x) for x in input_ids], self.config.micro_batch_tokens):
+            lp, _ = self._forward(model, [input_ids[i] for i in group])
+            for row, i in enumerate(group):
+                out[i] = lp[row, : len(input_ids[i])].float().cpu()
+        return out
+
+    def logprobs(self, input_ids: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per-token logprobs under the current policy, each (T_i,) float32 on CPU, entry 0 = 0.0."""
+        return self._logprobs_with(self.model, input_ids)
+
+    def ref_logprobs(self, input_ids: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per-token logprobs under the frozen reference model (needs ``kl_coef > 0``)."""
+        if self.ref_model is None:
+            raise ConfigError("no reference model: it is only built when algorithm.kl_coef > 0")
+        return self._logprobs_with(self.ref_model, input_ids)
+
+    def train_step(self, batch: TrainBatch) -> dict[str, float]:
+        """One AdamW step over ``batch``; gradients accumulate over token-budget micro-batches.
+
+        ``old_logprobs`` default to the current policy's (on-policy: ratio 1, exactly GRPO's single
+        update); ``ref_logprobs`` are computed from the reference model when needed and not given.
+        A non-finite gradient norm skips the update (reported as ``skipped_nonfinite``).
+        """
+        n_tokens = float(sum(float(m.sum()) for m in batch.loss_mask))
+        if len(batch) == 0 or n_tokens == 0:
+            return {"skipped_empty": 1.0, "num_tokens": 0.0, "lr": float(self.scheduler.get_last_lr()[0])}
+        denominators = {
+            "num_tokens": n_tokens,
+            "num_seqs": float(len(batch)),
+            "norm_tokens": float(max(float(m.sum()) for m in batch.loss_mask)),
+        }
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        acc, total_loss = _MetricMean(), 0.0
+        groups = plan_micro_batches([len(x) for x in batch.input_ids], self.config.micro_batch_tokens)
+        for group in groups:
+            loss, metrics, weight = self._micro_step(batch, group, denominators)
+            total_loss += loss
+            acc.add(metrics, weight)
+        self.model.eval()
+        metrics = acc.result()
+        metrics.update(self._optimizer_step())
+        metrics.update(loss=total_loss, num_tokens=n_tokens, num_micro_batches=float(len(groups)))
+        return metrics
+
+    def _micro_step(
+        self, batch: TrainBatch, group: list[int], denominators: dict[str, float]
+    ) -> tuple[float, dict[str, float], float]:
+        """Forward + backward of one micro-batch; returns (its share of the loss, metrics, token weight)."""
+        algo = self.config.algorithm
+        ids = [batch.input_ids[i] for i in group]
+
+        def pick(tensors: list[torch.Tensor]) -> torch.Tensor:  # (B, T) float32, zero-padded
+            return _pad([tensors[i].float() for i in group], self.device)
+
+        mask = pick(batch.loss_mask)
+        ref = None if batch.ref_logprobs is None else pick(batch.ref_logprobs)
+        if algo.kl_coef > 0 and ref is None:
+            if self.ref_model is None:
+                raise ConfigError("kl_coef > 0 but the backend was built without a reference model")
+            with torch.no_grad():
+                ref, _ = self._forward(self.ref_model, ids)
+        lp, entropy = self._forward(self.model, ids, entropy_mask=mask)
+        old = lp.detach() if batch.old_logprobs is None else pick(batch.old_logprobs)
+        out = policy_loss(
+            lp,
+            old,
+            pick(batch.advantages),
+            mask,
+            algo,
+            rollout_logprobs=pick(batch.rollout_logprobs),
+            ref_logprobs=ref,
+            entropy=entropy,
+            **denominators,
+        )
+        out.loss.backward()
+        return float(out.loss.detach().item()), out.metrics, float(mask.sum().item())
+
+    def _optimizer_step(self) -> dict[str, float]:
+        max_norm = self.config.optimizer.max_grad_norm
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = float(
+            torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else math.inf)
+        )
+        lr = float(self.scheduler.get_last_lr()[0])
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return {"grad_norm": grad_norm, "lr": lr, "skipped_nonfinite": 1.0}
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return {"grad_norm": grad_norm, "lr": lr}
+
+    def hf_state_dict(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The policy's weights under their Hugging Face names (detached, on the model's device)."""
+        for name, tensor in self.model.state_dict().items():
+            yield name, tensor.detach()
+
+    def save(self, path: Path) -> None:
+        """Write model, optimizer, scheduler, step and torch RNG state to ``path/trainer_state.pt``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        rng = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "rng": rng,
+        }
+        torch.save(state, path / STATE_FILE)
+
+    def load(self, path: Path) -> None:
+        """Restore what :meth:`save` wrote (the model must be the same architecture)."""
+        file = Path(path) / STATE_FILE
+        if not file.is_file():
+            raise CheckpointError(f"{file} does not exist; pass the folder that TorchBackend.save wrote")
+        state = torch.load(file, map_location=self.device, weights_only=True)
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"{file} holds weights of a different model: {e}") from e
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        torch.set_rng_state(state["rng"]["cpu"].cpu())
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+
+    def export_hf(self, path: Path) -> None:
+        """Write config, safetensors weights, generation config and tokenizer to ``path``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path, safe_serialization=True)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(path)

@@ -1,0 +1,153 @@
+"""TorchBackend on a tiny random GPT-2: logprobs vs a direct HF forward, learning direction, gradient
+accumulation invariance, exact save/load, HF export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from agentrl.models import make_tiny_gpt2
+from agentrl.trainer.backend import TrainBatch
+from agentrl.trainer.config import AlgorithmConfig, OptimizerConfig, TorchBackendConfig
+from agentrl.trainer.torch_backend import TorchBackend, plan_micro_batches
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_gpt2(tmp_path_factory.mktemp("tiny") / "gpt2")
+
+
+VOCAB = 200
+"""Sampled ids stay below this: the tiny tokenizer has fewer tokens than the 1024 it asks for."""
+
+
+def _config(**kw: object) -> TorchBackendConfig:
+    algorithm = kw.pop("algorithm", AlgorithmConfig())
+    optimizer = kw.pop("optimizer", OptimizerConfig(lr=1e-3))
+    return TorchBackendConfig(device="cpu", algorithm=algorithm, optimizer=optimizer, **kw)  # type: ignore[arg-type]
+
+
+def _sequences() -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return [torch.randint(5, VOCAB, (n,), generator=gen) for n in (9, 5, 14)]
+
+
+def _batch(backend: TorchBackend, advantages: list[float], prompt_len: int = 3) -> TrainBatch:
+    ids = _sequences()
+    masks = [torch.tensor([0.0] * prompt_len + [1.0] * (len(x) - prompt_len)) for x in ids]
+    rollout = [lp * m for lp, m in zip(backend.logprobs(ids), masks, strict=True)]
+    return TrainBatch(
+        input_ids=ids,
+        loss_mask=masks,
+        advantages=[m * a for m, a in zip(masks, advantages, strict=True)],
+        rollout_logprobs=rollout,
+    )
+
+
+def _masked_sums(backend: TorchBackend, batch: TrainBatch) -> list[float]:
+    return [
+        float((lp * m).sum())
+        for lp, m in zip(backend.logprobs(batch.input_ids), batch.loss_mask, strict=True)
+    ]
+
+
+def test_plan_micro_batches_respects_the_budget() -> None:
+    # Longest first: 14 alone (14 + 9 -> 2 x 14 = 28 > 20); then 9 with 5 (2 x 9 = 18 <= 20).
+    assert plan_micro_batches([9, 5, 14], 20) == [[2], [0, 1]]
+    # Over-budget sequences get their own group.
+    assert plan_micro_batches([50, 3], 10) == [[0], [1]]
+
+
+@pytest.mark.parametrize("budget", [4096, 10])
+def test_logprobs_match_a_direct_hf_forward(model_dir: Path, budget: int) -> None:
+    backend = TorchBackend(model_dir, _config(micro_batch_tokens=budget))
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    for ids, got in zip(_sequences(), backend.logprobs(_sequences()), strict=True):
+        with torch.no_grad():
+            logits = hf(input_ids=ids[None]).logits[0]  # (T, V), unpadded, one sequence at a time
+        want = torch.log_softmax(logits[:-1], dim=-1).gather(-1, ids[1:, None]).squeeze(-1)
+        assert got.shape == ids.shape and got[0].item() == 0.0
+        torch.testing.assert_close(got[1:], want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_train_step_moves_logprobs_in_the_direction_of_the_advantage(model_dir: Path, sign: float) -> None:
+    backend = TorchBackend(model_dir, _config())
+    batch = _batch(backend, [sign, -sign, 0.0])
+    before = _masked_sums(backend, batch)
+    metrics = backend.train_step(batch)
+    after = _masked_sums(backend, batch)
+    assert sign * (after[0] - before[0]) > 0.1
+    assert sign * (after[1] - before[1]) < -0.1
+    assert metrics["clip_frac"] == 0.0  # on-policy: ratio exactly 1
+    assert metrics["ratio_mean"] == pytest.approx(1.0)
+    assert metrics["train_rollout_logprob_abs_diff"] < 1e-5  # rollout logprobs came from this model
+    assert 0 < metrics["entropy"] <= torch.log(torch.tensor(1024.0)).item()
+    assert metrics["grad_norm"] > 0 and metrics["num_tokens"] == 28 - 9
+    assert backend.step == 1
+
+
+def test_gradient_accumulation_does_not_change_the_update(model_dir: Path) -> None:
+    # One micro-batch vs one sequence per micro-batch: same loss and same gradient norm.
+    whole = TorchBackend(model_dir, _config(micro_batch_tokens=4096))
+    split = TorchBackend(model_dir, _config(micro_batch_tokens=1))
+    batch = _batch(whole, [1.0, -0.5, 0.25])
+    m1, m2 = whole.train_step(batch), split.train_step(batch)
+    assert m2["num_micro_batches"] == 3 and m1["num_micro_batches"] == 1
+    assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-5, abs=1e-7)
+    assert m2["grad_norm"] == pytest.approx(m1["grad_norm"], rel=1e-4)
+
+
+def test_reference_model_and_kl(model_dir: Path) -> None:
+    algo = AlgorithmConfig(kl_coef=0.1, kl_estimator="k3")
+    backend = TorchBackend(model_dir, _config(algorithm=algo))
+    batch = _batch(backend, [1.0, -1.0, 0.0])
+    first = backend.train_step(batch)
+    assert first["kl"] == pytest.approx(0.0, abs=1e-7)  # policy == reference before any update
+    second = backend.train_step(batch)
+    assert second["kl"] > 1e-4
+    ref = backend.ref_logprobs(batch.input_ids)
+    fresh = TorchBackend(model_dir, _config()).logprobs(batch.input_ids)
+    for a, b in zip(ref, fresh, strict=True):
+        torch.testing.assert_close(a, b)  # the reference stays the initial weights
+
+
+def test_save_load_resumes_exactly(model_dir: Path, tmp_path: Path) -> None:
+    cfg = _config(optimizer=OptimizerConfig(lr=1e-3, warmup_steps=3))
+    a = TorchBackend(model_dir, cfg)
+    batch = _batch(a, [1.0, -1.0, 0.5])
+    a.train_step(batch)
+    a.save(tmp_path / "ckpt")
+    m_a = a.train_step(batch)
+    b = TorchBackend(model_dir, cfg)
+    b.load(tmp_path / "ckpt")
+    assert b.step == 1
+    m_b = b.train_step(batch)
+    assert m_b["lr"] == m_a["lr"] == pytest.approx(1e-3 * 2 / 3)  # warmup step 2 of 3
+    for (name, pa), (_, pb) in zip(a.hf_state_dict(), b.hf_state_dict(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=1e-6, msg=name)
+
+
+def test_export_hf_reloads_identically(model_dir: Path, tmp_path: Path) -> None:
+    backend = TorchBackend(model_dir, _config())
+    backend.train_step(_batch(backend, [1.0, -1.0, 0.0]))
+    out = tmp_path / "hf"
+    backend.export_hf(out)
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    names = dict(reloaded.state_dict())
+    for name, tensor in backend.hf_state_dict():
+        torch.testing.assert_close(names[name], tensor, rtol=0, atol=0, msg=name)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.convert_tokens_to_ids("<|im_end|>") == reloaded.generation_config.eos_token_id
+
+
+def test_empty_batch_is_skipped(model_dir: Path) -> None:
+    backend = TorchBackend(model_dir, _config())
+    metrics = backend.train_step(TrainBatch(input_ids=[], loss_mask=[], advantages=[], rollout_logprobs=[]))
+    assert metrics["skipped_empty"] == 1.0 and backend.step == 0
