@@ -29,7 +29,9 @@ class Sandbox(ABC):
     """A place to run untrusted code for one episode. Limits come from configuration, never from the model."""
 
     @abstractmethod
-    def exec(self, cmd: str | list[str], *, timeout: float | None = None, stdin: str | None = None) -> ExecResult:
+    def exec(
+        self, cmd: str | list[str], *, timeout: float | None = None, stdin: str | None = None
+    ) -> ExecResult:
         """Run ``cmd`` (a shell string or an argv list); ``timeout`` may only lower the configured one."""
 
     def run_python(self, code: str, *, timeout: float | None = None) -> ExecResult:
