@@ -1,7 +1,8 @@
 """The `agentrl` command: `agentrl train | eval | rollout | view | envs | sandbox ...`.
 
 Each subcommand lives in its own module of this package with two functions:
-``add_parser(subparsers)`` (registers its arguments and ``set_defaults(func=run)``) and
+``add_parser(subparsers)`` (registers its arguments and ``set_defaults(func=run)``; optionally
+``passthrough_prefix="--x-"`` to receive unknown ``--x-*`` flags in ``args.passthrough``) and
 ``run(args) -> int``. Heavy imports happen inside ``run`` so that ``agentrl --help`` is instant.
 """
 
@@ -35,7 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # A subcommand may accept flags it does not know under a prefix (``train``: ``--sglang-*`` pass
+    # through to sglang.launch_server); anything else unknown is an error, as with parse_args.
+    prefix = getattr(args, "passthrough_prefix", None)
+    flags = [a for a in extra if a.startswith("-")]
+    if extra and (
+        not prefix or not extra[0].startswith(prefix) or not all(f.startswith(prefix) for f in flags)
+    ):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.passthrough = extra
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

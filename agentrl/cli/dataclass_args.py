@@ -160,18 +160,20 @@ def _add_leaf(group: argparse._ArgumentGroup, leaf: _Leaf, flag: str) -> None:
 
 
 def compact_help_formatter(prog: str) -> argparse.HelpFormatter:
-    """A help formatter that keeps one flag per line on a wide terminal (``--help`` fits a screen or two)."""
-    return argparse.HelpFormatter(prog, max_help_position=34, width=118)
+    """A help formatter that keeps one flag per line on a wide terminal (``--help`` fits a screen or two)
+    and prints the description as written (its examples keep their lines)."""
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=34, width=118)
 
 
 def add_dataclass_args(
-    parser: argparse.ArgumentParser, cls: type, *, skip: frozenset[str] = frozenset()
+    parser: argparse.ArgumentParser, cls: type, *, skip: frozenset[str] = frozenset(), title: str = "settings"
 ) -> list[_Leaf]:
     """Add one flag per (nested) field of ``cls`` to ``parser``; return the spec for :func:`build_dataclass`.
 
-    ``skip`` names dotted field paths (``"torch.algorithm"``) that get no flag and keep their default.
+    ``skip`` names dotted field paths (``"torch.algorithm"``) that get no flag and keep their default;
+    ``title`` names the group of fields that set no ``metadata={"group": ...}``.
     """
-    leaves = _leaves(cls, cls(), (), "options", skip)
+    leaves = _leaves(cls, cls(), (), title, skip)
     counts = Counter(leaf.path[-1] for leaf in leaves)
     groups: dict[str, argparse._ArgumentGroup] = {}
     for leaf in leaves:

@@ -231,18 +231,19 @@ class Actors:
                 ray.kill(actor)
 
 
-def _sglang_engine(config: TrainConfig, model_path: str) -> Any:
+async def start_sglang_engine(config: TrainConfig, model_path: str, log_dir: str) -> Any:
+    """Launch (or connect to) the SGLang servers of ``config``; called inside the rollout manager."""
     from agentrl.rollout.sglang_engine import SGLangEngine, SGLangEngineConfig
 
-    return SGLangEngine(
-        SGLangEngineConfig(
-            model_path=model_path,
-            python=config.sglang_python,
-            urls=tuple(config.sglang_urls),
-            num_servers=config.num_engines,
-            extra_args=tuple(config.sglang_args),
-        )
+    engine_config = SGLangEngineConfig(
+        model_path=model_path,
+        server_urls=tuple(config.sglang_urls),
+        num_servers=config.num_engines,
+        python=config.sglang_python,
+        sglang_args=tuple(config.sglang_args),
+        log_dir=log_dir,
     )
+    return await SGLangEngine(engine_config).start()
 
 
 def create_actors(config: TrainConfig, model_path: Path, env_factory: Any, log_dir: Path) -> Actors:
@@ -265,7 +266,7 @@ def create_actors(config: TrainConfig, model_path: Path, env_factory: Any, log_d
             engines = [worker.remote(str(model_path), config.num_cpus, {"seed": config.seed})]
             engine = RemoteEngine(engines[0])
         else:
-            engine = functools.partial(_sglang_engine, config, str(model_path))
+            engine = functools.partial(start_sglang_engine, config, str(model_path), str(log_dir / "sglang"))
         rollout = (
             ray.remote(RolloutManager)
             .options(**options)

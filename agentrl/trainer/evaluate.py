@@ -13,8 +13,9 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from agentrl.errors import ConfigError
 from agentrl.rollout.trajectory import Trajectory
 
 
@@ -139,3 +140,101 @@ def write_report(reports: Sequence[EnvReport], out_dir: Path, meta: dict[str, An
         stem = f"{i:02d}_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in r.env)
         paths[f"plot_{i}"] = plot_env(r, out_dir / f"{stem}.png")
     return paths
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What ``agentrl eval`` runs; its flags are generated from these fields."""
+
+    suite: str | None = "search-heldout"
+    """Suite to evaluate on (a name in envs_registry/ or a YAML path); none: use --env."""
+    env: str = "search"
+    """Single env to evaluate on when --suite none."""
+    split: str = "test"
+    """Split for --env (suite entries carry their own)."""
+    episodes: int = 0
+    """Tasks per env (0: what the suite says; for --env: 100)."""
+    model: str = "smollm2-135m"
+    """Policy: a local HF folder (e.g. a run's hf_model/) or an alias."""
+    engine: Literal["embedded", "sglang"] = "embedded"
+    """Inference engine."""
+    samples_per_task: int = 1
+    """Samples per task; pass@k is reported for k = 1, 2, 4 and so on up to this."""
+    temperature: float | None = None
+    """Sampling temperature (default: 0, greedy, with one sample; 1.0 with several)."""
+    max_turns: int = 5
+    """Agent turns per episode (suite kwargs may set their own)."""
+    max_new_tokens: int = 256
+    """Sampled tokens per turn at most."""
+    max_context: int = 2048
+    """Token budget of an episode."""
+    max_concurrency: int = 64
+    """Episodes in flight at once."""
+    seed: int = 0
+    """Sampling seed."""
+    out: str = "eval_report"
+    """Folder for report.json, report.md and the plots."""
+    sglang_python: str | None = None
+    """Python of the SGLang venv (--engine sglang)."""
+    sglang_urls: tuple[str, ...] = ()
+    """Running SGLang servers to use instead of launching one."""
+
+    def __post_init__(self) -> None:
+        if self.samples_per_task < 1 or self.episodes < 0:
+            raise ConfigError(f"--samples-per-task={self.samples_per_task} must be >= 1, --episodes >= 0")
+
+
+def _engine(config: EvalConfig, model_path: Path) -> Any:
+    if config.engine == "embedded":
+        from agentrl.rollout.embedded_engine import EmbeddedEngine
+
+        return EmbeddedEngine(str(model_path))
+    from agentrl.rollout.sglang_engine import SGLangEngine, SGLangEngineConfig
+
+    async def start() -> Any:
+        sglang = SGLangEngineConfig(
+            model_path=str(model_path), server_urls=config.sglang_urls, python=config.sglang_python
+        )
+        return await SGLangEngine(sglang).start()
+
+    return start
+
+
+def run_eval(config: EvalConfig) -> tuple[list[EnvReport], dict[str, Path]]:
+    """Evaluate ``config.model`` on every env of the suite; write and return the report."""
+    from agentrl.models import resolve_model
+    from agentrl.trainer.rollout_manager import EnvSpec, GenerationSettings, RolloutManager, env_specs
+
+    model_path = resolve_model(config.model)
+    if config.suite:
+        specs = env_specs(config.env, config.suite, "", {})
+    else:
+        specs = [EnvSpec(config.env, config.split, {}, config.episodes or 100)]
+    if config.episodes:
+        specs = [EnvSpec(s.env, s.split, s.kwargs, config.episodes) for s in specs]
+    manager = RolloutManager(
+        _engine(config, model_path),
+        model_path,
+        [],
+        eval_specs=specs,
+        max_turns=config.max_turns,
+        max_new_tokens=config.max_new_tokens,
+        max_context=config.max_context,
+        max_concurrency=config.max_concurrency,
+        seed=config.seed,
+    )
+    n = config.samples_per_task
+    temperature = config.temperature if config.temperature is not None else (0.0 if n == 1 else 1.0)
+    try:
+        keys = manager.task_keys("eval")
+        trajectories = manager.generate(keys, GenerationSettings(n_samples=n, temperature=temperature))
+    finally:
+        manager.close()
+    ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= n]
+    reports = []
+    for i, spec in enumerate(specs):
+        mine = [t for t in trajectories if t.group_id.split("/", 1)[1].startswith(f"{i}:")]
+        reports.append(summarize_env(spec.env, spec.split, mine, ks))
+    meta = {"suite": config.suite or config.env, "model": str(config.model), "samples_per_task": n}
+    meta["temperature"] = temperature
+    return reports, write_report(reports, Path(config.out), meta)

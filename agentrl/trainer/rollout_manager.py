@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,7 +86,7 @@ class RolloutManager:
 
     def __init__(
         self,
-        engine: Engine | Callable[[], Engine],
+        engine: Engine | Callable[[], Awaitable[Engine]],
         model_path: str | Path,
         specs: Sequence[EnvSpec],
         *,
@@ -102,8 +102,11 @@ class RolloutManager:
 
         if not specs:
             raise ConfigError("a run needs at least one env: pass --env NAME or --suite NAME")
-        # An engine factory is called here, in the actor's process: SGLang servers belong to it.
-        self.engine: Engine = engine if isinstance(engine, Engine) else engine()
+        self._loop = asyncio.new_event_loop()
+        # An engine factory runs here, in this process and loop: SGLang servers and clients belong to it.
+        self.engine: Engine = (
+            engine if isinstance(engine, Engine) else self._loop.run_until_complete(engine())
+        )
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
         self.specs = [*specs, *eval_specs]
         self._groups = {"train": range(len(specs)), "eval": range(len(specs), len(self.specs))}
@@ -114,7 +117,6 @@ class RolloutManager:
         self.seed = seed
         self.env_factory = env_factory
         self._envs: dict[int, list[Any]] = {}
-        self._loop = asyncio.new_event_loop()
         self.version = 0
 
     def pid(self) -> int:

@@ -1,0 +1,44 @@
+"""`agentrl eval`: evaluate a policy on a held-out suite and write a report (JSON, Markdown, PNG per env).
+
+Examples::
+
+    agentrl eval --suite search-heldout --model runs/20250101-120000/hf_model
+    agentrl eval --suite none --env search --split test --episodes 50 --samples-per-task 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from agentrl.cli.dataclass_args import add_dataclass_args, build_dataclass, compact_help_formatter
+from agentrl.errors import AgentRLError
+
+
+def add_parser(subparsers: Any) -> None:
+    from agentrl.trainer.evaluate import EvalConfig
+
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate a policy on an env suite and write a report",
+        description=__doc__,
+        usage="agentrl eval [options]",
+        formatter_class=compact_help_formatter,
+    )
+    spec = add_dataclass_args(parser, EvalConfig)
+    parser.set_defaults(func=run, config_spec=spec)
+
+
+def run(args: argparse.Namespace) -> int:
+    from agentrl.trainer.evaluate import EvalConfig, markdown_table, run_eval
+
+    try:
+        config = build_dataclass(EvalConfig, args.config_spec, args)
+        reports, paths = run_eval(config)
+    except AgentRLError as e:
+        print(f"agentrl eval: {e}", file=sys.stderr)
+        return 2
+    print(markdown_table(reports))
+    print("report: " + ", ".join(str(p) for p in paths.values()))
+    return 0

@@ -1,0 +1,77 @@
+"""`agentrl train`: RL-train a policy on an env or suite (flags generated from TrainConfig).
+
+With no flag besides the env it runs the laptop default on CPU (SmolLM2-135M-Instruct, embedded engine,
+torch backend) and prints a summary of what improved::
+
+    agentrl train --env search --max-turns 5
+    agentrl train --env search --save ckpt/ --resume            # continue a run exactly
+    agentrl train --engine sglang --sglang-mem-fraction-static 0.5 --model /models/Qwen2.5-3B
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from typing import Any
+
+from agentrl.cli.dataclass_args import add_dataclass_args, build_dataclass, compact_help_formatter
+from agentrl.errors import AgentRLError
+from agentrl.trainer.train_config import TrainConfig
+
+log = logging.getLogger(__name__)
+SGLANG_PREFIX = "--sglang-"
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="RL-train a policy on an env or a suite",
+        description=__doc__,
+        usage="agentrl train [options] [--sglang-ARG VALUE ...]",
+        formatter_class=compact_help_formatter,
+    )
+    spec = add_dataclass_args(parser, TrainConfig, skip=TrainConfig.CLI_SKIP)
+    parser.set_defaults(func=run, config_spec=spec, passthrough_prefix=SGLANG_PREFIX)
+
+
+def sglang_passthrough(extra: list[str]) -> tuple[str, ...]:
+    """``--sglang-mem-fraction-static 0.5`` -> ``--mem-fraction-static 0.5`` for sglang.launch_server."""
+    return tuple("--" + a[len(SGLANG_PREFIX) :] if a.startswith(SGLANG_PREFIX) else a for a in extra)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig that ``args`` describe, with ``--sglang-*`` pass-through flags folded in."""
+    config: TrainConfig = build_dataclass(TrainConfig, args.config_spec, args)
+    extra = sglang_passthrough(list(getattr(args, "passthrough", []) or []))
+    return dataclasses.replace(config, sglang_args=config.sglang_args + extra) if extra else config
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args)
+    except AgentRLError as e:
+        print(f"agentrl train: {e}", file=sys.stderr)
+        return 2
+    from ray.exceptions import RayActorError
+
+    from agentrl.trainer.loop import train
+
+    try:
+        result = train(config)
+    except AgentRLError as e:
+        print(f"agentrl train: {e}", file=sys.stderr)
+        return 2
+    except RayActorError as e:
+        print(
+            f"agentrl train: an actor died ({type(e).__name__}: {e}). The run stopped; continue it with "
+            "--save DIR --resume (from the last checkpoint).",
+            file=sys.stderr,
+        )
+        return 1
+    print(result.summary)
+    print(f"logs: {result.log_dir} (metrics.jsonl, tensorboard/, rollouts/, curves.png)")
+    if result.hf_dir:
+        print(f"trained policy: {result.hf_dir}  (agentrl eval --model {result.hf_dir} ...)")
+    return 0
