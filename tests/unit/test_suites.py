@@ -94,7 +94,7 @@ def test_unreadable_and_missing_files(tmp_path: Path) -> None:
         load_suite(bad)
     with pytest.raises(SuiteError, match="does not exist"):
         load_suite(tmp_path / "absent.yaml")
-    with pytest.raises(SuiteError, match="no suite named 'nope'; known suites: .*python-heldout"):
+    with pytest.raises(SuiteError, match=r"no suite named 'nope'; known suites: .*python-heldout"):
         load_suite("nope")
 
 
