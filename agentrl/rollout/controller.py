@@ -1,0 +1,275 @@
+"""The multi-turn rollout controller: runs episodes of an env against an engine, token in, token out.
+
+One episode (:meth:`RolloutController.run_episode`)::
+
+    env.reset() -> messages, info                     # in a thread: envs may block on Docker
+    prompt ids = chat template(messages, info["tools"])
+    loop:
+        engine.generate(ids, stop=info["stop"], max_new_tokens=min(per-turn cap, budget left))
+        append sampled ids (mask 1, engine logprobs)
+        env.step(text) -> observation, reward, terminated, truncated, info
+        append observation ids (chat-template delta, or raw for "inline" envs; mask 0, logprob 0)
+    until terminated (COMPLETED) / truncated or out of budget (TRUNCATED) / engine abort (ABORTED)
+
+A bad episode is data, not a crash: an exception from the env, its sandbox or the engine ends that
+episode with ``Status.FAILED`` and the error text; the batch goes on. Groups, pooling and the dynamic
+filter live in :mod:`agentrl.rollout.groups`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from agentrl.envs.spaces import Message
+from agentrl.errors import ConfigError
+from agentrl.rollout.engine import Engine, GenerateOutput, SamplingParams
+from agentrl.rollout.tokenize import Conversation
+from agentrl.rollout.trajectory import Status, Trajectory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """How episodes are sampled and bounded."""
+
+    max_new_tokens: int = 512
+    """Per-turn cap on sampled tokens (clamped further to what the budgets have left)."""
+    max_total_tokens: int = 4096
+    """Context budget: prompt + response ids of one episode never exceed it (else TRUNCATED)."""
+    max_response_tokens: int | None = None
+    """Optional budget on response ids (sampled + observation) per episode; ``None`` = no extra cap."""
+    max_turns: int | None = None
+    """Safety cap on agent turns when the env sets none itself (envs normally truncate on ``max_turns``)."""
+    temperature: float = 1.0
+    """Sampling temperature (0 = greedy)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold."""
+    top_k: int = -1
+    """Top-k sampling (-1 = off)."""
+    stop_token_ids: tuple[int, ...] = ()
+    """Stop token ids besides the model's EOS."""
+    concurrency: int = 64
+    """Most episodes in flight at once (each holds an env instance and an engine request)."""
+    seed: int | None = None
+    """Base sampling seed; episode ``i`` of a group samples with ``seed + i`` when set."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.max_total_tokens < 2:
+            raise ConfigError("max_new_tokens must be >= 1 and max_total_tokens >= 2")
+        if self.concurrency < 1:
+            raise ConfigError(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("temperature must be >= 0 and top_p in (0, 1]")
+
+
+class _EpisodeEnd(Exception):
+    """Internal: ends the turn loop with a status (not an error)."""
+
+    def __init__(self, status: Status, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class RolloutController:
+    """Runs multi-turn episodes against an :class:`~agentrl.rollout.engine.Engine`.
+
+    Example::
+
+        controller = RolloutController(engine, tokenizer, RolloutConfig(max_new_tokens=256))
+        traj = await controller.run_episode(env, task_id="capital-0001", group_id="g0")
+    """
+
+    def __init__(self, engine: Engine, tokenizer: Any, config: RolloutConfig | None = None) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.config = config or RolloutConfig()
+        self.semaphore = asyncio.Semaphore(self.config.concurrency)
+
+    async def run_episode(
+        self,
+        env: Any,
+        *,
+        task_id: str | None = None,
+        group_id: str = "",
+        sample_index: int = 0,
+        env_id: str = "",
+        seed: int | None = None,
+        bounded: bool = True,
+    ) -> Trajectory:
+        """Play one episode of ``env`` on ``task_id``; always returns a Trajectory (never raises).
+
+        ``bounded=False`` skips the concurrency semaphore, for callers that already hold a slot
+        (the group runner holds one for the env instance and the episode together).
+        """
+        if bounded:
+            async with self.semaphore:
+                return await self.run_episode(
+                    env,
+                    task_id=task_id,
+                    group_id=group_id,
+                    sample_index=sample_index,
+                    env_id=env_id,
+                    seed=seed,
+                    bounded=False,
+                )
+        traj = Trajectory(prompt_ids=[], group_id=group_id, env_id=env_id, task_id=task_id or "")
+        traj.sample_index = sample_index
+        started = time.perf_counter()
+        try:
+            await self._play(env, traj, task_id, seed)
+        except _EpisodeEnd as end:
+            traj.status = end.status
+            traj.metrics["end_reason"] = str(end)
+        except Exception as e:  # a bad episode is data: record it, keep the batch going
+            traj.status = Status.FAILED
+            traj.error = f"{type(e).__name__}: {e}"
+            log.debug("episode %s/%d failed:\n%s", group_id, sample_index, traceback.format_exc())
+        traj.metrics["episode_time_s"] = time.perf_counter() - started
+        return traj
+
+    async def _play(self, env: Any, traj: Trajectory, task_id: str | None, seed: int | None) -> None:
+        options = {"task_id": task_id} if task_id is not None else None
+        messages, info = await asyncio.to_thread(env.reset, seed=seed, options=options)
+        traj.task_id = str(info.get("task_id", task_id or ""))
+        conv = Conversation.start(self.tokenizer, messages, info.get("tools") or None)
+        traj.prompt_ids = conv.prompt_ids
+        traj.messages = conv.transcript()
+        if len(conv.prompt_ids) >= self.config.max_total_tokens:
+            raise _EpisodeEnd(Status.TRUNCATED, "prompt does not fit max_total_tokens")
+        stop = tuple(info.get("stop") or ())
+        inline = info.get("observation_format", "chat") == "inline"
+        session = f"{traj.group_id}/{traj.sample_index}"
+        versions: list[int] = []
+        try:
+            while True:
+                out = await self._generate(traj, stop, session, seed)
+                versions.append(out.weight_version)
+                turn = self._append_sampled(traj, conv, out)
+                if out.finish_reason == "abort":
+                    raise _EpisodeEnd(Status.ABORTED, "engine aborted generation")
+                if out.finish_reason == "length" and turn["max_new_tokens"] < self.config.max_new_tokens:
+                    raise _EpisodeEnd(Status.TRUNCATED, "token budget exhausted")
+                observation, done = await self._step(env, traj, turn)
+                if done:
+                    return
+                self._append_observation(traj, conv, observation, inline, turn)
+                if self.config.max_turns is not None and len(traj.turns) >= self.config.max_turns:
+                    raise _EpisodeEnd(Status.TRUNCATED, "max_turns reached")
+        finally:
+            traj.messages = conv.transcript()
+            traj.weight_version = min(versions) if versions else 0
+            self._summarise(traj)
+
+    def _budget(self, traj: Trajectory) -> int:
+        left = self.config.max_total_tokens - traj.num_tokens
+        if self.config.max_response_tokens is not None:
+            left = min(left, self.config.max_response_tokens - len(traj.response_ids))
+        return left
+
+    async def _generate(
+        self, traj: Trajectory, stop: tuple[str, ...], session: str, seed: int | None
+    ) -> GenerateOutput:
+        budget = self._budget(traj)
+        if budget < 1:
+            raise _EpisodeEnd(Status.TRUNCATED, "token budget exhausted")
+        cfg = self.config
+        base_seed = seed if seed is not None else cfg.seed
+        sampling = SamplingParams(
+            max_new_tokens=min(cfg.max_new_tokens, budget),
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            stop=stop,
+            stop_token_ids=cfg.stop_token_ids,
+            seed=None if base_seed is None else base_seed + traj.sample_index + 1000 * len(traj.turns),
+        )
+        started = time.perf_counter()
+        out = await self.engine.generate(traj.prompt_ids + traj.response_ids, sampling, session_id=session)
+        if len(out.output_ids) != len(out.logprobs):
+            raise ValueError(f"engine returned {len(out.output_ids)} ids but {len(out.logprobs)} logprobs")
+        if len(out.output_ids) > sampling.max_new_tokens:
+            raise ValueError(
+                f"engine returned {len(out.output_ids)} ids, over max_new_tokens={sampling.max_new_tokens}"
+            )
+        out.meta["latency_s"] = time.perf_counter() - started
+        out.meta["max_new_tokens"] = sampling.max_new_tokens
+        return out
+
+    def _append_sampled(self, traj: Trajectory, conv: Conversation, out: GenerateOutput) -> dict[str, Any]:
+        traj.response_ids.extend(out.output_ids)
+        traj.loss_mask.extend([1] * len(out.output_ids))
+        traj.rollout_logprobs.extend(float(x) for x in out.logprobs)
+        text = conv.add_sampled(out.output_ids, stopped=out.finish_reason == "stop")
+        turn: dict[str, Any] = {
+            "text": text,
+            "n_sampled": len(out.output_ids),
+            "n_obs": 0,
+            "finish_reason": out.finish_reason,
+            "gen_latency_s": out.meta.get("latency_s", 0.0),
+            "max_new_tokens": out.meta.get("max_new_tokens", 0),
+            "weight_version": out.weight_version,
+            "tool_calls": 0,
+            "tool_latency_s": 0.0,
+            "reward": 0.0,
+        }
+        traj.turns.append(turn)
+        return turn
+
+    async def _step(self, env: Any, traj: Trajectory, turn: dict[str, Any]) -> tuple[list[Message], bool]:
+        started = time.perf_counter()
+        observation, reward, terminated, truncated, info = await asyncio.to_thread(env.step, turn["text"])
+        turn["tool_latency_s"] = time.perf_counter() - started
+        turn["reward"] = float(reward)
+        turn["tool_calls"] = int(info.get("tool_calls", 0) or 0)
+        turn["info"] = {k: v for k, v in info.items() if isinstance(v, (bool, int, float, str))}
+        traj.reward += float(reward)
+        if terminated:
+            traj.status = Status.COMPLETED
+            return observation, True
+        if truncated:
+            traj.status = Status.TRUNCATED
+            traj.metrics["end_reason"] = "env truncated (turn limit)"
+            return observation, True
+        return observation, False
+
+    def _append_observation(
+        self,
+        traj: Trajectory,
+        conv: Conversation,
+        observation: list[Message],
+        inline: bool,
+        turn: dict[str, Any],
+    ) -> None:
+        saved = conv.checkpoint()
+        if inline:
+            ids, method = conv.inline_observation(observation), "inline"
+        else:
+            ids, method = conv.chat_observation(observation)
+        # Room for the observation and at least one sampled token, or the episode ends here.
+        if len(ids) + 1 > self._budget(traj):
+            conv.rollback(saved)
+            raise _EpisodeEnd(Status.TRUNCATED, "observation does not fit the token budget")
+        traj.response_ids.extend(ids)
+        traj.loss_mask.extend([0] * len(ids))
+        traj.rollout_logprobs.extend([0.0] * len(ids))
+        turn["n_obs"] = len(ids)
+        turn["delta"] = method
+
+    def _summarise(self, traj: Trajectory) -> None:
+        sampled = sum(traj.loss_mask)
+        last_info = traj.turns[-1].get("info", {}) if traj.turns else {}
+        traj.metrics.update(
+            {k: v for k, v in last_info.items() if k not in ("turn", "task_id")},
+            num_turns=len(traj.turns),
+            sampled_tokens=sampled,
+            observation_tokens=len(traj.response_ids) - sampled,
+            tool_calls=sum(t["tool_calls"] for t in traj.turns),
+            gen_time_s=sum(t["gen_latency_s"] for t in traj.turns),
+            tool_time_s=sum(t["tool_latency_s"] for t in traj.turns),
+        )
