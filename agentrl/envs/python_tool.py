@@ -184,7 +184,7 @@ class PythonToolEnv(ToolEnv):
             if callable(self._sandbox_spec):
                 self._sandbox = self._sandbox_spec()
             else:
-                from agentrl.tools.sandbox import make_sandbox  # type: ignore[attr-defined]
+                from agentrl.tools.sandbox import make_sandbox
 
                 self._sandbox = make_sandbox(self._sandbox_spec, self._sandbox_config)
         return self._sandbox

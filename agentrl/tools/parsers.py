@@ -196,10 +196,10 @@ class HermesParser:
         if json_depth(payload) > self.limits.max_depth:
             return ParseError("too_deep", f"{what} nests JSON deeper than {self.limits.max_depth} levels.")
         try:
-            obj = json.loads(payload)
+            obj = json.loads(payload, strict=False)  # raw newlines in a code string are common and harmless
         except json.JSONDecodeError as e:
             kind: ParseErrorKind = "truncated" if e.pos >= len(payload) else "bad_json"
-            return ParseError(kind, f"{what} is not valid JSON ({e.msg} at character {e.pos}).")
+            return ParseError(kind, f"{what} is not valid JSON ({e}).")
         except (ValueError, RecursionError) as e:
             return ParseError("bad_json", f"{what} is not valid JSON ({e}).")
         if not isinstance(obj, dict):
@@ -215,7 +215,8 @@ class HermesParser:
             return ParseError("not_an_object", f'{what} needs a "name" string, got {json_type(name)}.')
         if isinstance(arguments, str):  # some models emit the arguments object as a JSON string
             try:
-                arguments = json.loads(arguments) if json_depth(arguments) <= self.limits.max_depth else None
+                deep = json_depth(arguments) > self.limits.max_depth
+                arguments = None if deep else json.loads(arguments, strict=False)
             except (ValueError, RecursionError):
                 arguments = None
         if not isinstance(arguments, dict):

@@ -44,9 +44,10 @@ def format_exec_result(result: ExecResult, max_chars: int = 4000) -> str:
         if not text and not cut_by_sandbox:
             continue
         shown, cut_here = truncate(text, max_chars)
-        parts.append(f"{label}:\n{shown.rstrip()}")
+        parts.append(f"{label}:\n{shown.strip(chr(10)).rstrip()}")
         if cut_by_sandbox or cut_here:
-            parts.append(f"[{label} truncated: showed {len(shown)} of {len(text)}+ characters]")
+            total = f"{len(text)}+" if cut_by_sandbox else str(len(text))
+            parts.append(f"[{label} truncated: showing {min(len(text), max_chars)} of {total} characters]")
     if len(parts) == 1:
         parts.append("(no output)")
     return "\n".join(parts)

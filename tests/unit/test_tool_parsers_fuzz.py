@@ -171,7 +171,7 @@ def test_hand_written_cases() -> None:
     bad = HERMES.parse("<tool_call>{'name': 'python'}</tool_call>")
     assert bad == ParseError(
         "bad_json",
-        "The tool call is not valid JSON (Expecting property name enclosed in double quotes at character 1).",
+        "The tool call is not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 (char 1)).",
     )
     many = HERMES.parse(wrap(ToolCall("python", {"code": "1"})) * 9)
     assert isinstance(many, ParseError) and many.kind == "too_many_calls"
@@ -179,6 +179,8 @@ def test_hand_written_cases() -> None:
     assert isinstance(second, ParseError) and second.message.startswith("Tool call 2 names unknown tool 'ls'")
     code = ToolCall("python", {"code": 'print("</tool_call>")'})
     assert HERMES.parse(wrap(code)) == [code]
+    raw_newline = '<tool_call>{"name": "python", "arguments": {"code": "x = 1\nprint(x)"}}</tool_call>'
+    assert HERMES.parse(raw_newline) == [ToolCall("python", {"code": "x = 1\nprint(x)"})]
     assert TAGS.parse("<search> capital of France </search>") == [
         ToolCall("search", {"query": "capital of France"})
     ]
