@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Self
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class Sandbox(ABC):
     def close(self) -> None:
         """Release the sandbox; idempotent; never raises."""
 
-    def __enter__(self) -> Sandbox:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
