@@ -138,29 +138,40 @@ class TorchBackend:
         return nullcontext()
 
     def _forward(
-        self, model: torch.nn.Module, ids: list[torch.Tensor], entropy_mask: torch.Tensor | None = None
+        self,
+        model: torch.nn.Module,
+        ids: list[torch.Tensor],
+        entropy_mask: torch.Tensor | None = None,
+        first: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logprobs (B, T) of each token given its prefix (column 0 is 0.0) and, when ``entropy_mask``
-        is given, entropy (B, T) at its nonzero positions. Full-vocab fp32 logits live only here."""
+        """Logprobs (B, T) of each token given its prefix and, when ``entropy_mask`` is given, entropy
+        (B, T) at its nonzero positions. Columns before ``first`` are 0.0: the LM head runs only on the
+        positions that predict tokens ``first..T-1`` (a prompt shared by the batch costs no logits).
+        Full-vocab fp32 logits live only inside this call."""
         input_ids = _pad(ids, self.device, self.pad_id).long()  # (B, T)
+        n_seq, seq_len = input_ids.shape
         lengths = torch.tensor([len(x) for x in ids], device=self.device)
-        attention_mask = (
-            torch.arange(input_ids.shape[1], device=self.device)[None] < lengths[:, None]
-        ).long()
+        attention_mask = (torch.arange(seq_len, device=self.device)[None] < lengths[:, None]).long()
         with self._autocast():
-            logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        logits = logits[:, :-1].float()  # (B, T-1, V): position t-1 predicts token t
-        targets = input_ids[:, 1:]  # (B, T-1)
-        token_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T-1)
-        lp = token_logits - torch.logsumexp(logits, dim=-1)  # (B, T-1)
-        lp = torch.cat([lp.new_zeros(lp.shape[0], 1), lp], dim=1)  # (B, T)
+            out = model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                use_cache=False,
+                logits_to_keep=seq_len - first + 1,
+            )
+        logits = out.logits[:, :-1].float()  # (B, T-first, V): position t-1 predicts token t
+        targets = input_ids[:, first:]  # (B, T-first)
+        token_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T-first)
+        lp = torch.cat(
+            [token_logits.new_zeros(n_seq, first), token_logits - torch.logsumexp(logits, dim=-1)], 1
+        )
         entropy = None
         if entropy_mask is not None:
-            sel = entropy_mask[:, 1:].bool()  # (B, T-1)
+            sel = entropy_mask[:, first:].bool()  # (B, T-first)
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.algorithm.entropy_coef != 0):
                 rows = entropy_from_logits(logits[sel])  # (n_sel,)
             entropy = lp.new_zeros(lp.shape)
-            entropy[:, 1:][sel] = rows
+            entropy[:, first:][sel] = rows
         return lp, entropy
 
     @torch.no_grad()
@@ -221,14 +232,17 @@ class TorchBackend:
         def pick(tensors: list[torch.Tensor]) -> torch.Tensor:  # (B, T) float32, zero-padded
             return _pad([tensors[i].float() for i in group], self.device)
 
-        mask = pick(batch.loss_mask)
+        mask = pick(batch.loss_mask)  # (B, T)
+        if not bool(mask.any()):
+            return 0.0, {}, 0.0  # nothing trained here: skip the forward
+        first = max(1, int(torch.nonzero(mask.any(dim=0))[0, 0]))  # first trained column of the micro-batch
         ref = None if batch.ref_logprobs is None else pick(batch.ref_logprobs)
         if algo.kl_coef > 0 and ref is None:
             if self.ref_model is None:
                 raise ConfigError("kl_coef > 0 but the backend was built without a reference model")
             with torch.no_grad():
-                ref, _ = self._forward(self.ref_model, ids)
-        lp, entropy = self._forward(self.model, ids, entropy_mask=mask)
+                ref, _ = self._forward(self.ref_model, ids, first=first)
+        lp, entropy = self._forward(self.model, ids, entropy_mask=mask, first=first)
         old = lp.detach() if batch.old_logprobs is None else pick(batch.old_logprobs)
         out = policy_loss(
             lp,
