@@ -99,8 +99,13 @@ def task_to_row(task: Task, *, prompt: str, split: str, index: int) -> dict[str,
         "prompt": [{"role": "user", "content": prompt}],
         "ability": "fact-reasoning",
         "reward_model": {"style": "rule", "ground_truth": {"target": [str(a) for a in answers]}},
-        "extra_info": {"split": split, "index": index},
+        "extra_info": {**_scalar_meta(task.meta), "split": split, "index": index},
     }
+
+
+def _scalar_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """Task facts that fit a parquet struct column (question type, hops...), kept for reports."""
+    return {k: v for k, v in meta.items() if k != "data_source" and isinstance(v, str | int | float | bool)}
 
 
 def write_qa_parquet(rows: Iterable[dict[str, Any]], path: str | Path) -> int:
