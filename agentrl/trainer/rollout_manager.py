@@ -142,47 +142,14 @@ class RolloutManager:
 
     def generate(self, keys: Sequence[str], settings: GenerationSettings) -> list[Trajectory]:
         """``settings.n_samples`` episodes of each task key; every episode comes back, with a status."""
-        return self._loop.run_until_complete(self._generate(list(keys), settings))
-
-    async def _generate(self, keys: list[str], settings: GenerationSettings) -> list[Trajectory]:
-        from agentrl.rollout.controller import RolloutConfig, RolloutController
-
-        config = RolloutConfig(
-            max_turns=self.max_turns,
-            max_new_tokens=self.max_new_tokens,
-            max_total_tokens=self.max_context,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            concurrency=self.max_concurrency,
-        )
-        controller = RolloutController(self.engine, self.tokenizer, config)
-        semaphore = asyncio.Semaphore(self.max_concurrency)
-
-        async def one(key: str, index: int) -> Trajectory:
-            entry, task_id = key.split(":", 1)
-            async with semaphore:
-                env = self._checkout(int(entry))
-                try:
-                    return await controller.run_episode(
-                        env,
-                        task_id=task_id,
-                        group_id=f"{settings.step}/{key}",
-                        sample_index=index,
-                        env_id=self.specs[int(entry)].env,
-                        seed=episode_seed(self.seed, settings.step, key, index),
-                    )
-                finally:
-                    self._envs[int(entry)].append(env)
-
-        jobs = [one(key, i) for key in keys for i in range(settings.n_samples)]
-        trajectories = list(await asyncio.gather(*jobs))
-        for t in trajectories:
-            t.weight_version = self.version
-        return trajectories
+        return self._loop.run_until_complete(_generate(self, list(keys), settings))
 
     def _checkout(self, entry: int) -> Any:
         pool = self._envs.setdefault(entry, [])
         return pool.pop() if pool else self.specs[entry].make(self.max_turns, self.env_factory)
+
+    def _return(self, entry: int, env: Any) -> None:
+        self._envs[entry].append(env)
 
     def update_weights(self, source: Any, version: int) -> None:
         """Load new weights into the engine (a state dict, or an HF folder path for SGLang)."""
@@ -195,3 +162,41 @@ class RolloutManager:
                 env.close()
         self._envs.clear()
         self._loop.run_until_complete(self.engine.close())
+
+
+# A module-level coroutine, not a method: Ray turns a class with any ``async def`` into an async actor,
+# and this class must stay synchronous (it drives its own event loop).
+async def _generate(
+    manager: RolloutManager, keys: list[str], settings: GenerationSettings
+) -> list[Trajectory]:
+    from agentrl.rollout.controller import RolloutConfig, RolloutController
+
+    config = RolloutConfig(
+        max_turns=manager.max_turns,
+        max_new_tokens=manager.max_new_tokens,
+        max_total_tokens=manager.max_context,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        concurrency=manager.max_concurrency,
+    )
+    controller = RolloutController(manager.engine, manager.tokenizer, config)
+    semaphore = asyncio.Semaphore(manager.max_concurrency)
+
+    async def one(key: str, index: int) -> Trajectory:
+        entry, task_id = key.split(":", 1)
+        async with semaphore:
+            env = manager._checkout(int(entry))
+            try:
+                return await controller.run_episode(
+                    env,
+                    task_id=task_id,
+                    group_id=f"{settings.step}/{key}",
+                    sample_index=index,
+                    env_id=manager.specs[int(entry)].env,
+                    seed=episode_seed(manager.seed, settings.step, key, index),
+                )
+            finally:
+                manager._return(int(entry), env)
+
+    jobs = [one(key, i) for key in keys for i in range(settings.n_samples)]
+    return list(await asyncio.gather(*jobs))

@@ -10,14 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
 
 from agentrl.cli.dataclass_args import config_to_dict
 from agentrl.errors import CheckpointError, ConfigError
@@ -125,6 +122,9 @@ class Run:
             folder = self.log_dir / "weights" / f"v{version:06d}"
             source = ray.get(self.actors.trainer.export_hf.remote(str(folder)))
         ray.get(self.actors.rollout.update_weights.remote(source, version))
+        for old in (self.log_dir / "weights").glob("v*"):  # the engine has loaded the new folder
+            if old.name != f"v{version:06d}":
+                shutil.rmtree(old, ignore_errors=True)
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Greedy episodes on the first ``eval_episodes`` tasks of the eval split (the same every time)."""
@@ -141,13 +141,10 @@ class Run:
         return metrics
 
     def _loop_state(self, step: int) -> dict[str, Any]:
-        return {
-            "step": step,
-            "sampler": self.sampler.state_dict() if self.sampler else None,
-            "python_rng": random.getstate(),
-            "numpy_rng": np.random.get_state(),
-            "torch_rng": torch.get_rng_state(),
-        }
+        from agentrl.trainer.checkpoint import capture_rng_state
+
+        sampler = self.sampler.state_dict() if self.sampler else None
+        return {"step": step, "sampler": sampler, "driver_rng": capture_rng_state()}
 
     def checkpoint(self, step: int) -> None:
         import ray
@@ -162,6 +159,8 @@ class Run:
     def _resume(self) -> int:
         import ray
 
+        from agentrl.trainer.checkpoint import restore_rng_state
+
         state = ray.get(self.actors.trainer.load_checkpoint.remote(self.config.save))
         if state is None:
             raise CheckpointError(
@@ -169,9 +168,7 @@ class Run:
             )
         if self.sampler is not None and state["sampler"] is not None:
             self.sampler.load_state_dict(state["sampler"])
-        random.setstate(state["python_rng"])
-        np.random.set_state(state["numpy_rng"])
-        torch.set_rng_state(state["torch_rng"])
+        restore_rng_state(state["driver_rng"])
         step = int(state["step"])
         self.sync_weights(version=step)
         log.info("resumed from step %d of %s", step, self.config.save)
