@@ -67,26 +67,29 @@ def _pad(tensors: list[torch.Tensor], device: torch.device, value: float = 0.0) 
 
 
 class _MetricMean:
-    """Token-weighted means over micro-batches; ``*_max`` / ``*_min`` keys combine by max / min."""
+    """Combines per-micro-batch metrics: token-weighted means, except ``*_max`` / ``*_min`` (max / min)
+    and ``pg_loss`` (summed: each micro-batch's value is already its share of the batch loss)."""
+
+    SUMMED = frozenset({"pg_loss"})
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
+        self.values: dict[str, float] = {}
         self.weights: dict[str, float] = {}
 
     def add(self, metrics: dict[str, float], weight: float) -> None:
         for k, v in metrics.items():
-            if k.endswith("_max") or k.endswith("_min"):
+            if k.endswith(("_max", "_min")):
                 pick = max if k.endswith("_max") else min
-                self.sums[k] = pick(self.sums.get(k, v), v)
-                self.weights[k] = 1.0
+                self.values[k] = pick(self.values.get(k, v), v)
+            elif k in self.SUMMED:
+                self.values[k] = self.values.get(k, 0.0) + v
             else:
-                self.sums[k] = self.sums.get(k, 0.0) + v * weight
+                self.values[k] = self.values.get(k, 0.0) + v * weight
                 self.weights[k] = self.weights.get(k, 0.0) + weight
 
     def result(self) -> dict[str, float]:
         return {
-            k: (s if k.endswith(("_max", "_min")) else s / max(self.weights[k], 1e-12))
-            for k, s in self.sums.items()
+            k: v / max(self.weights[k], 1e-12) if k in self.weights else v for k, v in self.values.items()
         }
 
 

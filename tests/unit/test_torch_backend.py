@@ -90,15 +90,19 @@ def test_train_step_moves_logprobs_in_the_direction_of_the_advantage(model_dir: 
     assert backend.step == 1
 
 
-def test_gradient_accumulation_does_not_change_the_update(model_dir: Path) -> None:
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_gradient_accumulation_does_not_change_the_update(model_dir: Path, mode: str) -> None:
     # One micro-batch vs one sequence per micro-batch: same loss and same gradient norm.
-    whole = TorchBackend(model_dir, _config(micro_batch_tokens=4096))
-    split = TorchBackend(model_dir, _config(micro_batch_tokens=1))
+    algo = AlgorithmConfig(loss_agg_mode=mode)  # type: ignore[arg-type]
+    whole = TorchBackend(model_dir, _config(micro_batch_tokens=4096, algorithm=algo))
+    split = TorchBackend(model_dir, _config(micro_batch_tokens=1, algorithm=algo))
     batch = _batch(whole, [1.0, -0.5, 0.25])
     m1, m2 = whole.train_step(batch), split.train_step(batch)
     assert m2["num_micro_batches"] == 3 and m1["num_micro_batches"] == 1
     assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-5, abs=1e-7)
+    assert m2["pg_loss"] == pytest.approx(m1["pg_loss"], rel=1e-5, abs=1e-7)
     assert m2["grad_norm"] == pytest.approx(m1["grad_norm"], rel=1e-4)
+    assert m2["entropy"] == pytest.approx(m1["entropy"], rel=1e-5)
 
 
 def test_reference_model_and_kl(model_dir: Path) -> None:
