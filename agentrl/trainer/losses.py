@@ -165,23 +165,7 @@ def policy_loss(
     norm = config.loss_norm_tokens if config.loss_norm_tokens is not None else norm_tokens
     denominators = {"num_tokens": num_tokens, "num_seqs": num_seqs, "norm_tokens": norm}
 
-    if config.policy_loss == "gspo":
-        log_ratio = gspo_log_ratio(logprobs, old_logprobs, mask_f)
-    else:
-        log_ratio = logprobs - old_logprobs
-    ratio = torch.exp(log_ratio.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP))  # (B, T)
-    pg, clipped, dual_clipped = ppo_clip_loss(
-        ratio, advantages, config.clip_eps_low, config.clip_eps_high, config.dual_clip_c
-    )
-    metrics: dict[str, float] = {}
-    if config.tis_cap is not None:
-        if rollout_logprobs is None:
-            raise ConfigError(
-                "tis_cap is set but no rollout logprobs were given; pass them or set tis_cap=None"
-            )
-        weights = truncated_is_weights(old_logprobs, rollout_logprobs, config.tis_cap)
-        pg = pg * weights
-        metrics["tis_mean"] = _masked_mean(weights, mask_f)
+    pg, metrics = _token_policy_loss(logprobs, old_logprobs, advantages, mask_f, config, rollout_logprobs)
     pg_loss = aggregate_loss(pg, mask_f, mode, **denominators)
     loss = pg_loss
 
@@ -200,9 +184,37 @@ def policy_loss(
             (old_logprobs - rollout_logprobs).abs(), mask_f
         )
 
-    metrics.update(_ratio_metrics(ratio, clipped, dual_clipped, log_ratio, mask_f))
     metrics["pg_loss"] = float(pg_loss.detach().item())
     return PolicyLossOutput(loss=loss, metrics=metrics)
+
+
+def _token_policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    config: AlgorithmConfig,
+    rollout_logprobs: torch.Tensor | None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The clipped (and TIS-weighted) per-token policy loss (B, T) and its ratio metrics."""
+    if config.policy_loss == "gspo":
+        log_ratio = gspo_log_ratio(logprobs, old_logprobs, mask)
+    else:
+        log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP))  # (B, T)
+    pg, clipped, dual_clipped = ppo_clip_loss(
+        ratio, advantages, config.clip_eps_low, config.clip_eps_high, config.dual_clip_c
+    )
+    metrics = _ratio_metrics(ratio, clipped, dual_clipped, log_ratio, mask)
+    if config.tis_cap is not None:
+        if rollout_logprobs is None:
+            raise ConfigError(
+                "tis_cap is set but no rollout logprobs were given; pass them or set tis_cap=None"
+            )
+        weights = truncated_is_weights(old_logprobs, rollout_logprobs, config.tis_cap)
+        pg = pg * weights
+        metrics["tis_mean"] = _masked_mean(weights, mask)
+    return pg, metrics
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
