@@ -149,11 +149,11 @@ class TrainerWorker:
 class EngineWorker:
     """Hosts an embedded engine; ``generate`` calls from the rollout manager run concurrently here."""
 
-    def __init__(self, model_path: str, num_cpus: int | None, engine_kwargs: dict[str, Any]) -> None:
-        from agentrl.rollout.embedded_engine import EmbeddedEngine
+    def __init__(self, model_path: str, num_cpus: int | None, seed: int) -> None:
+        from agentrl.rollout.embedded_engine import EmbeddedEngine, EmbeddedEngineConfig
 
         set_threads(num_cpus)
-        self.engine = EmbeddedEngine(model_path, **engine_kwargs)
+        self.engine = EmbeddedEngine(model_path, EmbeddedEngineConfig(seed=seed))
 
     async def generate(
         self, input_ids: list[int], sampling: SamplingParams, session_id: str | None = None
@@ -263,7 +263,7 @@ def create_actors(config: TrainConfig, model_path: Path, env_factory: Any, log_d
         engine: Any
         if config.engine == "embedded":
             worker = ray.remote(EngineWorker).options(max_concurrency=1024, **options)
-            engines = [worker.remote(str(model_path), config.num_cpus, {"seed": config.seed})]
+            engines = [worker.remote(str(model_path), config.num_cpus, config.seed)]
             engine = RemoteEngine(engines[0])
         else:
             engine = functools.partial(start_sglang_engine, config, str(model_path), str(log_dir / "sglang"))
