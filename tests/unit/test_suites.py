@@ -6,7 +6,9 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -79,7 +81,7 @@ def test_packaged_suites_load_and_heldout_families_are_unseen() -> None:
         (lambda d: d["entries"].append("python-tool"), r"entries\[2\] must be a mapping"),
     ],
 )  # fmt: skip
-def test_bad_files_name_path_and_field(tmp_path: Path, mutate, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_files_name_path_and_field(tmp_path: Path, mutate: Callable[[Any], object], message: str) -> None:
     data = yaml.safe_load(yaml.safe_dump(GOOD))  # deep copy
     mutate(data)
     path = write(tmp_path, data)
