@@ -14,7 +14,7 @@ class ExecResult:
     stdout: str
     stderr: str
     exit_code: int | None
-    """The process's exit code; ``None`` when it was killed for a timeout."""
+    """The process's exit code; ``None`` when agentrl stopped it (timeout, or output past the cap)."""
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     timed_out: bool = False

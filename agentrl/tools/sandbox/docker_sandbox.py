@@ -100,7 +100,8 @@ class DockerSandbox(Sandbox):
                 f"sandbox image {cfg.image!r} is missing; build it with `agentrl sandbox build`"
             ) from e
         except docker.errors.APIError as e:
-            raise SandboxError(f"could not start a sandbox container from {cfg.image!r}: {e}") from e
+            hint = " (is gVisor installed? see `agentrl sandbox doctor`)" if cfg.runtime == "runsc" else ""
+            raise SandboxError(f"could not start a sandbox container from {cfg.image!r}{hint}: {e}") from e
         return str(created["Id"])
 
     def exec(

@@ -21,7 +21,10 @@ def connect(timeout: float = 30.0) -> docker.APIClient:
     a warm call close to a bare ``docker exec`` (no per-call thread or buffering layers).
     """
     try:
-        client = docker.APIClient(version="auto", timeout=timeout, **docker.utils.kwargs_from_env())
+        # One client serves every sandbox of the process from many threads: keep enough connections.
+        client = docker.APIClient(
+            version="auto", timeout=timeout, max_pool_size=64, **docker.utils.kwargs_from_env()
+        )
         client.ping()
     except (docker.errors.DockerException, OSError) as e:
         raise SandboxUnavailableError(f"the Docker engine is not reachable ({e}). {HOW_TO_FIX}") from e
