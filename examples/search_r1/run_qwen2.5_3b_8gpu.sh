@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Search-R1, the paper's setting on one 8-GPU node: Qwen2.5-3B(-Instruct), Megatron-core training
+# (TP 2) and SGLang rollout, GRPO with n=5, lr 1e-6, low-variance KL 0.001, 4 turns, 500-token responses,
+# NQ + HotpotQA train set, e5-base-v2 + FAISS over wiki-18 (or BM25) served by agentrl's retrieval server.
+#
+#   python examples/search_r1/prepare_data.py --source flashrag --out examples/search_r1/data
+#   RETRIEVER_URL=http://127.0.0.1:8000/retrieve MODEL=/models/Qwen2.5-3B-Instruct \
+#     bash examples/search_r1/run_qwen2.5_3b_8gpu.sh
+#
+# Start the retriever first (a GPU-free process), e.g.:
+#   python -m agentrl.tools.retrieval.server --corpus wiki-18.jsonl --backend dense --encoder e5-base-v2 --port 8000
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+: "${MODEL:?set MODEL to a Qwen2.5-3B(-Instruct) HF folder}"
+RETRIEVER_URL=${RETRIEVER_URL:-http://127.0.0.1:8000/retrieve}
+DATA=${DATA:-$HERE/data}
+OUT=${OUT:-runs/search_r1_qwen2.5_3b}
+export NCCL_NVLS_ENABLE=0   # NVLink multicast can take a shared host's GPUs out of service
+
+agentrl train \
+  --env search \
+  --env-kwargs "{\"task_file\": \"$DATA/{split}.parquet\", \"retriever\": \"http\", \"retriever_url\": \"$RETRIEVER_URL\", \"topk\": 3}" \
+  --split train --eval-split test \
+  --model "$MODEL" --backend megatron --engine sglang --num-engines 4 \
+  --sglang-mem-fraction-static 0.7 \
+  --tensor-model-parallel-size 2 \
+  --rollout-batch-size 512 --n-samples-per-prompt 5 --global-batch-size 512 --steps-per-rollout 5 \
+  --num-rollouts 200 \
+  --max-turns 4 --max-new-tokens 500 --max-context 4096 --temperature 1.0 \
+  --advantage-estimator grpo --lr 1e-6 --kl-coef 0.001 --kl-estimator low_var_kl \
+  --clip-eps-low 0.2 --clip-eps-high 0.2 \
+  --eval-interval 50 --eval-episodes 1000 \
+  --save "$OUT/ckpt" --save-interval 50 --log-dir "$OUT/logs" \
+  "$@"
