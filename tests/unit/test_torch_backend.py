@@ -155,3 +155,16 @@ def test_empty_batch_is_skipped(model_dir: Path) -> None:
     backend = TorchBackend(model_dir, _config())
     metrics = backend.train_step(TrainBatch(input_ids=[], loss_mask=[], advantages=[], rollout_logprobs=[]))
     assert metrics["skipped_empty"] == 1.0 and backend.step == 0
+
+
+def test_off_policy_old_logprobs_give_ratios_and_clipping(model_dir: Path) -> None:
+    # A second update on the same rollout (old = logprobs before the first update): ratios move off 1
+    # and a large first step (lr 0.05) pushes some tokens outside [0.8, 1.28], where they get clipped.
+    backend = TorchBackend(model_dir, _config(optimizer=OptimizerConfig(lr=5e-2)))
+    batch = _batch(backend, [1.0, -1.0, 0.5])
+    batch.old_logprobs = backend.logprobs(batch.input_ids)
+    backend.train_step(batch)
+    metrics = backend.train_step(batch)
+    assert metrics["ratio_max"] > 1.0 + 1e-3 and metrics["ratio_min"] < 1.0 - 1e-3
+    assert metrics["clip_frac"] > 0.0
+    assert metrics["ppo_kl"] != 0.0
