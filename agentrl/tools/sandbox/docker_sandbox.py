@@ -86,7 +86,7 @@ class DockerSandbox(Sandbox):
         try:
             created = self._client.create_container(
                 cfg.image,
-                command=["sleep", str(int(cfg.ttl_s))],
+                command=["sleep", f"{cfg.ttl_s:g}"],
                 user=f"{KEEPER_UID}:{KEEPER_UID}",
                 hostname="sandbox",
                 working_dir=cfg.workdir,
