@@ -61,11 +61,12 @@ class ScriptedEnv(ToolEnv):
         return [lookup] if self.with_tools else []
 
     def initial_messages(self, task: Task) -> list[Message]:
+        self.received = []  # called by reset(): pooled envs start each episode afresh
         return [{"role": "system", "content": "Be brief."}, {"role": "user", "content": task.prompt}]
 
     def turn(self, text: str) -> TurnResult:
         self.received.append(text)
-        i = len(self.received) - 1
+        i = self.turn_count - 1
         last = i == len(self.script) - 1
         return TurnResult(
             messages=[] if last else list(self.script[i].observation),

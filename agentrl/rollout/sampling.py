@@ -1,0 +1,75 @@
+"""Per-row token sampling with temperature, top-k and top-p, returning SGLang-style logprobs.
+
+Each row of a batch has its own sampling parameters (requests of different episodes share a batch).
+The reported logprob is the one SGLang reports by default: ``log_softmax(logits / T)`` at the sampled
+token, before top-k/top-p filtering (``log_softmax(logits)`` for greedy rows, T = 0). With
+``original=True`` it is ``log_softmax(logits)`` for every row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from agentrl.rollout.engine import SamplingParams
+
+
+def filter_top_k_top_p(probs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Zero the probabilities outside each row's top-k and top-p nucleus (not renormalised).
+
+    Args:
+        probs: (B, V) probabilities.
+        top_k: (B,) int, ``<= 0`` means no limit.
+        top_p: (B,) float in (0, 1].
+    Returns:
+        (B, V) filtered probabilities; every row keeps at least its most likely token.
+    """
+    sorted_p, order = probs.sort(dim=-1, descending=True)  # (B, V)
+    rank = torch.arange(probs.shape[-1]).expand_as(sorted_p)
+    k = torch.where(top_k > 0, top_k, probs.shape[-1]).unsqueeze(1)
+    # A token stays when the mass strictly before it is below top_p (so the first token always stays).
+    before = sorted_p.cumsum(dim=-1) - sorted_p
+    keep = (rank < k) & (before < top_p.unsqueeze(1))
+    filtered = torch.zeros_like(probs)
+    filtered.scatter_(-1, order, sorted_p * keep)
+    return filtered
+
+
+def sample_tokens(
+    logits: torch.Tensor,
+    params: Sequence[SamplingParams],
+    generators: Sequence[torch.Generator | None],
+    default_generator: torch.Generator,
+    *,
+    original: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one token per row.
+
+    Args:
+        logits: (B, V) float32 logits of the next token.
+        params: per-row sampling parameters.
+        generators: per-row generators (requests with a ``seed``) or ``None`` (use ``default_generator``).
+        original: report ``log_softmax(logits)`` instead of the post-temperature logprob.
+    Returns:
+        tokens (B,) int64 and their logprobs (B,) float32.
+    """
+    temps = torch.tensor([p.temperature for p in params], dtype=logits.dtype)
+    greedy = temps <= 0
+    scaled = logits / torch.where(greedy, 1.0, temps).unsqueeze(1)  # (B, V)
+    logp = torch.log_softmax(scaled, dim=-1)
+    probs = logp.exp()
+    top_k = torch.tensor([p.top_k for p in params])
+    top_p = torch.tensor([p.top_p for p in params], dtype=logits.dtype)
+    if bool((top_k > 0).any()) or bool((top_p < 1).any()):
+        probs = filter_top_k_top_p(probs, top_k, top_p)
+    tokens = logits.argmax(dim=-1)
+    shared = [i for i, gen in enumerate(generators) if gen is None and not greedy[i]]
+    if shared:
+        rows = torch.tensor(shared)
+        tokens[rows] = torch.multinomial(probs[rows], 1, generator=default_generator).squeeze(1)
+    for i, gen in enumerate(generators):
+        if gen is not None and not greedy[i]:
+            tokens[i] = torch.multinomial(probs[i], 1, generator=gen)[0]
+    source = torch.log_softmax(logits, dim=-1) if original else logp
+    return tokens, source.gather(1, tokens.unsqueeze(1)).squeeze(1)
