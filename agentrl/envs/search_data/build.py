@@ -58,7 +58,8 @@ def _article(word: str) -> str:
 
 def country_doc(c: Country) -> dict[str, str]:
     """A country's document; it deliberately omits the capital (stated in the capital's document)."""
-    s = [f"{c.name} is a country or territory" + (f" in {c.subregion}, {c.region}." if c.subregion else ".")]
+    where = f" in the subregion {c.subregion} of {c.region}" if c.subregion else ""
+    s = [f"{c.name} is a country or territory{where}."]
     if c.alt_names:
         s.append(f"It is also known as {_join(c.alt_names)}.")
     if c.currencies:
