@@ -14,7 +14,7 @@ gets HTTP 400 with ``{"error": "<what was wrong and how to fix it>"}``. Binds 12
 Run::
 
     python -m agentrl.tools.retrieval.server --port 8000                 # packaged corpus, BM25
-    python -m agentrl.tools.retrieval.server --corpus wiki-18.jsonl --backend dense --port 8000
+    python -m agentrl.tools.retrieval.server --corpus wiki-18.jsonl --port 8000   # any JSONL corpus
 """
 
 from __future__ import annotations
@@ -43,9 +43,7 @@ class ServerConfig:
     corpus: str | None = None
     """JSONL(.gz) corpus file; ``None`` serves the packaged offline corpus of ``agentrl/Search-v0``."""
     backend: str = "bm25"
-    """``"bm25"`` (bm25s) or ``"dense"`` (FAISS + a sentence-transformers encoder)."""
-    encoder: str | None = None
-    """Encoder folder or name for ``dense``; ``None`` uses the packaged all-MiniLM-L6-v2."""
+    """``"bm25"`` (bm25s); the only backend so far."""
     host: str = "127.0.0.1"
     """Interface to bind; use 0.0.0.0 only on a trusted network."""
     port: int = 8000
@@ -71,11 +69,7 @@ def make_backend(config: ServerConfig) -> Retriever:
         from agentrl.tools.retrieval.bm25 import BM25Retriever
 
         return BM25Retriever(docs)
-    if config.backend == "dense":
-        from agentrl.tools.retrieval.dense import DenseRetriever
-
-        return DenseRetriever(docs, encoder=config.encoder)
-    raise ConfigError(f"--backend must be 'bm25' or 'dense', got {config.backend!r}")
+    raise ConfigError(f"--backend must be 'bm25', got {config.backend!r}")
 
 
 class Batcher:
@@ -212,17 +206,14 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--corpus", default=None, help="JSONL(.gz) corpus (default: the packaged one)")
-    parser.add_argument("--backend", default="bm25", choices=["bm25", "dense"])
-    parser.add_argument(
-        "--encoder", default=None, help="sentence-transformers model folder for --backend dense"
-    )
+    parser.add_argument("--backend", default="bm25", choices=["bm25"])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument("--topk", type=int, default=3, help="topk of requests that give none")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig(
-        corpus=args.corpus, backend=args.backend, encoder=args.encoder, host=args.host, port=args.port,
+        corpus=args.corpus, backend=args.backend, host=args.host, port=args.port,
         default_topk=args.topk,
     )  # fmt: skip
     server = serve(config)
