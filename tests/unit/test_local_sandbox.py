@@ -122,6 +122,7 @@ def test_config_rejects_unknown_keys_and_bad_values() -> None:
     with pytest.raises(ConfigError, match="runsc"):
         SandboxConfig(runtime="kata")
     assert SandboxConfig(memory="1.5g").memory_bytes == 1536 * 1024**2
+    assert SandboxConfig() == SandboxConfig()  # one default run id per process: one shared pool
     config = SandboxConfig(exec_timeout_s=10)
     assert (config.effective_timeout(None), config.effective_timeout(3), config.effective_timeout(99)) == (
         10,

@@ -41,8 +41,12 @@ def parse_size(value: str | int) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
-def _new_run_id() -> str:
-    return os.environ.get("AGENTRL_RUN_ID") or uuid.uuid4().hex[:12]
+_PROCESS_RUN_ID = uuid.uuid4().hex[:12]
+
+
+def _default_run_id() -> str:
+    """``AGENTRL_RUN_ID``, else one id per process: equal configs then share one pool and its cap."""
+    return os.environ.get("AGENTRL_RUN_ID") or _PROCESS_RUN_ID
 
 
 @dataclass(frozen=True)
@@ -71,8 +75,9 @@ class SandboxConfig:
     """Dead-man's switch: a container exits by itself this long after it started (RELIABILITY B11)."""
     runtime: str = "runc"
     """OCI runtime: "runc", or "runsc" for gVisor where `agentrl sandbox doctor` reports it."""
-    pool_size: int = 4
-    """Most sandboxes open at once in this process (RELIABILITY B15)."""
+    pool_size: int = 16
+    """Most sandboxes open at once in this process (RELIABILITY B15). Idle containers are light (two
+    sleeping processes; memory and CPU are caps, not reservations), so the default is generous."""
     warm: int = 0
     """Containers the pool starts ahead of demand (each is used by one episode only)."""
     acquire_timeout_s: float = 600.0
@@ -81,8 +86,8 @@ class SandboxConfig:
     """Grace between stop and kill when a sandbox closes; the whole escalation is bounded by it."""
     api_timeout_s: float = 30.0
     """Timeout of one Docker API request (so a hung engine cannot hang training)."""
-    run_id: str = field(default_factory=_new_run_id)
-    """Label ``agentrl.run`` on every container of this run (``AGENTRL_RUN_ID`` or a random id)."""
+    run_id: str = field(default_factory=_default_run_id)
+    """Label ``agentrl.run`` on every container of this run (``AGENTRL_RUN_ID`` or a per-process id)."""
     workdir: str = "/home/sandbox"
     """Working directory of calls; a size-capped tmpfs owned by the sandbox user."""
 
