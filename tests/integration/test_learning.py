@@ -1,8 +1,8 @@
 """Seeded CPU learning test: a tiny GPT-2 learns to write the letter 'e', and does not with the sign flipped.
 
 The reward (share of 'e' characters in one sampled turn, see tiny_envs.LetterEnv) is measured by the env,
-independently of the trainer. Stated margin: over 8 rollouts of 64 episodes (GRPO, lr 3e-3), the mean
-share of the last two rollouts exceeds the first two by at least 0.05 (from about 0.05 at random init);
+independently of the trainer. Stated margin: over 10 rollouts of 64 episodes (GRPO, lr 1e-2), the mean
+share of the last two rollouts exceeds the first two by at least 0.05 (measured: 0.09 -> 0.20);
 with the reward's sign flipped the share must not rise by more than 0.01, so the improvement comes from
 the gradient's direction, not from drift.
 """
@@ -22,7 +22,7 @@ from agentrl.trainer.loop import train
 from agentrl.trainer.metrics import read_metrics
 from agentrl.trainer.train_config import TrainConfig
 
-ROLLOUTS = 8
+ROLLOUTS = 10
 MARGIN = 0.05
 
 
@@ -57,7 +57,7 @@ def letter_share_curve(model: Path, log_dir: Path, sign: float) -> list[float]:
         log_dir=str(log_dir),
         seed=0,
         num_cpus=2,
-        optimizer=OptimizerConfig(lr=3e-3),
+        optimizer=OptimizerConfig(lr=1e-2),
     )
     train(config, env_factory=functools.partial(tiny_envs.LetterEnv, sign=sign))
     records = [r for r in read_metrics(log_dir / "metrics.jsonl") if r.get("rollout/reward") is not None]
