@@ -7,6 +7,7 @@ and the metrics logger; :func:`agentrl.trainer.loop.train` only calls ``generate
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -58,9 +59,9 @@ class Run:
 
         log_dir = Path(config.log_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
         log_dir.mkdir(parents=True, exist_ok=True)
-        resolved = json.dumps(config_to_dict(config), indent=2)
-        (log_dir / "config.json").write_text(resolved + "\n", encoding="utf-8")
-        log.info("resolved config:\n%s", resolved)
+        resolved = config_to_dict(dataclasses.replace(config, torch=config.torch_backend_config()))
+        (log_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
+        log.info("resolved config (also in %s): %s", log_dir / "config.json", json.dumps(resolved))
         model_path = resolve_model(config.model)
         actors = create_actors(config, model_path, env_factory, log_dir)
         sampler, eval_keys = None, []

@@ -1,0 +1,98 @@
+"""`agentrl train` as a user runs it: a tiny two-rollout run on the Search env, its files, `--resume`,
+and a killed trainer actor making the run exit non-zero instead of hanging (RELIABILITY F24)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agentrl.models import make_tiny_gpt2
+from agentrl.trainer.metrics import read_metrics
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_gpt2(tmp_path_factory.mktemp("models") / "tiny-gpt2", seed=2)
+
+
+def _train(model: Path, tmp: Path, *extra: str) -> list[str]:
+    flags = ["--env", "search", "--model", str(model), "--max-turns", "2", "--max-new-tokens", "16"]
+    flags += ["--rollout-batch-size", "2", "--n-samples-per-prompt", "2", "--global-batch-size", "4"]
+    flags += ["--eval-episodes", "2", "--lr", "1e-4", "--num-cpus", "2", "--no-progress"]
+    flags += ["--save", str(tmp / "ckpt"), "--save-interval", "1", "--log-dir", str(tmp / "logs")]
+    return [sys.executable, "-m", "agentrl", "train", *flags, *extra]
+
+
+def test_two_rollouts_then_resume_for_a_third(tiny_model: Path, tmp_path: Path) -> None:
+    done = subprocess.run(
+        _train(tiny_model, tmp_path, "--num-rollouts", "2"), capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "== summary ==" in done.stdout and "eval  reward" in done.stdout
+    logs = tmp_path / "logs"
+    records = read_metrics(logs / "metrics.jsonl")
+    assert [r["step"] for r in records] == [0, 1, 2]  # eval before training, two rollouts (+ final eval)
+    for key in (
+        "rollout/reward",
+        "train/loss",
+        "train/grad_norm",
+        "time/rollout_s",
+        "time/train_s",
+        "time/sync_s",
+    ):
+        assert isinstance(records[1][key], float), key
+    assert records[2]["rollout/episodes"] == 4.0  # 2 prompts x 2 samples
+    assert "eval/reward" in records[0] and "eval/reward" in records[2]
+    assert list((logs / "tensorboard").glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (logs / "rollouts").iterdir()) == ["step_000001.jsonl", "step_000002.jsonl"]
+    assert (logs / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (logs / "hf_model" / "config.json").exists()
+    assert (tmp_path / "ckpt" / "latest").read_text().strip() == "step_2"
+    config = json.loads((logs / "config.json").read_text())
+    assert config["torch"]["optimizer"]["lr"] == 1e-4  # the backend got the run's optimizer settings
+
+    resumed = subprocess.run(
+        _train(tiny_model, tmp_path, "--num-rollouts", "3", "--resume"),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from step 2" in resumed.stderr
+    steps = [r["step"] for r in read_metrics(logs / "metrics.jsonl") if "rollout/reward" in r]
+    assert steps == [1, 2, 3]
+    assert (tmp_path / "ckpt" / "latest").read_text().strip() == "step_3"
+
+
+def test_bad_batch_shape_is_a_clear_error(tiny_model: Path, tmp_path: Path) -> None:
+    done = subprocess.run(
+        _train(tiny_model, tmp_path, "--global-batch-size", "3"), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    assert "rollout_batch_size (2) x n_samples_per_prompt (2) = 4" in done.stderr
+
+
+def test_a_killed_trainer_actor_ends_the_run_non_zero(tiny_model: Path, tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        _train(tiny_model, tmp_path, "--num-rollouts", "1000", "--eval-episodes", "0"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    actors = tmp_path / "logs" / "actors.json"
+    deadline = time.monotonic() + 600
+    while not actors.exists() or not (tmp_path / "logs" / "metrics.jsonl").exists():
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    os.kill(json.loads(actors.read_text())["trainer"], signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=180)  # must exit, not hang
+    assert proc.returncode not in (0, None)
+    assert "actor died" in stderr and "--resume" in stderr
