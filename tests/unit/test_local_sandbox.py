@@ -161,3 +161,24 @@ def test_pool_caps_and_never_reuses() -> None:
     second.close()
     third.close()
     assert pool.alive == 0
+
+
+def test_docker_stream_demultiplexing_across_any_chunking() -> None:
+    """Docker's stream format: [stream id, 0, 0, 0, big-endian u32 length] + payload, per frame."""
+    import random
+    import struct
+
+    from agentrl.tools.sandbox.docker_exec import RawExec, _Demuxer
+
+    frames = [(1, b"hello "), (2, b"warn\n"), (1, b"x" * 300_000), (2, b""), (1, b"end\n")]
+    stream = b"".join(struct.pack(">BxxxL", sid, len(p)) + p for sid, p in frames)
+    for seed in range(5):
+        rng = random.Random(seed)
+        result = RawExec(CappedBuffer(1 << 20), CappedBuffer(1 << 20))
+        demux, pos = _Demuxer(result), 0
+        while pos < len(stream):  # feed in random pieces, splitting headers and payloads anywhere
+            step = rng.choice([1, 3, 7, 4096, 65536, 200_000])
+            demux.feed(stream[pos : pos + step])
+            pos += step
+        assert result.stdout.getvalue() == b"hello " + b"x" * 300_000 + b"end\n"
+        assert result.stderr.getvalue() == b"warn\n"
