@@ -59,7 +59,7 @@ for host, port in [("1.1.1.1", 53), ("172.17.0.1", 2375), ("8.8.8.8", 443)]:
     except OSError as e:
         print("refused", type(e).__name__)
 try:
-    socket.getaddrinfo("deb.debian.org", 80)
+    socket.getaddrinfo("example.com", 80)
     print("RESOLVED")
 except OSError:
     print("no dns")
