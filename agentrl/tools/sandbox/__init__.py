@@ -11,6 +11,7 @@ See docs/sandbox.md for the guarantees (RELIABILITY.md A and B) and how each is 
 
 from __future__ import annotations
 
+import atexit
 import threading
 
 from agentrl.errors import ConfigError, SandboxError, SandboxUnavailableError
@@ -51,6 +52,7 @@ def docker_pool(config: SandboxConfig | None = None) -> SandboxPool:
             client = connect(config.api_timeout_s)
             reap_orphans(client)
             pool = _pools[config] = SandboxPool(lambda: DockerSandbox(config, client=client), config)
+            atexit.register(pool.close)  # warm spares go with the process (the reaper covers SIGKILL)
         return pool
 
 

@@ -64,6 +64,7 @@ class SandboxPool:
         self._spares: list[Sandbox] = []
         self._closed = False
         self._filling = False
+        self._filler: threading.Thread | None = None
 
     @property
     def alive(self) -> int:
@@ -121,7 +122,8 @@ class SandboxPool:
             if self._filling or self._closed or len(self._spares) >= self.config.warm:
                 return
             self._filling = True
-        threading.Thread(target=self._fill, name="sandbox-pool-fill", daemon=True).start()
+        self._filler = threading.Thread(target=self._fill, name="sandbox-pool-fill", daemon=True)
+        self._filler.start()
 
     def _fill(self) -> None:
         try:
@@ -154,8 +156,11 @@ class SandboxPool:
         """Destroy the spares; sandboxes still lent out are destroyed when their holders close them."""
         with self._cond:
             self._closed = True
-            spares, self._spares = self._spares, []
             self._cond.notify_all()
+        if self._filler is not None and self._filler is not threading.current_thread():
+            self._filler.join(timeout=self.config.api_timeout_s)  # a spare being started is closed by it
+        with self._cond:
+            spares, self._spares = self._spares, []
         for spare in spares:
             spare.close()
             self._give_slot_back()
