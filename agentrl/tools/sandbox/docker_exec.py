@@ -32,6 +32,8 @@ class RawExec:
     timed_out: bool = False
     eof: bool = False
     """The engine closed the stream (the process ended or the container died)."""
+    oom_killed: bool = False
+    """Set by the caller once it has checked the cgroup's OOM-kill counter."""
 
     @property
     def overflowed(self) -> bool:

@@ -41,7 +41,7 @@ _KILL_ALL = (
 # Model code runs at the lowest priority: inside the container's CPU quota, agentrl's cleanup call (at
 # normal priority) then gets the CPU at once even while a fork bomb or spinning processes fill it.
 _NICE = ["nice", "-n", "19"]
-_OOM_COUNT = "cat /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events 2>/dev/null"
+_OOM_COUNT = "cat /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null; cat /sys/fs/cgroup/memory.events 2>/dev/null; exit 0"
 
 
 class SandboxDiedError(SandboxError):
@@ -138,13 +138,15 @@ class DockerSandbox(Sandbox):
             raise self._died(str(e)) from e
         if raw.timed_out or raw.overflowed:
             self._stop_call_processes()
-        elif raw.exit_code is None or raw.exit_code == 137:
+        elif raw.exit_code == 137:
+            raw.oom_killed = self._new_oom_kill()
+        elif raw.exit_code is None:
             self._check_alive()
         return raw
 
     def _result(self, raw: RawExec, limit: float, duration: float) -> ExecResult:
         stderr = to_text(raw.stderr.getvalue(), truncated=raw.stderr.overflowed)
-        oom = raw.exit_code == 137 and self._new_oom_kill()
+        oom = raw.oom_killed
         if raw.timed_out:
             stderr += limit_note("time limit exceeded", f"the call ran past {limit:g} s and was stopped")
         if raw.overflowed:
@@ -192,23 +194,37 @@ class DockerSandbox(Sandbox):
         )
 
     def _new_oom_kill(self) -> bool:
-        """Whether the cgroup's OOM-kill counter grew since we last looked (cgroup v1 and v2)."""
+        """After exit 137 (SIGKILL): was it the OOM killer, the code itself, or the container dying?
+
+        A probe reads the cgroup's OOM-kill counter (v1 or v2). If the probe cannot run, the container
+        may be going down (killed from outside): its state is watched until it settles.
+        """
         try:
-            text = self._internal(["/bin/sh", "-c", _OOM_COUNT]).stdout.getvalue().decode()
-        except (docker.errors.APIError, OSError):
+            probe = self._internal(["/bin/sh", "-c", _OOM_COUNT])
+        except (docker.errors.APIError, OSError) as e:
+            raise self._died(str(e)) from e
+        if probe.exit_code != 0:
+            self._check_alive(settle_s=1.0)
             return False
+        text = probe.stdout.getvalue().decode(errors="replace")
         counts = [int(line.split()[1]) for line in text.splitlines() if line.startswith("oom_kill ")]
         count = max(counts, default=0)
         grew, self._oom_seen = count > self._oom_seen, count
         return grew
 
-    def _check_alive(self) -> None:
-        try:
-            state = self._client.inspect_container(self.id)["State"]
-        except (docker.errors.APIError, OSError) as e:
-            raise self._died(str(e)) from e
-        if not state.get("Running"):
-            raise self._died(f"status {state.get('Status')}, exit code {state.get('ExitCode')}")
+    def _check_alive(self, settle_s: float = 0.0) -> None:
+        """Raise `SandboxDiedError` unless the container runs (watched for ``settle_s`` seconds)."""
+        deadline = time.monotonic() + settle_s
+        while True:
+            try:
+                state = self._client.inspect_container(self.id)["State"]
+            except (docker.errors.APIError, OSError) as e:
+                raise self._died(str(e)) from e
+            if not state.get("Running"):
+                raise self._died(f"status {state.get('Status')}, exit code {state.get('ExitCode')}")
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.1)
 
     def _died(self, why: str) -> SandboxDiedError:
         self.close()
