@@ -7,6 +7,10 @@ take packed sequences).
   attention across sequences, no padding. Where it is missing (CPU, old torch) each sequence goes
   through SDPA on its own, which is exact but slower.
 - Padded batches (``sbhd``): ``scaled_dot_product_attention(is_causal=True)`` with native GQA.
+
+Given ``rotary_base``, it also applies RoPE to q and k first (the model is then built without
+Megatron's own rotary, whose packed path loops over sequences): one vectorised pass per layer over
+the whole pack, with tables built once per micro-batch (:mod:`.rope`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from agentrl.errors import ConfigError
+from agentrl.trainer.megatron.rope import apply_rope, inverse_frequencies, packed_positions, rope_tables
 
 try:
     from torch.nn.attention.varlen import varlen_attn as _varlen_attn_fn
@@ -78,6 +83,7 @@ class FusedCoreAttention(MegatronModule):
         softmax_scale: float | None = None,
         cp_comm_type: str | None = None,
         pg_collection: Any = None,
+        rotary_base: float | None = None,
     ) -> None:
         super().__init__(config=config)
         if config.context_parallel_size != 1:
@@ -88,6 +94,25 @@ class FusedCoreAttention(MegatronModule):
         if (attention_dropout if attention_dropout is not None else config.attention_dropout) > 0:
             raise ConfigError("attention dropout is not supported by the fused attention; set it to 0")
         self.scale = softmax_scale if softmax_scale is not None else config.kv_channels**-0.5
+        # A plain attribute, not a buffer: it must stay fp32 and out of state dicts.
+        self.inv_freq = None if rotary_base is None else inverse_frequencies(config.kv_channels, rotary_base)
+
+    def _tables(
+        self, packed_seq_params: PackedSeqParams | None, total: int, like: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin (total, head_dim) for this micro-batch. The tables are cached on the micro-batch's
+        ``PackedSeqParams`` (the one object every layer sees), so they are built once, not per layer."""
+        assert self.inv_freq is not None
+        if packed_seq_params is None:
+            return rope_tables(torch.arange(total, device=like.device), self.inv_freq, like.dtype)
+        cache: dict[Any, tuple[torch.Tensor, torch.Tensor]] = packed_seq_params.__dict__.setdefault(
+            "_agentrl_rope", {}
+        )
+        key = (total, like.dtype, like.device)
+        if key not in cache:
+            positions = packed_positions(packed_seq_params.cu_seqlens_q, total)
+            cache[key] = rope_tables(positions, self.inv_freq, like.dtype)
+        return cache[key]
 
     def forward(
         self,
@@ -101,6 +126,10 @@ class FusedCoreAttention(MegatronModule):
     ) -> torch.Tensor:
         if attention_bias is not None:
             raise ConfigError("attention bias is not supported by the fused attention")
+        if self.inv_freq is not None:  # (T, heads, D) packed or (s, b, heads, D) padded: dim 0 is position
+            thd = packed_seq_params is not None and packed_seq_params.qkv_format == "thd"
+            cos, sin = self._tables(packed_seq_params if thd else None, query.shape[0], query)
+            query, key = apply_rope(query, cos, sin), apply_rope(key, cos, sin)
         if packed_seq_params is not None and packed_seq_params.qkv_format == "thd":
             # (T, heads, D) -> (T, heads, D); Megatron reshapes it to (T, 1, heads * D).
             return varlen_causal_attention(

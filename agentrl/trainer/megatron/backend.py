@@ -144,7 +144,8 @@ class MegatronBackend:
             qkv_format="thd",
             cu_seqlens_q=cu,
             cu_seqlens_kv=cu,
-            # RoPE reads the *_padded copies with .tolist(); a CPU copy avoids a GPU sync per layer.
+            # Megatron's own RoPE (local/te backends) reads the *_padded copies with .tolist(); a CPU
+            # copy avoids a GPU sync per layer. The fused backend's RoPE reads cu_seqlens_q on the GPU.
             cu_seqlens_q_padded=mb.cu_seqlens,
             cu_seqlens_kv_padded=mb.cu_seqlens,
             max_seqlen_q=mb.max_seqlen,

@@ -2,8 +2,13 @@
 
 The layer spec is Megatron's local spec (no Transformer Engine or Apex needed) with its core attention
 swapped for :class:`~agentrl.trainer.megatron.attention.FusedCoreAttention`, so packed sequences run
-through FlashAttention's varlen kernel. ``attention_backend="local"`` keeps Megatron's unfused attention
-(for comparison), ``"te"`` takes Transformer Engine's spec where it is installed.
+through FlashAttention's varlen kernel, and with RoPE applied there in one vectorised pass per layer
+(Megatron's own rotary then stays off: its packed path loops over sequences). The norms are
+:class:`~agentrl.trainer.megatron.norm.HFRMSNorm` (transformers' rounding order; takes an fp32
+residual stream) and the SwiGLU is unfused (``silu(gate)`` rounded before the product, as in
+transformers): the same rounding points as the HF model keep logprob parity with it.
+``attention_backend="local"`` keeps Megatron's unfused attention and rotary (for comparison), ``"te"``
+takes Transformer Engine's spec where it is installed.
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ import torch.nn.functional as F
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from agentrl.errors import ConfigError
 from agentrl.trainer.megatron.attention import FusedCoreAttention
 from agentrl.trainer.megatron.config import MegatronBackendConfig
+from agentrl.trainer.megatron.norm import HFRMSNorm
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 
@@ -69,13 +76,15 @@ def transformer_config(hf_config: Any, cfg: MegatronBackendConfig) -> Transforme
         layernorm_epsilon=hf_config.rms_norm_eps,
         gated_linear_unit=True,
         activation_func=F.silu,
-        bias_activation_fusion=True,
+        # The fused (scripted) SwiGLU keeps silu(gate) unrounded; transformers rounds it to bf16.
+        bias_activation_fusion=cfg.attention_backend == "te",
         add_bias_linear=False,
         add_qkv_bias=model_type == "qwen2" or bool(getattr(hf_config, "attention_bias", False)),
         qk_layernorm=model_type == "qwen3",
         hidden_dropout=0.0,
         attention_dropout=0.0,
         init_method_std=getattr(hf_config, "initializer_range", 0.02),
+        fp32_residual_connection=cfg.fp32_residual,
         bf16=True,
         params_dtype=torch.bfloat16,
         pipeline_dtype=torch.bfloat16,
@@ -94,8 +103,12 @@ def transformer_config(hf_config: Any, cfg: MegatronBackendConfig) -> Transforme
     )
 
 
-def layer_spec(config: TransformerConfig, cfg: MegatronBackendConfig) -> ModuleSpec:
-    """The transformer layer spec for ``cfg.attention_backend``."""
+def layer_spec(
+    config: TransformerConfig, cfg: MegatronBackendConfig, theta: float, vp_stage: int | None = None
+) -> ModuleSpec | TransformerBlockSubmodules:
+    """The decoder spec for ``cfg.attention_backend``: TE's layer spec, or the local one with our
+    norms (final norm included, hence block submodules) and, for ``fused``, our core attention with
+    RoPE inside (base ``theta``)."""
     if cfg.attention_backend == "te":
         try:
             from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
@@ -104,9 +117,14 @@ def layer_spec(config: TransformerConfig, cfg: MegatronBackendConfig) -> ModuleS
         except (ImportError, AssertionError) as e:
             raise ConfigError(f"attention_backend='te' needs transformer-engine ({e}); use 'fused'") from e
     spec = get_gpt_layer_local_spec(qk_layernorm=config.qk_layernorm, normalization="RMSNorm")
+    layer, attention = spec.submodules, spec.submodules.self_attention.submodules
+    layer.input_layernorm = layer.pre_mlp_layernorm = HFRMSNorm
+    if config.qk_layernorm:
+        attention.q_layernorm = attention.k_layernorm = HFRMSNorm
     if cfg.attention_backend == "fused":
-        spec.submodules.self_attention.submodules.core_attention = FusedCoreAttention
-    return spec
+        attention.core_attention = ModuleSpec(module=FusedCoreAttention, params={"rotary_base": theta})
+    layers = get_num_layers_to_build(config, vp_stage=vp_stage)
+    return TransformerBlockSubmodules(layer_specs=[spec] * layers, layer_norm=HFRMSNorm)
 
 
 def build_gpt_model(
@@ -125,16 +143,18 @@ def build_gpt_model(
             f"vocab size {hf_config.vocab_size} is not divisible by --tensor-model-parallel-size {tp}"
         )
     kwargs: dict[str, Any] = {"vp_stage": vp_stage} if vp_stage is not None else {}
+    theta = rope_theta(hf_config)
     return GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(config, cfg),
+        transformer_layer_spec=layer_spec(config, cfg, theta, vp_stage),
         vocab_size=hf_config.vocab_size,
         max_sequence_length=hf_config.max_position_embeddings,
         pre_process=pre_process,
         post_process=post_process,
         share_embeddings_and_output_weights=bool(getattr(hf_config, "tie_word_embeddings", False)),
-        position_embedding_type="rope",
-        rotary_base=rope_theta(hf_config),
+        # fused: RoPE is applied inside FusedCoreAttention, vectorised over the pack.
+        position_embedding_type="none" if cfg.attention_backend == "fused" else "rope",
+        rotary_base=theta,
         rotary_percent=1.0,
         **kwargs,
     )

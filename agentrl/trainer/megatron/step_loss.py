@@ -37,24 +37,36 @@ class GlobalDenominators:
         return cls(num_tokens=sum(per_seq), num_seqs=float(len(per_seq)), norm_tokens=float(norm))
 
 
-def padded(mb: PackedMicroBatch, values: torch.Tensor) -> torch.Tensor:
-    """Packed per-position (T,) -> (B, T_max) per token (batch convention: entry t from position t-1)."""
-    rows = mb.unpack(values)
-    out = values.new_zeros(len(rows), max(mb.lengths))
-    for i, r in enumerate(rows):
-        out[i, : r.numel()] = r
-    return out
+def padded_index(mb: PackedMicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T_max) index into the packed positions and its validity mask, for :func:`padded`."""
+    width = max(mb.lengths)
+    t = torch.arange(width)
+    starts = torch.tensor([0, *mb.lengths[:-1]]).cumsum(0)
+    valid = (t[None, :] >= 1) & (t[None, :] < torch.tensor(mb.lengths)[:, None])
+    return (starts[:, None] + t[None, :] - 1).clamp(min=0) * valid, valid
+
+
+def padded(
+    mb: PackedMicroBatch, values: torch.Tensor, index: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
+    """Packed per-position (T,) -> (B, T_max) per token (batch convention: entry t from position t-1),
+    one gather instead of a copy per sequence."""
+    idx, valid = index
+    return values[idx] * valid
 
 
 def _batch_rows(
-    mb: PackedMicroBatch, tensors: list[torch.Tensor] | None, device: torch.device
-) -> torch.Tensor | None:
-    if tensors is None:
-        return None
-    out = torch.zeros(len(mb.seq_indices), max(mb.lengths), dtype=torch.float32)
-    for row, i in enumerate(mb.seq_indices):
-        out[row, : tensors[i].numel()] = tensors[i].float()
-    return out.to(device)
+    mb: PackedMicroBatch, fields: list[list[torch.Tensor] | None], device: torch.device
+) -> list[torch.Tensor | None]:
+    """The batch's per-token fields of this micro-batch's sequences, right-padded (B, T_max) fp32,
+    moved to ``device`` in one copy."""
+    present = [f for f in fields if f is not None]
+    out = torch.zeros(len(present), len(mb.seq_indices), max(mb.lengths), dtype=torch.float32)
+    for k, tensors in enumerate(present):
+        for row, i in enumerate(mb.seq_indices):
+            out[k, row, : tensors[i].numel()] = tensors[i].float()
+    moved = iter(out.to(device).unbind(0))
+    return [None if f is None else next(moved) for f in fields]
 
 
 def micro_batch_loss(
@@ -72,18 +84,25 @@ def micro_batch_loss(
     and DDP averages over data-parallel ranks, so ``scale`` (= their product) undoes both.
     """
     dev = output.device
-    logprobs, entropy = padded(mb, output[0]), padded(mb, output[1])  # (B, T_max)
-    mask = _batch_rows(mb, batch.loss_mask, dev)
-    assert mask is not None
-    old = _batch_rows(mb, batch.old_logprobs, dev)
+    index = tuple(x.to(dev) for x in padded_index(mb))
+    logprobs, entropy = (padded(mb, output[k], index) for k in (0, 1))  # type: ignore[arg-type]  # (B, T_max)
+    fields = [
+        batch.loss_mask,
+        batch.advantages,
+        batch.old_logprobs,
+        batch.rollout_logprobs,
+        batch.ref_logprobs,
+    ]
+    mask, advantages, old, rollout, ref = _batch_rows(mb, fields, dev)
+    assert mask is not None and advantages is not None
     out = policy_loss(
         logprobs,
         old if old is not None else logprobs.detach(),
-        _batch_rows(mb, batch.advantages, dev),  # type: ignore[arg-type]
+        advantages,
         mask,
         cfg,
-        rollout_logprobs=_batch_rows(mb, batch.rollout_logprobs, dev),
-        ref_logprobs=_batch_rows(mb, batch.ref_logprobs, dev),
+        rollout_logprobs=rollout,
+        ref_logprobs=ref,
         entropy=entropy,
         num_tokens=denominators.num_tokens,
         num_seqs=denominators.num_seqs,
@@ -91,5 +110,5 @@ def micro_batch_loss(
     )
     metrics: dict[str, Any] = dict(out.metrics)
     metrics["loss"] = float(out.loss.detach().item())
-    metrics["_tokens"] = float(mask.sum().item())
+    metrics["_tokens"] = float(sum(float(batch.loss_mask[i].sum()) for i in mb.seq_indices))
     return out.loss * scale, metrics
