@@ -47,15 +47,15 @@ class TrainConfig:
     """Training backend: plain torch (CPU, one GPU) or Megatron-core (GPUs)."""
     engine: Literal["embedded", "sglang"] = field(default="embedded", metadata={"group": "model"})
     """Inference engine for rollouts: in-process transformers (CPU default) or SGLang servers."""
-    rollout_batch_size: int = field(default=8, metadata={"group": "batch"})
+    rollout_batch_size: int = field(default=4, metadata={"group": "batch"})
     """Prompts (tasks) per rollout."""
     n_samples_per_prompt: int = field(default=4, metadata={"group": "batch"})
     """Episodes per prompt; they form one group for GRPO-style advantages."""
-    global_batch_size: int = field(default=32, metadata={"group": "batch"})
+    global_batch_size: int = field(default=16, metadata={"group": "batch"})
     """Episodes per optimizer step."""
     steps_per_rollout: int = field(default=1, metadata={"group": "batch"})
     """Optimizer steps per rollout; rollout_batch_size x n_samples == global_batch_size x this."""
-    num_rollouts: int = field(default=10, metadata={"group": "batch"})
+    num_rollouts: int = field(default=8, metadata={"group": "batch"})
     """Rollouts (generate -> train -> sync iterations) in the run."""
     over_sample: float = field(default=1.0, metadata={"group": "batch"})
     """Sample this many times rollout_batch_size prompts when the dynamic filter is on, so enough survive."""
@@ -63,9 +63,9 @@ class TrainConfig:
     """Drop groups whose rewards all agree (they carry no GRPO signal), DAPO-style."""
     max_turns: int = field(default=5, metadata={"group": "episode"})
     """Agent turns per episode before it is truncated."""
-    max_new_tokens: int = field(default=96, metadata={"group": "episode"})
+    max_new_tokens: int = field(default=64, metadata={"group": "episode"})
     """Sampled tokens per turn at most."""
-    max_context: int = field(default=1024, metadata={"group": "episode"})
+    max_context: int = field(default=768, metadata={"group": "episode"})
     """Token budget of a whole episode (prompt + response); ending on it is TRUNCATED."""
     temperature: float = field(default=1.0, metadata={"group": "episode"})
     """Sampling temperature for training rollouts."""
@@ -75,7 +75,7 @@ class TrainConfig:
     """Episodes in flight at once."""
     eval_interval: int = field(default=0, metadata={"group": "eval"})
     """Evaluate every this many rollouts (0: only before and after training)."""
-    eval_episodes: int = field(default=32, metadata={"group": "eval"})
+    eval_episodes: int = field(default=16, metadata={"group": "eval"})
     """Tasks per evaluation (greedy, one sample each); 0 disables evaluation."""
     save: str | None = field(default=None, metadata={"group": "checkpoint"})
     """Checkpoint folder (atomic step_N/ dirs and a latest pointer); none: no checkpoints."""

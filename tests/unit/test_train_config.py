@@ -104,10 +104,22 @@ def test_cli_batch_error_surfaces_as_config_error() -> None:
         _parse(["--n-samples-per-prompt", "8"])
 
 
+def test_sglang_flags_pass_through_the_real_cli() -> None:
+    from agentrl.cli import build_parser
+    from agentrl.cli.train import config_from_args
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(
+        ["train", "--engine", "sglang", "--sglang-mem-fraction-static", "0.5"]
+    )
+    args.passthrough = extra
+    assert config_from_args(args).sglang_args == ("--mem-fraction-static", "0.5")
+
+
 def test_help_is_generated_from_docstrings_and_fits_two_screens() -> None:
     parser, _ = _parser()
     text = parser.format_help()
-    assert "Prompts (tasks) per rollout [8]" in text
+    assert "Prompts (tasks) per rollout [4]" in text
     assert "--kl-coef" in text and "--micro-batch-tokens" in text
     assert "--torch-seed" not in text  # skipped: set from --seed
     assert len(text.splitlines()) < 120
