@@ -1,0 +1,150 @@
+"""Rollout benchmarks: controller overhead per turn, episodes/s at 256 concurrent, embedded tokens/s.
+
+Why: the controller must never be the bottleneck (target < 1 ms of controller work per turn, so a
+GPU engine decoding thousands of tokens/s stays busy), and the CPU default engine should be usable.
+The first two numbers use an *instant* engine (fixed ids, no model) and an instant env, so they
+measure only the controller: chat-template deltas, tokenization, bookkeeping, the env thread hop.
+
+Run::
+
+    python bench/rollout.py                       # all three, SmolLM2-135M tokenizer and model
+    python bench/rollout.py --skip-engine         # controller numbers only
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+from transformers import AutoTokenizer
+
+from agentrl.envs.base import Task, ToolEnv, TurnResult
+from agentrl.envs.spaces import Message
+from agentrl.models import resolve_model
+from agentrl.rollout.controller import RolloutConfig, RolloutController
+from agentrl.rollout.engine import GenerateOutput, SamplingParams
+from agentrl.rollout.groups import run_groups
+
+
+class EchoEnv(ToolEnv):
+    """Answers every turn with a short tool message; terminates after ``max_turns`` turns."""
+
+    def __init__(self, turns: int) -> None:
+        super().__init__(tasks=[Task(id="bench", prompt="What is 6 times 7?", answer="42")], max_turns=turns)
+
+    def initial_messages(self, task: Task) -> list[Message]:
+        return [
+            {"role": "system", "content": "You are a calculator."},
+            {"role": "user", "content": task.prompt},
+        ]
+
+    def turn(self, text: str) -> TurnResult:
+        done = self.turn_count >= self.max_turns
+        return TurnResult([] if done else [{"role": "tool", "content": "42"}], float(done), done)
+
+
+class InstantEngine:
+    """Returns the same ~30 sampled ids at once (the controller's cost only)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        text = '<tool_call>{"name": "python", "arguments": {"code": "print(6 * 7)"}}</tool_call>'
+        self.ids = [*tokenizer.encode(text, add_special_tokens=False), tokenizer.eos_token_id]
+
+    async def generate(
+        self, input_ids: list[int], sampling: SamplingParams, *, session_id: str | None = None
+    ) -> GenerateOutput:
+        ids = self.ids[: sampling.max_new_tokens]
+        return GenerateOutput(ids, [-0.1] * len(ids), "stop")
+
+    async def update_weights(self, source: Any, *, version: int) -> None: ...
+
+    async def health(self) -> bool:
+        return True
+
+    async def pause(self) -> None: ...
+
+    async def resume(self) -> None: ...
+
+    async def abort(self, session_id: str | None = None) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def bench_overhead(tokenizer: Any, turns: int = 8, episodes: int = 30) -> float:
+    """Mean wall time per turn of sequential episodes with an instant engine and env (ms)."""
+    controller = RolloutController(InstantEngine(tokenizer), tokenizer, RolloutConfig(max_total_tokens=32768))
+    env = EchoEnv(turns)
+
+    async def main() -> float:
+        await controller.run_episode(env)  # warm up templates and caches
+        started = time.perf_counter()
+        for _ in range(episodes):
+            traj = await controller.run_episode(env)
+            assert len(traj.turns) == turns, traj.error
+        return (time.perf_counter() - started) / (episodes * turns) * 1000
+
+    return asyncio.run(main())
+
+
+def bench_concurrent(tokenizer: Any, concurrent: int = 256, turns: int = 4) -> float:
+    """Episodes per second with ``concurrent`` episodes in flight (instant engine and env)."""
+    controller = RolloutController(InstantEngine(tokenizer), tokenizer, RolloutConfig(concurrency=concurrent))
+
+    async def main() -> float:
+        started = time.perf_counter()
+        groups = await run_groups(
+            controller, lambda: EchoEnv(turns), ["bench"] * (concurrent // 8), n_samples=8
+        )
+        n = sum(len(g) for g in groups)
+        assert all(t.status.value == "completed" for g in groups for t in g)
+        return n / (time.perf_counter() - started)
+
+    return asyncio.run(main())
+
+
+def bench_engine(model: str, requests: int = 8, new_tokens: int = 64) -> float:
+    """Sampled tokens per second of the embedded engine on ``requests`` concurrent requests."""
+    from agentrl.rollout.embedded_engine import EmbeddedEngine, EmbeddedEngineConfig
+
+    engine = EmbeddedEngine(model, EmbeddedEngineConfig(device="cpu"))
+    tok = engine.tokenizer
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "Tell me about Peru."}], add_generation_prompt=True
+    )
+    ids = list(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
+    sampling = SamplingParams(max_new_tokens=new_tokens, temperature=1.0, stop_token_ids=())
+
+    async def main() -> float:
+        await engine.generate(ids, SamplingParams(max_new_tokens=4))
+        started = time.perf_counter()
+        outs = await asyncio.gather(*(engine.generate(ids, sampling) for _ in range(requests)))
+        elapsed = time.perf_counter() - started
+        await engine.close()
+        return sum(len(o.output_ids) for o in outs) / elapsed
+
+    return asyncio.run(main())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--skip-engine", action="store_true")
+    args = parser.parse_args()
+    folder = resolve_model(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    print(
+        f"controller overhead per turn (instant engine): {bench_overhead(tokenizer):.3f} ms  (target < 1 ms)"
+    )
+    print(f"episodes/s, 256 concurrent, 4 turns each:     {bench_concurrent(tokenizer):.1f}")
+    if not args.skip_engine:
+        print(
+            f"embedded engine on CPU ({args.model}), 8 x 64 tokens: {bench_engine(str(folder)):.1f} tokens/s"
+        )
+
+
+if __name__ == "__main__":
+    main()
