@@ -359,6 +359,11 @@ class SGLangEngine:
         """Current URLs (a restarted server gets a new port)."""
         return [s.url for s in self._servers]
 
+    @property
+    def processes(self) -> list[SGLangServerProcess | None]:
+        """Launched server processes (None for connected servers), e.g. to read their logs."""
+        return [s.process for s in self._servers]
+
     def alive_urls(self) -> list[str]:
         return [s.url for s in self._live()]
 

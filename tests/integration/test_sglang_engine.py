@@ -27,7 +27,10 @@ CPU_ARGS = (
     "--device", "cpu",
     "--attention-backend", "torch_native",
     "--disable-cuda-graph",
-    "--mem-fraction-static", "0.05",
+    # SGLang sizes its pool from the machine's free memory, which other processes move; a fixed token
+    # cap keeps the pool small (16k tokens, a few MB here) whatever the fraction allows.
+    "--mem-fraction-static", "0.8",
+    "--max-total-tokens", "16384",
     "--dtype", "float32",
 )  # fmt: skip
 LOGPROB_TOL = 1e-3
