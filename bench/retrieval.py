@@ -1,4 +1,4 @@
-"""Retrieval quality of the BM25 retriever on the Search test splits: hit@1 and hit@3 per question type.
+"""Retrieval quality of the BM25 (and dense) retriever on the Search test splits: hit@1 and hit@3.
 
 Why: the Search env's reward ceiling is bounded by what the retriever finds. This measures, for the
 *question itself* used as the query (what an agent's first search often is):
@@ -13,6 +13,12 @@ Run::
 
     python bench/retrieval.py                 # splits test and heldout
     python bench/retrieval.py --split train --topk 5
+    python bench/retrieval.py --dense         # also the dense retriever (packaged MiniLM, FAISS), and
+                                              # an ALL row per backend side by side
+    python bench/retrieval.py --dense --encoder path/to/e5-base-v2
+
+The dense index is built on first use and cached (``python -m agentrl.tools.retrieval.index`` builds
+it ahead of time, with a progress bar).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from collections import defaultdict
 
 from agentrl.envs.search import normalize_answer
 from agentrl.envs.search_data import load_tasks
+from agentrl.tools.retrieval.base import Retriever
 from agentrl.tools.retrieval.bm25 import BM25Retriever
 
 
@@ -31,7 +38,7 @@ def contains_answer(text: str, answers: list[str]) -> bool:
     return any(f" {normalize_answer(a)} " in haystack for a in answers if normalize_answer(a))
 
 
-def evaluate(retriever: BM25Retriever, split: str, topk: int) -> dict[str, dict[str, float]]:
+def evaluate(retriever: Retriever, split: str, topk: int) -> dict[str, dict[str, float]]:
     tasks = load_tasks(split)
     hits = retriever.search([t["question"] for t in tasks], topk)
     rows: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -55,6 +62,8 @@ def main() -> None:
     )
     parser.add_argument("--split", action="append", help="test, heldout or train (repeatable)")
     parser.add_argument("--topk", type=int, default=3)
+    parser.add_argument("--dense", action="store_true", help="also measure the dense retriever")
+    parser.add_argument("--encoder", default=None, help="dense encoder (default: the packaged MiniLM)")
     args = parser.parse_args()
     started = time.perf_counter()
     retriever = BM25Retriever.from_file()
@@ -71,6 +80,31 @@ def main() -> None:
         print(
             f"({split}: {int(table[f'ALL ({split})']['n'])} queries in {time.perf_counter() - started:.2f} s)"
         )
+    if args.dense:
+        compare_dense(retriever, args.encoder, args.split or ["test", "heldout"], args.topk, cols)
+
+
+def compare_dense(
+    bm25: BM25Retriever, encoder: str | None, splits: list[str], topk: int, cols: list[str]
+) -> None:
+    """One ALL row per split and backend, BM25 next to dense."""
+    from agentrl.tools.retrieval.dense import DenseRetriever
+
+    started = time.perf_counter()
+    dense = DenseRetriever.from_file(encoder=encoder)
+    print(f"\ndense index ({dense.info['encoder']}, dim {dense.info['dim']}) ready in "
+          f"{time.perf_counter() - started:.2f} s")  # fmt: skip
+    print(f"{'split':<12}{'backend':<24}{'n':>6}" + "".join(f"{c:>8}" for c in cols))
+    for split in splits:
+        for name, retriever in (("bm25", bm25), (f"dense {dense.info['encoder']}", dense)):
+            started = time.perf_counter()
+            row = evaluate(retriever, split, topk)[f"ALL ({split})"]
+            took = time.perf_counter() - started
+            print(
+                f"{split:<12}{name:<24}{int(row['n']):>6}"
+                + "".join(f"{row[c]:>8.3f}" for c in cols)
+                + f"   ({took:.1f} s)"
+            )
 
 
 if __name__ == "__main__":

@@ -54,8 +54,8 @@ def information(docs_text: str) -> str:
 
 def shared_retriever(kind: str, *, url: str | None = None, corpus: str | None = None) -> Retriever:
     """One retriever per (kind, location) per process, so that many envs share an index or a pool."""
-    if kind not in ("bm25", "http"):
-        raise ConfigError(f"retriever must be 'bm25', 'http' or a Retriever instance, got {kind!r}")
+    if kind not in ("bm25", "dense", "http"):
+        raise ConfigError(f"retriever must be 'bm25', 'dense', 'http' or a Retriever instance, got {kind!r}")
     if kind == "http" and not url:
         raise ConfigError("retriever='http' needs retriever_url, e.g. 'http://127.0.0.1:8000/retrieve'")
     key = (kind, str(url if kind == "http" else corpus or ""))
@@ -65,6 +65,10 @@ def shared_retriever(kind: str, *, url: str | None = None, corpus: str | None = 
                 from agentrl.tools.retrieval.http import HTTPRetriever
 
                 _retrievers[key] = HTTPRetriever(str(url))
+            elif kind == "dense":
+                from agentrl.tools.retrieval.dense import DenseRetriever
+
+                _retrievers[key] = DenseRetriever.from_file(corpus)
             else:
                 from agentrl.tools.retrieval.bm25 import BM25Retriever
 
@@ -124,10 +128,11 @@ class SearchEnv(ToolEnv):
     * ``split``: ``"train"``, ``"test"`` (training question types, unseen subjects) or ``"heldout"``
       (question types never seen in training).
     * ``max_turns``: turn limit (default 5).
-    * ``retriever``: ``"bm25"`` (local bm25s index, default), ``"http"`` (a server speaking Search-R1's
+    * ``retriever``: ``"bm25"`` (local bm25s index, default), ``"dense"`` (local FAISS index over the
+      packaged MiniLM encoder, built and cached on first use), ``"http"`` (a server speaking Search-R1's
       ``POST /retrieve``; give ``retriever_url``) or a :class:`~agentrl.tools.retrieval.base.Retriever`.
     * ``retriever_url``: URL of the ``/retrieve`` endpoint for ``retriever="http"``.
-    * ``corpus``: JSONL(.gz) corpus for ``retriever="bm25"`` (default: the packaged one).
+    * ``corpus``: JSONL(.gz) corpus for ``retriever="bm25"`` or ``"dense"`` (default: the packaged one).
     * ``topk``: passages per search (default 3).
     * ``hops``: keep only questions needing these many documents (an int or a list, e.g. ``2``).
     * ``question_types``: keep only these question types (e.g. ``["capital_of"]``).
@@ -165,7 +170,7 @@ class SearchEnv(ToolEnv):
         self._retriever_args = {"url": retriever_url, "corpus": corpus}
         self._retriever: Retriever | None = retriever if isinstance(retriever, Retriever) else None
         if isinstance(retriever, str) and (
-            retriever not in ("bm25", "http") or (retriever == "http" and not retriever_url)
+            retriever not in ("bm25", "dense", "http") or (retriever == "http" and not retriever_url)
         ):
             shared_retriever(retriever, url=retriever_url)  # raises the ConfigError that says what to pass
         self._parser = TagParser({"search": "query", "answer": "answer"})
