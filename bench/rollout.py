@@ -110,10 +110,10 @@ def bench_engine(model: str, requests: int = 8, new_tokens: int = 64) -> float:
 
     engine = EmbeddedEngine(model, EmbeddedEngineConfig(device="cpu"))
     tok = engine.tokenizer
-    prompt = tok.apply_chat_template(
-        [{"role": "user", "content": "Tell me about Peru."}], add_generation_prompt=True
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "Tell me about Peru."}], tokenize=False, add_generation_prompt=True
     )
-    ids = list(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
     sampling = SamplingParams(max_new_tokens=new_tokens, temperature=1.0, stop_token_ids=())
 
     async def main() -> float:

@@ -156,8 +156,8 @@ class EmbeddedEngine:
         """Queue one request and await its result (``finish_reason`` stop / length / abort)."""
         if self._closed.is_set():
             raise EngineError("the embedded engine is closed; create a new one")
-        if not input_ids:
-            raise EngineError("generate() needs at least one input id")
+        if not input_ids or not all(isinstance(i, int) for i in input_ids):
+            raise EngineError("generate() needs a non-empty list of int token ids")
         loop = asyncio.get_running_loop()
         req = _Request(list(input_ids), sampling, session_id, loop, loop.create_future())
         if sampling.seed is not None:
@@ -273,7 +273,7 @@ class EmbeddedEngine:
             if len(keep) < len(rows):
                 index = torch.tensor(keep, device=self.device)
                 cache.batch_select_indices(index)
-                tokens, mask, positions = tokens[index], mask[index], positions[index]
+                tokens, mask, positions = tokens[index.cpu()], mask[index], positions[index]  # tokens: CPU
                 rows = [rows[i] for i in keep]
             mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=self.device)], dim=1)
             positions = positions[:, -1:] + 1
