@@ -12,7 +12,6 @@ added automatically when the encoder's name contains ``e5``.
 from __future__ import annotations
 
 import importlib.util
-import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -100,14 +99,13 @@ class Encoder:
         if batch_size < 1:
             raise ConfigError(f"encoder batch_size must be >= 1, got {batch_size}")
         self.spec, self.batch_size = spec, batch_size
-        if spec.is_local:
-            # A local folder must never trigger a hub lookup (offline machines hang on it otherwise).
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError as e:
             raise ConfigError(f"the dense retriever needs sentence-transformers: {_INSTALL_HINT}") from e
         try:
+            # local_files_only: a local folder never triggers a hub lookup (offline machines hang on it),
+            # without setting HF_HUB_OFFLINE for the whole process (which would break later hub loads).
             self.model = SentenceTransformer(spec.location, device=device, local_files_only=spec.is_local)
         except OSError as e:
             raise ConfigError(
