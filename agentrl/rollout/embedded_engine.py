@@ -7,11 +7,11 @@ together with a KV cache, retiring each row as soon as it finishes (its future r
 the cache shrinks). The event loop only enqueues and awaits futures, so envs keep stepping while the
 model runs.
 
-Logprobs match SGLang's default: the logprob of the sampled token under the *sampling* distribution,
-``log_softmax(logits / temperature)`` (SGLang's sampler takes ``log(probs)`` after temperature
-scaling, before top-k/top-p renormalisation; greedy requests get ``log_softmax(logits)``). Set
-``logprobs="original"`` for ``log_softmax(logits)`` at every temperature, which is what SGLang
-returns when launched with ``SGLANG_RETURN_ORIGINAL_LOGPROB=1``.
+Logprobs follow the `Engine` contract and this project's `SGLangEngine` (which launches SGLang with
+``SGLANG_RETURN_ORIGINAL_LOGPROB=1``): ``log_softmax(logits)`` of the unscaled logits at the sampled
+token, whatever the temperature. ``logprobs="sampling"`` gives SGLang's own default instead: the
+logprob under the sampling distribution after temperature, ``log_softmax(logits / T)`` (SGLang's
+sampler takes ``log(probs)`` after temperature scaling, before top-k/top-p renormalisation).
 """
 
 from __future__ import annotations
@@ -50,8 +50,9 @@ class EmbeddedEngineConfig:
     """How long the worker waits for more requests after the first one before it starts a batch."""
     seed: int = 0
     """Seed of the engine's sampler for requests without their own ``seed``."""
-    logprobs: Literal["sampling", "original"] = "sampling"
-    """``"sampling"``: after temperature (SGLang's default); ``"original"``: of the raw logits."""
+    logprobs: Literal["sampling", "original"] = "original"
+    """``"original"``: of the raw logits (the Engine contract); ``"sampling"``: after temperature
+    (SGLang's default without ``SGLANG_RETURN_ORIGINAL_LOGPROB``)."""
     num_threads: int | None = None
     """CPU threads of the worker's torch ops; ``None``: half the cores, at most 8. Oversubscribing a
     busy machine makes OpenMP threads spin: measured 40x slower with 2 threads on 2 shared cores."""

@@ -1,9 +1,9 @@
 """Per-row token sampling with temperature, top-k and top-p, returning SGLang-style logprobs.
 
 Each row of a batch has its own sampling parameters (requests of different episodes share a batch).
-The reported logprob is the one SGLang reports by default: ``log_softmax(logits / T)`` at the sampled
-token, before top-k/top-p filtering (``log_softmax(logits)`` for greedy rows, T = 0). With
-``original=True`` it is ``log_softmax(logits)`` for every row.
+By default the reported logprob is the one SGLang reports without ``SGLANG_RETURN_ORIGINAL_LOGPROB``:
+``log_softmax(logits / T)`` at the sampled token, before top-k/top-p filtering (``log_softmax(logits)``
+for greedy rows, T = 0). With ``original=True`` (the Engine contract) it is ``log_softmax(logits)``.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def test_greedy_matches_transformers_generate(engine: EmbeddedEngine) -> None:
     assert out.logprobs == pytest.approx(expected, abs=1e-4)
 
 
-def test_concurrent_requests_are_batched_and_logprobs_are_post_temperature(engine: EmbeddedEngine) -> None:
+def test_concurrent_requests_are_batched_with_contract_logprobs(engine: EmbeddedEngine) -> None:
     prompts = [prompt(engine, f"Question number {i}: what is {i} plus {i}?") for i in range(6)]
 
     async def main() -> list[Any]:
@@ -86,7 +86,8 @@ def test_concurrent_requests_are_batched_and_logprobs_are_post_temperature(engin
     outs = asyncio.run(main())
     for p, out in zip(prompts, outs, strict=True):
         assert len(out.output_ids) == len(out.logprobs) >= 1
-        expected = reference_logprobs(engine.model, p + out.output_ids, len(out.output_ids), 0.7)
+        # Contract logprobs: of the unscaled logits, although sampling used T = 0.7.
+        expected = reference_logprobs(engine.model, p + out.output_ids, len(out.output_ids), 1.0)
         # Left-padded batched attention vs one unpadded forward: equal up to float noise.
         assert out.logprobs == pytest.approx(expected, abs=1e-3)
     # Seeded requests are reproducible, alone or in a batch.
@@ -94,6 +95,16 @@ def test_concurrent_requests_are_batched_and_logprobs_are_post_temperature(engin
         engine.generate(prompts[2], SamplingParams(max_new_tokens=16, temperature=0.7, seed=2))
     )
     assert again.output_ids == outs[2].output_ids
+
+
+def test_sampling_logprobs_are_post_temperature(model_dir: Path) -> None:
+    """``logprobs="sampling"``: SGLang's default, log_softmax(logits / T)."""
+    engine = EmbeddedEngine(model_dir, EmbeddedEngineConfig(device="cpu", logprobs="sampling"))
+    ids = prompt(engine, "What is two plus two?")
+    out = asyncio.run(engine.generate(ids, SamplingParams(max_new_tokens=12, temperature=0.7, seed=1)))
+    expected = reference_logprobs(engine.model, ids + out.output_ids, len(out.output_ids), 0.7)
+    assert out.logprobs == pytest.approx(expected, abs=1e-4)
+    asyncio.run(engine.close())
 
 
 def test_stop_string_and_stop_id(engine: EmbeddedEngine) -> None:
