@@ -100,7 +100,7 @@ class RolloutManager:
     ) -> None:
         from transformers import AutoTokenizer
 
-        if not specs:
+        if not specs and not eval_specs:
             raise ConfigError("a run needs at least one env: pass --env NAME or --suite NAME")
         self._loop = asyncio.new_event_loop()
         # An engine factory runs here, in this process and loop: SGLang servers and clients belong to it.
