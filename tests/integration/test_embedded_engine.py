@@ -131,21 +131,31 @@ def test_stop_string_and_stop_id(engine: EmbeddedEngine) -> None:
 
 def test_abort_pause_resume(engine: EmbeddedEngine) -> None:
     ids = prompt(engine, "Count forever.")
+    greedy = SamplingParams(max_new_tokens=1500, temperature=0.0)  # this prompt never samples EOS greedily
 
     async def main() -> None:
-        long = asyncio.ensure_future(
-            engine.generate(ids, SamplingParams(max_new_tokens=1500, temperature=1.0), session_id="s1")
-        )
-        await asyncio.sleep(0.5)
+        long = asyncio.ensure_future(engine.generate(ids, greedy, session_id="s1"))
+        while not any(r.session_id == "s1" and len(r.output_ids) >= 3 for r in list(engine._running)):
+            assert not long.done(), (await long).finish_reason
+            await asyncio.sleep(0.01)
         await engine.abort("s1")
         out = await asyncio.wait_for(long, 30)
-        assert out.finish_reason == "abort" and len(out.output_ids) < 1500
+        assert out.finish_reason == "abort" and 3 <= len(out.output_ids) < 1500
+        assert len(out.logprobs) == len(out.output_ids)
         await engine.pause()
-        queued = asyncio.ensure_future(engine.generate(ids, SamplingParams(max_new_tokens=4)))
+        queued = asyncio.ensure_future(
+            engine.generate(ids, SamplingParams(max_new_tokens=4), session_id="s2")
+        )
+        dropped = asyncio.ensure_future(
+            engine.generate(ids, SamplingParams(max_new_tokens=4), session_id="s3")
+        )
         await asyncio.sleep(0.4)
-        assert not queued.done(), "a paused engine must not start new requests"
+        assert not queued.done() and not dropped.done(), "a paused engine must not start new requests"
+        await engine.abort("s3")  # aborting a queued request returns it without generating
         await engine.resume()
         assert (await asyncio.wait_for(queued, 30)).finish_reason in ("stop", "length")
+        aborted = await asyncio.wait_for(dropped, 30)
+        assert aborted.finish_reason == "abort" and aborted.output_ids == []
 
     asyncio.run(main())
 
