@@ -59,9 +59,9 @@ class SGLangEngineConfig:
     """How to reach (or start) SGLang servers and how hard to try."""
 
     model_path: str | None = None
-    """HF folder to serve on launched servers. Set this or ``server_urls``, not both."""
+    """HF folder to serve on launched servers; ignored when ``server_urls`` is given."""
     server_urls: tuple[str, ...] = ()
-    """Running servers (or one ``sglang_router`` URL) to connect to instead of launching."""
+    """Running servers (or one ``sglang_router`` URL) to connect to; when set, nothing is launched."""
     num_servers: int = 1
     """How many servers to launch (ignored with ``server_urls``)."""
     python: str | None = None
@@ -106,10 +106,10 @@ class SGLangEngineConfig:
     """Session-to-server assignments remembered (least recently used are forgotten)."""
 
     def __post_init__(self) -> None:
-        if (self.model_path is None) == (not self.server_urls):
+        if self.model_path is None and not self.server_urls:
             raise ConfigError(
-                "SGLangEngineConfig needs exactly one of model_path (launch servers) or server_urls "
-                "(connect to running servers)"
+                "SGLangEngineConfig needs model_path (to launch servers) or server_urls (to connect to "
+                "running servers or a router)"
             )
         if self.num_servers < 1 or self.max_concurrency_per_server < 1:
             raise ConfigError("num_servers and max_concurrency_per_server must be at least 1")
