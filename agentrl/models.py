@@ -26,6 +26,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from agentrl.errors import ModelNotFoundError
 
@@ -69,19 +70,26 @@ Error: unknown tool 'serch'. Available tools: search, python. Fix the name and t
 Traceback (most recent call last): ValueError: invalid literal for int() with base 10: 'x'
 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 25 30 42 50 64 100 128 256 512 1000 2024
 """
-_WORDS = ["the", "a", "an", "of", "to", "in", "and", "is", "was", "for", "on", "with", "as", "by", "at", "from", "that", "this", "it", "be", "are", "were", "which", "what", "who", "where", "when", "how", "why", "question", "answer", "search", "result", "document", "title", "city", "country", "river", "mountain", "capital", "population", "language", "currency", "border", "number", "code", "tool", "call", "function", "error", "value", "list", "first", "second", "third", "largest", "smallest", "north", "south", "east", "west", "old", "new", "good", "true", "false", "yes", "no", "assistant", "user", "system", "model", "think", "information", "step", "final", "reward", "because", "therefore", "however"]
+_WORD_TEXT = """
+the a an of to in and is was for on with as by at from that this it be are were which what who
+where when how why question answer search result document title city country river mountain capital
+population language currency border number code tool call function error value list first second
+third largest smallest north south east west old new good true false yes no assistant user system
+model think information step final reward because therefore however
+"""
 
 
 def _training_text(n_sentences: int = 400) -> Iterator[str]:
     """Yield the tokenizer's training text: the base text, then word-list sentences (seeded, fixed)."""
     yield from _BASE_TEXT.splitlines()
     rng = random.Random(1234)
+    words_list = _WORD_TEXT.split()
     for _ in range(n_sentences):
-        words = [rng.choice(_WORDS) for _ in range(rng.randint(4, 14))]
+        words = [rng.choice(words_list) for _ in range(rng.randint(4, 14))]
         yield " ".join(words).capitalize() + rng.choice((".", "?", "!", ","))
 
 
-def _train_tokenizer(vocab_size: int):  # -> PreTrainedTokenizerFast
+def _train_tokenizer(vocab_size: int) -> Any:  # a PreTrainedTokenizerFast
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
