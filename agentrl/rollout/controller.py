@@ -19,11 +19,14 @@ filter live in :mod:`agentrl.rollout.groups`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from agentrl.envs.spaces import Message
 from agentrl.errors import ConfigError
@@ -32,6 +35,8 @@ from agentrl.rollout.tokenize import Conversation
 from agentrl.rollout.trajectory import Status, Trajectory
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,18 @@ class RolloutController:
         self.tokenizer = tokenizer
         self.config = config or RolloutConfig()
         self.semaphore = asyncio.Semaphore(self.config.concurrency)
+        # Env work (build, reset, step, close) runs on the controller's own threads, one per episode
+        # slot, not on asyncio's default pool (min(32, cpus + 4) threads): an env may block for long,
+        # e.g. waiting for a container from a full sandbox pool, and with more such waiters than
+        # default threads the episodes that hold containers could never step again.
+        self.env_threads = ThreadPoolExecutor(
+            max_workers=self.config.concurrency + 2, thread_name_prefix="agentrl-env"
+        )
+
+    async def in_env_thread(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run blocking env work on the controller's env threads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.env_threads, functools.partial(fn, *args, **kwargs))
 
     async def run_episode(
         self,
@@ -135,7 +152,7 @@ class RolloutController:
 
     async def _play(self, env: Any, traj: Trajectory, task_id: str | None, seed: int | None) -> None:
         options = {"task_id": task_id} if task_id is not None else None
-        messages, info = await asyncio.to_thread(env.reset, seed=seed, options=options)
+        messages, info = await self.in_env_thread(env.reset, seed=seed, options=options)
         traj.task_id = str(info.get("task_id", task_id or ""))
         conv = Conversation.start(self.tokenizer, messages, info.get("tools") or None)
         traj.prompt_ids = conv.prompt_ids
@@ -223,7 +240,7 @@ class RolloutController:
 
     async def _step(self, env: Any, traj: Trajectory, turn: dict[str, Any]) -> tuple[list[Message], bool]:
         started = time.perf_counter()
-        observation, reward, terminated, truncated, info = await asyncio.to_thread(env.step, turn["text"])
+        observation, reward, terminated, truncated, info = await self.in_env_thread(env.step, turn["text"])
         turn["tool_latency_s"] = time.perf_counter() - started
         turn["reward"] = float(reward)
         turn["tool_calls"] = int(info.get("tool_calls", 0) or 0)

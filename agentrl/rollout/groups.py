@@ -31,8 +31,9 @@ class EnvPool:
     may hold a dead sandbox.
     """
 
-    def __init__(self, factory: Callable[[], Any]) -> None:
+    def __init__(self, factory: Callable[[], Any], controller: RolloutController) -> None:
         self.factory = factory
+        self.run = controller.in_env_thread
         self.idle: list[Any] = []
         self.created = 0
 
@@ -40,17 +41,17 @@ class EnvPool:
         if self.idle:
             return self.idle.pop()
         self.created += 1
-        return await asyncio.to_thread(self.factory)
+        return await self.run(self.factory)
 
     async def release(self, env: Any, *, broken: bool) -> None:
         if broken:
-            await asyncio.to_thread(_close_quietly, env)
+            await self.run(_close_quietly, env)
         else:
             self.idle.append(env)
 
     async def close(self) -> None:
         envs, self.idle = self.idle, []
-        await asyncio.gather(*(asyncio.to_thread(_close_quietly, e) for e in envs))
+        await asyncio.gather(*(self.run(_close_quietly, e) for e in envs))
 
 
 def _close_quietly(env: Any) -> None:
@@ -106,7 +107,7 @@ async def run_groups(
     group_prefix: str = "g",
 ) -> list[Group]:
     """One group of ``n_samples`` episodes per task id, in the order of ``task_ids``."""
-    pool = EnvPool(env_factory)
+    pool = EnvPool(env_factory, controller)
     try:
         return list(
             await asyncio.gather(
@@ -165,7 +166,7 @@ async def sample_groups(
         raise ConfigError("num_groups and n_samples must be >= 1")
     in_flight_cap = max_in_flight or max(1, 2 * controller.config.concurrency // n_samples)
     tasks = iter(task_ids)
-    pool, batch, counter = EnvPool(env_factory), GroupBatch(), itertools.count()
+    pool, batch, counter = EnvPool(env_factory, controller), GroupBatch(), itertools.count()
     running: set[asyncio.Task[Group]] = set()
 
     def dispatch() -> bool:

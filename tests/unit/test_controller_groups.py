@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +182,21 @@ def test_trajectories_round_trip_jsonl(tok: Any, tmp_path: Path) -> None:
     )
     save_jsonl([traj], tmp_path / "t.jsonl")
     assert next(load_jsonl(tmp_path / "t.jsonl")) == traj
+
+
+def test_env_steps_that_block_together_do_not_starve(tok: Any) -> None:
+    # 24 episodes whose env.step blocks until all 24 are inside step at once (like episodes waiting on
+    # each other's sandboxes). asyncio's default thread pool has min(32, cpus + 4) threads, 6 on a
+    # 2-core machine, so it would time the barrier out; the controller's own env threads must not.
+    n = 24
+    barrier = threading.Barrier(n, timeout=20)
+
+    class Waiting(ScriptedEnv):
+        def turn(self, text: str) -> Any:
+            barrier.wait()
+            return super().turn(text)
+
+    controller = RolloutController(LoopingEngine(tok, SCRIPT), tok, RolloutConfig(concurrency=n))
+    groups = run(run_groups(controller, lambda: Waiting(SCRIPT), ["t0"] * (n // 4), n_samples=4))
+    statuses = [t.status for g in groups for t in g]
+    assert statuses == [Status.COMPLETED] * n, [t.error for g in groups for t in g if t.error][:1]
