@@ -100,33 +100,6 @@ def test_logprob_parity_with_transformers(setup) -> None:
     assert float(diffs.mean()) < 1e-2
 
 
-def test_fp32_residual_parity(setup) -> None:
-    """The ``fp32_residual`` option on the Qwen2.5-0.5B shape: how close to HF bf16 and to fp32."""
-    from agentrl.trainer.megatron.backend import MegatronBackend
-
-    shape, folder, hf, backend = setup
-    if shape != "qwen2.5-0.5b":
-        pytest.skip("measured on the Qwen2.5-0.5B shape only")
-    ids = _sequences(hf.config.vocab_size, [700, 64, 1500, 333, 1024], seed=2)
-    variant = MegatronBackend(folder, replace(backend.cfg, fp32_residual=True))
-    ours = variant.logprobs(ids)
-    del variant
-    with torch.no_grad():
-        ref, _ = _hf_logprobs(hf, ids)
-        exact, _ = _hf_logprobs(hf.float(), ids)
-        hf.bfloat16()
-    diffs = torch.cat([(o[1:] - r[1:].cpu()).abs() for o, r in zip(ours, ref, strict=True)])
-    vs_fp32 = torch.cat([(o[1:] - e[1:].cpu()).abs() for o, e in zip(ours, exact, strict=True)])
-    record(
-        "logprob_parity_fp32_residual",
-        shape=shape,
-        mean_abs_diff=float(diffs.mean()),
-        max_abs_diff=float(diffs.max()),
-        megatron_vs_fp32_mean=float(vs_fp32.mean()),
-    )
-    assert float(vs_fp32.mean()) < 1e-2
-
-
 def test_hf_round_trip_is_exact(setup, tmp_path: Path) -> None:
     shape, folder, _, backend = setup
     original = load_file(str(folder / "model.safetensors"))

@@ -64,9 +64,6 @@ class MegatronBackendConfig:
     """``fused``: FlashAttention varlen / SDPA through PyTorch (default, packs sequences); ``local``:
     Megatron's unfused attention (padded batches, for comparison); ``te``: Transformer Engine's spec
     (if installed; needed for context parallelism)."""
-    fp32_residual: bool = False
-    """Keep the residual stream in fp32 (Megatron's ``fp32_residual_connection``): closer to an fp32
-    forward, a little more memory and bandwidth; off matches transformers' bf16 residual roundings."""
     logprob_chunk_tokens: int = 1024
     """Tokens per chunk of the fused logprob computation (bounds the fp32 (chunk, vocab) block)."""
     use_distributed_optimizer: bool = True

@@ -84,7 +84,6 @@ def transformer_config(hf_config: Any, cfg: MegatronBackendConfig) -> Transforme
         hidden_dropout=0.0,
         attention_dropout=0.0,
         init_method_std=getattr(hf_config, "initializer_range", 0.02),
-        fp32_residual_connection=cfg.fp32_residual,
         bf16=True,
         params_dtype=torch.bfloat16,
         pipeline_dtype=torch.bfloat16,

@@ -3,7 +3,7 @@
 Megatron's local spec uses ``torch.nn.RMSNorm``, which multiplies by the weight before rounding and
 cannot take an fp32 residual stream with bf16 weights. This norm normalises in fp32, rounds to the
 weight's dtype, then multiplies by the weight — Qwen2/Llama ``RMSNorm`` in transformers does exactly
-that — so its output is bf16 whether the residual stream is bf16 or fp32 (``fp32_residual``).
+that — so its output is in the weight's dtype even when its input is fp32.
 """
 
 from __future__ import annotations
