@@ -66,4 +66,3 @@ class TrainBackend(Protocol):
     def export_hf(self, path: Path) -> None:
         """Write an HF model folder (config, safetensors, tokenizer) that transformers and SGLang load."""
         ...
-
