@@ -136,7 +136,9 @@ class SearchEnv(ToolEnv):
     * ``topk``: passages per search (default 3).
     * ``hops``: keep only questions needing these many documents (an int or a list, e.g. ``2``).
     * ``question_types``: keep only these question types (e.g. ``["capital_of"]``).
-    * ``task_file``: a Search-R1 ``.parquet``/``.jsonl`` QA file to read tasks from instead.
+    * ``task_file``: a Search-R1 ``.parquet``/``.jsonl`` QA file to read tasks from instead; a
+      ``{split}`` in it is replaced by ``split`` (``data/{split}.parquet``), so that one ``--env-kwargs``
+      serves the train split and the evaluation split.
 
     ## Version History
     * v0: initial version.
@@ -182,7 +184,7 @@ class SearchEnv(ToolEnv):
         if self.task_file is not None:
             from agentrl.envs.qa_files import read_qa_tasks
 
-            tasks = read_qa_tasks(self.task_file)
+            tasks = read_qa_tasks(str(self.task_file).replace("{split}", split))
         else:
             tasks = _offline_tasks(split)
         if self.question_types is not None:

@@ -4,7 +4,8 @@ Two sources produce the same format (read back by ``agentrl.envs.qa_files.read_q
 ``agentrl train --env search --env-kwargs '{"task_file": "data/train.parquet"}'``):
 
 * ``--source offline`` (no network): the packaged offline QA sets of ``agentrl/Search-v0`` — train,
-  test (same question types) and heldout (question types never trained on).
+  test (same question types) and heldout (question types never trained on), each interleaved by
+  question type so that the first N rows of a file cover every type.
 * ``--source flashrag`` (needs hub access and ``pip install datasets``): the paper's data from the
   ``RUC-NLPIR/FlashRAG_datasets`` hub repo — NQ + HotpotQA train for training, and the seven evaluation
   sets (NQ, TriviaQA, PopQA, HotpotQA, 2Wiki, Musique, Bamboogle) for testing, as Search-R1's
@@ -44,10 +45,23 @@ def rows_for(tasks: Iterable[Task], split: str) -> Iterator[dict[str, Any]]:
         yield task_to_row(task, prompt=PROMPT.format(question=task.prompt), split=split, index=index)
 
 
+def interleave_by_type(tasks: list[Task]) -> list[Task]:
+    """Round-robin over question types (first task of each type, then the second...).
+
+    The packaged splits are grouped by type, and a run evaluates the first ``--eval-episodes`` tasks;
+    interleaved, any prefix of the file covers every type in equal shares.
+    """
+    by_type: dict[str, list[Task]] = {}
+    for task in tasks:
+        by_type.setdefault(str(task.meta.get("type")), []).append(task)
+    longest = max((len(group) for group in by_type.values()), default=0)
+    return [group[i] for i in range(longest) for group in by_type.values() if i < len(group)]
+
+
 def offline_tasks(split: str) -> list[Task]:
     from agentrl.envs.search import _offline_tasks
 
-    return _offline_tasks(split)
+    return interleave_by_type(_offline_tasks(split))
 
 
 def flashrag_tasks(names: Iterable[str], hf_split_order: tuple[str, ...]) -> list[Task]:

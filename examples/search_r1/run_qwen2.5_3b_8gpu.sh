@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Search-R1, the paper's setting on one 8-GPU node: Qwen2.5-3B(-Instruct), Megatron-core training
-# (TP 2) and SGLang rollout, GRPO with n=5, lr 1e-6, low-variance KL 0.001, 4 turns, 500-token responses,
-# NQ + HotpotQA train set, e5-base-v2 + FAISS over wiki-18 (or BM25) served by agentrl's retrieval server.
+# and SGLang rollout, GRPO with n=5, lr 1e-6, low-variance KL 0.001, 4 turns, 500-token responses,
+# 512 prompts a rollout in mini-batches of 256 prompts (2 optimizer steps), NQ + HotpotQA train set,
+# e5-base-v2 + FAISS over wiki-18 (or BM25) served by agentrl's retrieval server.
 #
 #   python examples/search_r1/prepare_data.py --source flashrag --out examples/search_r1/data
 #   RETRIEVER_URL=http://127.0.0.1:8000/retrieve MODEL=/models/Qwen2.5-3B-Instruct \
@@ -9,6 +10,9 @@
 #
 # Start the retriever first (a GPU-free process), e.g.:
 #   python -m agentrl.tools.retrieval.server --corpus wiki-18.jsonl --backend dense --encoder e5-base-v2 --port 8000
+# "max turns 4" in the paper is 4 search rounds plus the answer: --max-turns 5 here (see agentrl/Search-v0).
+# Tensor parallelism: `agentrl train` has no Megatron parallelism flags yet (MegatronBackendConfig.parallel
+# defaults to TP=PP=1, which fits a 3B model on one H100/H200 per rank).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 : "${MODEL:?set MODEL to a Qwen2.5-3B(-Instruct) HF folder}"
@@ -23,10 +27,9 @@ agentrl train \
   --split train --eval-split test \
   --model "$MODEL" --backend megatron --engine sglang --num-engines 4 \
   --sglang-mem-fraction-static 0.7 \
-  --tensor-model-parallel-size 2 \
-  --rollout-batch-size 512 --n-samples-per-prompt 5 --global-batch-size 512 --steps-per-rollout 5 \
+  --rollout-batch-size 512 --n-samples-per-prompt 5 --global-batch-size 1280 --steps-per-rollout 2 \
   --num-rollouts 200 \
-  --max-turns 4 --max-new-tokens 500 --max-context 4096 --temperature 1.0 \
+  --max-turns 5 --max-new-tokens 500 --max-context 4096 --temperature 1.0 \
   --advantage-estimator grpo --lr 1e-6 --kl-coef 0.001 --kl-estimator low_var_kl \
   --clip-eps-low 0.2 --clip-eps-high 0.2 \
   --eval-interval 50 --eval-episodes 1000 \

@@ -7,7 +7,9 @@
 #
 # Extra arguments go to `agentrl train` (e.g. --num-rollouts 40 --engine sglang).
 # Environment: PYTHON (default: python), MODEL (default: smollm2-135m), OUT (default: runs/search_r1_small),
-# RETRIEVER_PORT (default: a free port).
+# RETRIEVER_PORT (default: a free port), DATA (a folder of prepare_data.py parquet files, read as
+# DATA/{split}.parquet; default: the env's packaged offline splits).
+# At exit the retriever's /health (with its query and batch counts) is saved to OUT/retriever_health.json.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 PYTHON=${PYTHON:-python}
@@ -20,7 +22,12 @@ mkdir -p "$OUT"
 PORT=${RETRIEVER_PORT:-$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 "$PYTHON" -m agentrl.tools.retrieval.server --host 127.0.0.1 --port "$PORT" >"$OUT/retriever.log" 2>&1 &
 SERVER=$!
-trap 'kill $SERVER 2>/dev/null || true' EXIT
+finish() {
+  "$PYTHON" -c "import httpx; print(httpx.get('http://127.0.0.1:$PORT/health').text)" \
+    >"$OUT/retriever_health.json" 2>/dev/null || true
+  kill $SERVER 2>/dev/null || true
+}
+trap finish EXIT
 for _ in $(seq 1 120); do
   if "$PYTHON" -c "import httpx,sys; sys.exit(httpx.get('http://127.0.0.1:$PORT/health').status_code != 200)" 2>/dev/null; then
     break
@@ -29,9 +36,11 @@ for _ in $(seq 1 120); do
   sleep 0.5
 done
 
-ENV_KWARGS="{\"retriever\": \"http\", \"retriever_url\": \"http://127.0.0.1:$PORT/retrieve\"}"
+ENV_KWARGS="\"retriever\": \"http\", \"retriever_url\": \"http://127.0.0.1:$PORT/retrieve\""
+if [ -n "${DATA:-}" ]; then ENV_KWARGS="$ENV_KWARGS, \"task_file\": \"$DATA/{split}.parquet\""; fi
+ENV_KWARGS="{$ENV_KWARGS}"
 COMMON=(--env search --env-kwargs "$ENV_KWARGS" --split train --eval-split heldout --model "$MODEL"
-        --max-turns 4 --save "$OUT/ckpt" --log-dir "$OUT/logs")
+        --max-turns 5 --save "$OUT/ckpt" --log-dir "$OUT/logs")
 if [ "$MODE" = cpu ]; then
   ARGS=(--num-rollouts 2 --rollout-batch-size 2 --n-samples-per-prompt 2 --global-batch-size 4
         --max-new-tokens 32 --max-context 768 --eval-episodes 4 --save-interval 1 --no-progress)
@@ -39,7 +48,7 @@ else
   # GRPO n=5 with Search-R1's low-variance KL; a 135M model needs a larger lr than the paper's 1e-6 for 3B.
   ARGS=(--num-rollouts 30 --rollout-batch-size 32 --n-samples-per-prompt 5 --global-batch-size 160
         --max-new-tokens 160 --max-context 2048 --lr 2e-6 --kl-coef 0.001 --kl-estimator low_var_kl
-        --eval-interval 10 --eval-episodes 200 --save-interval 10 --max-concurrency 160)
+        --eval-interval 10 --eval-episodes 500 --save-interval 10 --max-concurrency 160)
 fi
 set -x
-"$PYTHON" -m agentrl.cli train "${COMMON[@]}" "${ARGS[@]}" "$@"
+"$PYTHON" -m agentrl train "${COMMON[@]}" "${ARGS[@]}" "$@"

