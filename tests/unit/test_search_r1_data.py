@@ -41,6 +41,7 @@ def test_split_placeholder_selects_the_split_file(data_dir: Path, split: str, id
     env = SearchEnv(split=split, task_file=str(data_dir / "{split}.jsonl"), retriever=NoRetriever())
     assert [t.id for t in env.tasks] == ids
     messages, _ = env.reset(seed=0, options={"task_id": ids[0]})
+    assert env.task is not None
     assert messages[0]["content"].endswith(f"Question: {env.task.prompt}?\n")
 
 
