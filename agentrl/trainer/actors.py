@@ -16,10 +16,13 @@ exits non-zero and is resumed from the last checkpoint.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
 import os
+import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +33,14 @@ import torch
 from agentrl.errors import ConfigError
 from agentrl.rollout.engine import GenerateOutput, SamplingParams
 from agentrl.rollout.trajectory import Trajectory
+from agentrl.trainer.placement import (
+    PlacedActors,
+    TrainerGroup,
+    create_placement_group,
+    plan_for,
+    start_engines,
+    start_trainer_ranks,
+)
 from agentrl.trainer.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -73,9 +84,16 @@ def make_backend(model_path: Path, config: TrainConfig) -> Any:
             f"--backend megatron could not be imported ({e}); install the megatron extra "
             "(pip install 'agentrl[megatron]') on a CUDA machine, or use --backend torch"
         ) from e
+    from agentrl.trainer.megatron.config import parse_megatron_args
+
     return MegatronBackend(
         model_path,
-        MegatronBackendConfig(algorithm=config.algorithm, optimizer=config.optimizer, seed=config.seed),
+        MegatronBackendConfig(
+            algorithm=config.algorithm,
+            optimizer=config.optimizer,
+            seed=config.seed,
+            parallel=parse_megatron_args(list(config.megatron_args)),
+        ),
     )
 
 
@@ -145,6 +163,45 @@ class TrainerWorker:
 
         return load_latest(Path(root), self.backend)
 
+    def placement_info(self) -> dict[str, Any]:
+        from agentrl.trainer.placement import where_am_i
+
+        return where_am_i()
+
+    def weight_group_address(self) -> tuple[str, int, str]:
+        """Host, free port and backend of the weight-broadcast group this rank (0) will host."""
+        from agentrl.trainer.placement import rendezvous_address
+        from agentrl.trainer.weight_broadcast import default_backend
+
+        return (*rendezvous_address(), default_backend())
+
+    def join_weight_group(self, address: str, port: int, world_size: int, backend: str) -> None:
+        """Rank 0 of the trainer becomes rank 0 of the group the engines receive weights on."""
+        from agentrl.trainer.weight_broadcast import join_weight_group
+
+        self._weight_group = join_weight_group(address, port, rank=0, world_size=world_size, backend=backend)
+
+    def weight_metas(self) -> list[Any]:
+        from agentrl.trainer.weight_broadcast import tensor_metas
+
+        return tensor_metas(self.backend.hf_state_dict())
+
+    def broadcast_weights(self) -> float:
+        """Send the HF-named weights over the weight group (rank 0); other ranks only help gather
+        TP shards. Seconds taken."""
+        from agentrl.trainer.weight_broadcast import send_weights
+
+        named = self.backend.hf_state_dict()
+        group = getattr(self, "_weight_group", None)
+        if group is None:
+            start = time.perf_counter()
+            for _ in named:
+                pass
+            return time.perf_counter() - start
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        seconds, _ = send_weights(named, group, device=device)
+        return seconds
+
 
 class EngineWorker:
     """Hosts an embedded engine; ``generate`` calls from the rollout manager run concurrently here."""
@@ -178,6 +235,49 @@ class EngineWorker:
     async def close(self) -> None:
         await self.engine.close()
 
+    def placement_info(self) -> dict[str, Any]:
+        from agentrl.trainer.placement import where_am_i
+
+        return where_am_i()
+
+    def model_device(self) -> str:
+        return str(next(self.engine.model.parameters()).device)
+
+    async def release_memory(self) -> int:
+        """Colocated: stop generating and move the model off the GPU; bytes freed."""
+        from agentrl.trainer.engine_memory import offload_embedded
+
+        await self.engine.pause()
+        return await asyncio.to_thread(offload_embedded, self.engine)
+
+    async def resume_memory(self) -> None:
+        from agentrl.trainer.engine_memory import reload_embedded
+
+        await asyncio.to_thread(reload_embedded, self.engine)
+        await self.engine.resume()
+
+    async def join_weight_group(
+        self, address: str, port: int, rank: int, world_size: int, backend: str
+    ) -> None:
+        from agentrl.trainer.weight_broadcast import join_weight_group
+
+        self._weight_group = await asyncio.to_thread(
+            join_weight_group, address, port, rank=rank, world_size=world_size, backend=backend
+        )
+
+    async def receive_weights(self, metas: list[Any], version: int) -> None:
+        """Disaggregated sync: receive the trainer's broadcast, then load it between batches."""
+        from agentrl.trainer.weight_broadcast import receive_weights
+
+        device = self.engine.device if self._weight_group_backend() == "nccl" else "cpu"
+        state = await asyncio.to_thread(receive_weights, metas, self._weight_group, device=device)
+        await self.engine.update_weights(state, version=version)
+
+    def _weight_group_backend(self) -> str:
+        import torch.distributed as dist
+
+        return str(dist.get_backend(self._weight_group))
+
 
 class RemoteEngine:
     """The :class:`~agentrl.rollout.engine.Engine` protocol over an :class:`EngineWorker` actor handle."""
@@ -208,6 +308,56 @@ class RemoteEngine:
     async def close(self) -> None:
         await self.actor.close.remote()
 
+    async def release_memory(self) -> None:
+        await self.actor.release_memory.remote()
+
+    async def resume_memory(self) -> None:
+        await self.actor.resume_memory.remote()
+
+
+class RemoteEngines:
+    """Several engine actors as one engine: an episode's turns stick to one actor (its session); control
+    calls go to all of them."""
+
+    def __init__(self, actors: Sequence[Any]) -> None:
+        self.engines = [RemoteEngine(a) for a in actors]
+        self._next = 0
+
+    def _pick(self, session_id: str | None) -> RemoteEngine:
+        if session_id is not None:
+            return self.engines[zlib.crc32(session_id.encode()) % len(self.engines)]
+        self._next = (self._next + 1) % len(self.engines)
+        return self.engines[self._next]
+
+    async def generate(
+        self, input_ids: list[int], sampling: SamplingParams, *, session_id: str | None = None
+    ) -> GenerateOutput:
+        return await self._pick(session_id).generate(input_ids, sampling, session_id=session_id)
+
+    async def update_weights(self, source: Any, *, version: int) -> None:
+        await asyncio.gather(*(e.update_weights(source, version=version) for e in self.engines))
+
+    async def health(self) -> bool:
+        return all(await asyncio.gather(*(e.health() for e in self.engines)))
+
+    async def pause(self) -> None:
+        await asyncio.gather(*(e.pause() for e in self.engines))
+
+    async def resume(self) -> None:
+        await asyncio.gather(*(e.resume() for e in self.engines))
+
+    async def abort(self, session_id: str | None = None) -> None:
+        await asyncio.gather(*(e.abort(session_id) for e in self.engines))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(e.close() for e in self.engines))
+
+    async def release_memory(self) -> None:
+        await asyncio.gather(*(e.release_memory() for e in self.engines))
+
+    async def resume_memory(self) -> None:
+        await asyncio.gather(*(e.resume_memory() for e in self.engines))
+
 
 @dataclass
 class Actors:
@@ -216,6 +366,8 @@ class Actors:
     trainer: Any
     rollout: Any
     engines: list[Any] = field(default_factory=list)
+    placed: PlacedActors | None = None
+    """GPU runs: the placement group, and how weights and engine memory move (None without GPUs)."""
 
     def shutdown(self) -> None:
         """Close the rollout manager (envs, SGLang servers), then kill every actor."""
@@ -226,9 +378,11 @@ class Actors:
                 ray.get(self.rollout.close.remote(), timeout=60)
             except Exception as e:  # a dead actor must not mask the error that killed the run
                 log.warning("closing the rollout manager failed: %s", e)
-        for actor in [self.rollout, self.trainer, *self.engines]:
+        for actor in [self.rollout, *getattr(self.trainer, "ranks", [self.trainer]), *self.engines]:
             if actor is not None:
                 ray.kill(actor)
+        if self.placed is not None:
+            self.placed.shutdown()
 
 
 async def start_sglang_engine(config: TrainConfig, model_path: str, log_dir: str) -> Any:
@@ -240,10 +394,18 @@ async def start_sglang_engine(config: TrainConfig, model_path: str, log_dir: str
         server_urls=tuple(config.sglang_urls),
         num_servers=config.num_engines,
         python=config.sglang_python,
-        sglang_args=tuple(config.sglang_args),
+        sglang_args=_sglang_args(config),
         log_dir=log_dir,
     )
     return await SGLangEngine(engine_config).start()
+
+
+def _sglang_args(config: TrainConfig) -> tuple[str, ...]:
+    """Colocated GPU runs release SGLang's memory around train steps, which needs its memory saver."""
+    args = tuple(config.sglang_args)
+    if config.num_gpus and config.placement == "colocated" and "--enable-memory-saver" not in args:
+        args += ("--enable-memory-saver",)
+    return args
 
 
 def create_actors(config: TrainConfig, model_path: Path, env_factory: Any, log_dir: Path) -> Actors:
@@ -254,14 +416,22 @@ def create_actors(config: TrainConfig, model_path: Path, env_factory: Any, log_d
 
     init_ray(config)
     options = {"num_cpus": 0, "max_restarts": 0}
+    plan = plan_for(config)
+    group = create_placement_group(plan) if plan else None
     trainer: Any = None
     if not config.debug_rollout_only:
-        trainer = ray.remote(TrainerWorker).options(**options).remote(str(model_path), config)
+        if plan:
+            trainer = TrainerGroup(start_trainer_ranks(TrainerWorker, plan, group, str(model_path), config))
+        else:
+            trainer = ray.remote(TrainerWorker).options(**options).remote(str(model_path), config)
     rollout: Any = None
     engines: list[Any] = []
     if not config.debug_train_only:
         engine: Any
-        if config.engine == "embedded":
+        if config.engine == "embedded" and plan:
+            engines = start_engines(EngineWorker, plan, group, str(model_path), config.num_cpus, config.seed)
+            engine = RemoteEngines(engines)
+        elif config.engine == "embedded":
             worker = ray.remote(EngineWorker).options(max_concurrency=1024, **options)
             engines = [worker.remote(str(model_path), config.num_cpus, config.seed)]
             engine = RemoteEngine(engines[0])
@@ -284,6 +454,10 @@ def create_actors(config: TrainConfig, model_path: Path, env_factory: Any, log_d
             )
         )
     actors = Actors(trainer, rollout, engines)
+    if plan:
+        actors.placed = PlacedActors(plan, group, trainer.ranks if trainer else [], engines)
+        if trainer is not None:
+            actors.placed.connect_weights()
     pids = {
         "trainer": trainer.pid.remote() if trainer else None,
         "rollout": rollout.pid.remote() if rollout else None,

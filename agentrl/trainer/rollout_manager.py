@@ -156,6 +156,15 @@ class RolloutManager:
         self._loop.run_until_complete(self.engine.update_weights(source, version=version))
         self.version = version
 
+    def engine_memory(self, action: str) -> None:
+        """Colocated placement: the engine releases (``"release"``) or takes back (``"resume"``) its GPU
+        memory around a train step (see :mod:`agentrl.trainer.engine_memory`)."""
+        from agentrl.trainer.engine_memory import set_engine_memory
+
+        if action not in ("release", "resume"):
+            raise ValueError(f"engine_memory action must be 'release' or 'resume', got {action!r}")
+        self._loop.run_until_complete(set_engine_memory(self.engine, action))  # type: ignore[arg-type]
+
     def close(self) -> None:
         for pool in self._envs.values():
             for env in pool:

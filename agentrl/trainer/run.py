@@ -109,13 +109,21 @@ class Run:
     def train(self, trajectories: list[Trajectory]) -> dict[str, float]:
         import ray
 
-        return dict(ray.get(self.actors.trainer.train.remote(trajectories)))
+        if self.actors.placed is None:
+            return dict(ray.get(self.actors.trainer.train.remote(trajectories)))
+        timings: dict[str, float] = {}
+        with self.actors.placed.engines_released(self.actors.rollout, timings):  # colocated only
+            metrics = dict(ray.get(self.actors.trainer.train.remote(trajectories)))
+        return {**metrics, **timings}
 
     def sync_weights(self, version: int) -> None:
         """Push the trainer's weights to the engine: in memory (embedded) or through an HF folder (SGLang)."""
         import ray
 
         if self.actors.rollout is None:
+            return
+        if self.actors.placed is not None and self.actors.placed.metas:  # disaggregated: broadcast
+            self.actors.placed.broadcast_weights(version)
             return
         if self.config.engine == "embedded":
             source: Any = self.actors.trainer.state_dict.remote()

@@ -111,6 +111,16 @@ class TrainConfig:
     """SGLang servers to launch."""
     sglang_args: tuple[str, ...] = field(default=(), metadata={"group": "sglang"})
     """Extra sglang.launch_server arguments; any --sglang-X flag passes through as --X."""
+    placement: Literal["colocated", "disaggregated"] = field(default="colocated", metadata={"group": "run"})
+    """GPU sharing. ``colocated`` time-shares every GPU between trainer ranks and engines (engines
+    release their memory during train steps); ``disaggregated`` puts the trainer on GPUs
+    [0, trainer_gpus) and engines on the rest, weights synced by broadcast (docs/placement.md)."""
+    num_gpus: int = field(default=0, metadata={"group": "run"})
+    """GPUs of the run (0: none). One Ray placement-group bundle each."""
+    trainer_gpus: int | None = field(default=None, metadata={"group": "run"})
+    """Trainer ranks (one GPU each). Default: all GPUs (colocated) or half of them (disaggregated)."""
+    megatron_args: tuple[str, ...] = field(default=(), metadata={"group": "model"})
+    """Megatron flags. E.g. --tensor-model-parallel-size 2 (with --backend megatron)."""
     algorithm: AlgorithmConfig = field(default_factory=_default_algorithm)
     """Advantage estimator, policy loss, clipping, KL, TIS."""
     optimizer: OptimizerConfig = field(default_factory=_default_optimizer)
@@ -149,6 +159,7 @@ class TrainConfig:
             raise ConfigError("--resume needs --save DIR: the folder whose latest checkpoint to continue")
         if self.debug_rollout_only and self.debug_train_only:
             raise ConfigError("--debug-rollout-only and --debug-train-only exclude each other; pick one")
+        self._check_placement()
 
     def _check_batch(self) -> None:
         sizes = {
@@ -178,6 +189,26 @@ class TrainConfig:
             raise ConfigError(
                 f"global_batch_size ({self.global_batch_size}) must be a multiple of n_samples_per_prompt "
                 f"({self.n_samples_per_prompt}) so every optimizer step sees whole groups"
+            )
+
+    def _check_placement(self) -> None:
+        if self.num_gpus < 0:
+            raise ConfigError(f"--num-gpus={self.num_gpus} must be >= 0 (0: no GPUs)")
+        if self.placement == "disaggregated" and self.num_gpus == 1:
+            raise ConfigError("--placement disaggregated needs --num-gpus >= 2 (trainer and engines apart)")
+        if self.trainer_gpus is None:
+            return
+        if self.num_gpus == 0:
+            raise ConfigError("--trainer-gpus needs --num-gpus N (the GPUs to split); drop it on CPU")
+        if self.placement == "colocated" and self.trainer_gpus != self.num_gpus:
+            raise ConfigError(
+                f"--placement colocated shares all {self.num_gpus} GPUs between trainer and engines, so "
+                f"--trainer-gpus must be {self.num_gpus} (or unset); use --placement disaggregated to split"
+            )
+        if self.placement == "disaggregated" and not 1 <= self.trainer_gpus < self.num_gpus:
+            raise ConfigError(
+                f"--trainer-gpus={self.trainer_gpus} must be between 1 and {self.num_gpus - 1} with "
+                f"--placement disaggregated --num-gpus {self.num_gpus}: engines need the remaining GPUs"
             )
 
     def torch_backend_config(self) -> TorchBackendConfig:
