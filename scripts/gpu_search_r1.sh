@@ -98,20 +98,21 @@ case "${1:-}" in
     collect "$WORK/smoke" ;;
   train)
     shift; activate; mkdir -p "$RESULTS"
-    python3 examples/search_r1/prepare_data.py --source offline --out "$WORK/data"
+    python3 examples/search_r1/prepare_data.py --source offline --out examples/search_r1/data
     start=$(date +%s)
     # Copy the logs out every 15 s: if the call's time limit stops the run, what was logged comes back.
     (while sleep 15; do collect "$WORK/run"; done) &
     copier=$!
-    DATA=$WORK/data OUT=$WORK/run bash examples/search_r1/run_small.sh "$@" 2>&1 \
+    DATA=$REPO/examples/search_r1/data OUT=$WORK/run bash examples/search_r1/run_small.sh "$@" 2>&1 \
       | grep --line-buffered -v "Loading weights\|Writing model" | tee "$RESULTS/train.log" || true
     echo "wall_s $(($(date +%s) - start))" | tee -a "$RESULTS/train.log"
     kill "$copier"
     collect "$WORK/run" ;;
   eval)
+    # The run's held-out evaluation again, from the exported policy (or --model another folder).
     shift; activate; mkdir -p "$RESULTS"
-    python3 -m agentrl eval --suite none --env search --split heldout --episodes 500 --max-turns 5 \
-      --max-new-tokens 128 --max-context 2048 --model "$WORK/run/logs/hf_model" --out "$RESULTS/eval" "$@" \
-      2>&1 | tee "$RESULTS/eval.log" ;;
+    python3 examples/search_r1/prepare_data.py --source offline --out examples/search_r1/data
+    python3 -m agentrl eval --suite examples/search_r1/heldout_suite.yaml --max-turns 4 --max-new-tokens 96 \
+      --max-context 1536 --model "$WORK/run/logs/hf_model" --out "$RESULTS/eval" "$@" 2>&1 | tee "$RESULTS/eval.log" ;;
   *) echo "usage: $0 pack | setup DIR... | smoke | train [args] | eval [args]" >&2; exit 2 ;;
 esac

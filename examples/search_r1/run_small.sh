@@ -45,10 +45,12 @@ if [ "$MODE" = cpu ]; then
   ARGS=(--num-rollouts 2 --rollout-batch-size 2 --n-samples-per-prompt 2 --global-batch-size 4
         --max-new-tokens 32 --max-context 768 --eval-episodes 4 --save-interval 1 --no-progress)
 else
-  # GRPO n=5 with Search-R1's low-variance KL; a 135M model needs a larger lr than the paper's 1e-6 for 3B.
-  ARGS=(--num-rollouts 30 --rollout-batch-size 32 --n-samples-per-prompt 5 --global-batch-size 160
-        --max-new-tokens 160 --max-context 2048 --lr 2e-6 --kl-coef 0.001 --kl-estimator low_var_kl
-        --eval-interval 10 --eval-episodes 500 --save-interval 10 --max-concurrency 160)
+  # GRPO n=8 with Search-R1's low-variance KL; a 135M model needs a larger lr than the paper's 1e-6 for 3B.
+  # Measured on an H100 with the embedded engine: about 100 s a rollout (README.md, Results).
+  ARGS=(--num-rollouts 12 --rollout-batch-size 8 --n-samples-per-prompt 8 --global-batch-size 64
+        --max-new-tokens 96 --max-context 1536 --max-turns 4 --lr 1e-5 --kl-coef 0.001
+        --kl-estimator low_var_kl --eval-interval 4 --eval-episodes 50 --save-interval 4
+        --max-concurrency 64)
 fi
 set -x
 "$PYTHON" -m agentrl train "${COMMON[@]}" "${ARGS[@]}" "$@"
