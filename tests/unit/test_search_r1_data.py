@@ -78,3 +78,20 @@ def test_prepared_heldout_prefix_covers_every_type(tmp_path: Path) -> None:
     assert len(types) == 5
     first = [str(t.meta.get("type")) for t in env.tasks[: 4 * len(types)]]
     assert {kind: first.count(kind) for kind in types} == dict.fromkeys(types, 4)
+
+
+def test_heldout_suite_evaluates_ten_tasks_of_each_heldout_type(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentrl.envs.suites import load_suite
+
+    suite = load_suite(str(Path(__file__).parents[2] / "examples" / "search_r1" / "heldout_suite.yaml"))
+    (entry,) = suite.entries
+    assert (entry.split, entry.episodes) == ("heldout", 50)
+    monkeypatch.chdir(tmp_path)  # the suite's task_file is relative to the working directory
+    _prepare_module().prepare("offline", tmp_path / "examples" / "search_r1" / "data")
+    env = SearchEnv(split=entry.split, retriever=NoRetriever(), **entry.kwargs)
+    first = [str(t.meta.get("type")) for t in env.tasks[: entry.episodes]]
+    assert sorted(set(first)) == ["calling_code_by_place", "demonym_by_capital", "demonym_of",
+                                  "element_symbol_prev", "person_kind"]  # fmt: skip
+    assert all(first.count(kind) == 10 for kind in set(first))
