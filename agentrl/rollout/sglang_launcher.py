@@ -32,6 +32,17 @@ import httpx
 from agentrl.errors import ConfigError, EngineError
 
 LOG_TAIL_LINES = 40
+CPU_SERVER_ARGS: tuple[str, ...] = (
+    "--device", "cpu",
+    "--attention-backend", "torch_native",
+    "--disable-cuda-graph",
+    # SGLang sizes its KV pool from the machine's free memory, which other processes move; a fixed
+    # token cap keeps the pool small (16k tokens, a few MB) whatever the fraction allows.
+    "--mem-fraction-static", "0.8",
+    "--max-total-tokens", "16384",
+    "--dtype", "float32",
+)  # fmt: skip
+"""``sglang.launch_server`` arguments that serve a model without RoPE (e.g. a GPT-2) on a CPU."""
 
 
 def agentrl_cache_dir() -> Path:

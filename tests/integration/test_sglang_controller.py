@@ -18,14 +18,14 @@ from typing import Any
 import pytest
 import torch
 from rollout_harness import ScriptedEnv, ScriptTurn, check_trajectory
-from test_sglang_engine import CPU_ARGS, sglang_python_or_skip, sharpened_copy
+from test_sglang_engine import sglang_python_or_skip, sharpened_copy
 from transformers import AutoTokenizer, GPT2LMHeadModel
 
 from agentrl.models import make_tiny_gpt2
 from agentrl.rollout.controller import RolloutConfig, RolloutController
 from agentrl.rollout.groups import run_groups
 from agentrl.rollout.sglang_engine import SGLangEngine, SGLangEngineConfig
-from agentrl.rollout.sglang_launcher import SGLangServerProcess, free_port
+from agentrl.rollout.sglang_launcher import CPU_SERVER_ARGS, SGLangServerProcess, free_port
 from agentrl.rollout.trajectory import Status, Trajectory
 
 SCRIPT = [
@@ -49,7 +49,7 @@ def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         python,
         str(model_dir),
         port=free_port(),
-        extra_args=CPU_ARGS,
+        extra_args=CPU_SERVER_ARGS,
         log_path=log,
         env={"SGLANG_RETURN_ORIGINAL_LOGPROB": "1"},
     )

@@ -21,18 +21,8 @@ from agentrl.errors import ConfigError
 from agentrl.models import make_tiny_gpt2
 from agentrl.rollout.engine import Engine, SamplingParams
 from agentrl.rollout.sglang_engine import SGLangEngine, SGLangEngineConfig
-from agentrl.rollout.sglang_launcher import find_sglang_python
+from agentrl.rollout.sglang_launcher import CPU_SERVER_ARGS, find_sglang_python
 
-CPU_ARGS = (
-    "--device", "cpu",
-    "--attention-backend", "torch_native",
-    "--disable-cuda-graph",
-    # SGLang sizes its pool from the machine's free memory, which other processes move; a fixed token
-    # cap keeps the pool small (16k tokens, a few MB here) whatever the fraction allows.
-    "--mem-fraction-static", "0.8",
-    "--max-total-tokens", "16384",
-    "--dtype", "float32",
-)  # fmt: skip
 LOGPROB_TOL = 1e-3
 
 
@@ -98,7 +88,7 @@ def engine(
     config = SGLangEngineConfig(
         model_path=str(models["base"]),
         python=python,
-        sglang_args=CPU_ARGS,
+        sglang_args=CPU_SERVER_ARGS,
         log_dir=str(tmp_path_factory.mktemp("sglang-logs")),
         startup_timeout_s=300,
         health_interval_s=1.0,

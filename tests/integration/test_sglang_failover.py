@@ -21,18 +21,7 @@ from agentrl.errors import ConfigError, EngineError
 from agentrl.models import make_tiny_gpt2
 from agentrl.rollout.engine import GenerateOutput, SamplingParams
 from agentrl.rollout.sglang_engine import SGLangEngine, SGLangEngineConfig
-from agentrl.rollout.sglang_launcher import SGLangServerProcess, find_sglang_python
-
-CPU_ARGS = (
-    "--device", "cpu",
-    "--attention-backend", "torch_native",
-    "--disable-cuda-graph",
-    # SGLang sizes its pool from the machine's free memory, which other processes move; a fixed token
-    # cap keeps the pool small (16k tokens, a few MB here) whatever the fraction allows.
-    "--mem-fraction-static", "0.8",
-    "--max-total-tokens", "16384",
-    "--dtype", "float32",
-)  # fmt: skip
+from agentrl.rollout.sglang_launcher import CPU_SERVER_ARGS, SGLangServerProcess, find_sglang_python
 
 
 def _sigkill(process: SGLangServerProcess | None) -> None:
@@ -91,7 +80,7 @@ def test_server_killed_mid_rollout(tmp_path: Path) -> None:
         model_path=str(model),
         num_servers=2,
         python=python,
-        sglang_args=CPU_ARGS,
+        sglang_args=CPU_SERVER_ARGS,
         log_dir=str(tmp_path / "logs"),
         startup_timeout_s=400,
         health_interval_s=0.5,

@@ -12,15 +12,12 @@ import ray
 import tiny_envs
 
 from agentrl.models import make_tiny_gpt2
-from agentrl.rollout.sglang_launcher import find_sglang_python
+from agentrl.rollout.sglang_launcher import CPU_SERVER_ARGS, find_sglang_python
 from agentrl.rollout.trajectory import load_jsonl
 from agentrl.trainer.config import OptimizerConfig
 from agentrl.trainer.loop import train
 from agentrl.trainer.metrics import read_metrics
 from agentrl.trainer.train_config import TrainConfig
-
-CPU_ARGS = ("--device", "cpu", "--attention-backend", "torch_native", "--disable-cuda-graph")
-CPU_ARGS += ("--mem-fraction-static", "0.05", "--dtype", "float32")
 
 
 def _sglang_python() -> str:
@@ -39,7 +36,7 @@ def test_two_rollouts_with_disk_weight_sync(tmp_path: Path) -> None:
         model=str(model),
         engine="sglang",
         sglang_python=python,
-        sglang_args=CPU_ARGS,
+        sglang_args=CPU_SERVER_ARGS,
         rollout_batch_size=4,
         n_samples_per_prompt=4,
         global_batch_size=16,
