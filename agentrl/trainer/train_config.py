@@ -120,7 +120,7 @@ class TrainConfig:
     trainer_gpus: int | None = field(default=None, metadata={"group": "run"})
     """Trainer ranks (one GPU each). Default: all GPUs (colocated) or half of them (disaggregated)."""
     megatron_args: tuple[str, ...] = field(default=(), metadata={"group": "model"})
-    """Megatron flags. E.g. --tensor-model-parallel-size 2 (with --backend megatron)."""
+    """Megatron flags. E.g. --megatron-args=--tensor-model-parallel-size=2 (with --backend megatron)."""
     algorithm: AlgorithmConfig = field(default_factory=_default_algorithm)
     """Advantage estimator, policy loss, clipping, KL, TIS."""
     optimizer: OptimizerConfig = field(default_factory=_default_optimizer)
