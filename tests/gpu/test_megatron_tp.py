@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.gpu.test_megatron_backend import _sequences, record
+from tests.gpu.test_megatron_backend import _hf_logprobs, _sequences, record
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available()
@@ -26,7 +26,8 @@ pytestmark = pytest.mark.skipif(
     reason="needs 2 GPUs and torchrun --nproc-per-node 2",
 )
 
-SHAPES = ["smollm2-135m", "qwen2.5-0.5b"]
+# SmolLM2-135M has 9 attention heads (3 KV heads): it cannot be split over 2 TP ranks.
+SHAPES = ["qwen3-tiny", "qwen2.5-0.5b"]
 
 
 def _shared_folder(shape: str) -> Path:
@@ -85,6 +86,22 @@ def _batch(ids: list[torch.Tensor], logprobs: list[torch.Tensor]) -> Any:
     )
 
 
+def _abs_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([(x[1:].float().cpu() - y[1:].float().cpu()).abs() for x, y in zip(a, b, strict=True)])
+
+
+def _fp32_reference(folder: Path, ids: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Logprobs of the same checkpoint under transformers in fp32: the error-free reference."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).cuda().eval()
+    with torch.no_grad():
+        lps, _ = _hf_logprobs(model, ids)
+    del model
+    torch.cuda.empty_cache()
+    return lps
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_tp2_matches_tp1(shape: str) -> None:
     import torch.distributed as dist
@@ -108,7 +125,9 @@ def test_tp2_matches_tp1(shape: str) -> None:
         del backend
         torch.cuda.empty_cache()
     (lp1, loss1), (lp2, loss2) = results[1], results[2]
-    diffs = torch.cat([(a[1:] - b[1:]).abs() for a, b in zip(lp1, lp2, strict=True)])
+    ref = _fp32_reference(folder, ids)
+    diffs = _abs_diff(lp1, lp2)
+    err1, err2 = _abs_diff(lp1, ref).mean(), _abs_diff(lp2, ref).mean()
     if dist.get_rank() == 0:
         record(
             "tp2_vs_tp1",
@@ -116,8 +135,13 @@ def test_tp2_matches_tp1(shape: str) -> None:
             tokens=int(diffs.numel()),
             mean_abs_diff=float(diffs.mean()),
             max_abs_diff=float(diffs.max()),
+            tp1_vs_fp32=float(err1),
+            tp2_vs_fp32=float(err2),
             loss_tp1=loss1,
             loss_tp2=loss2,
         )
-    assert float(diffs.mean()) < 1e-2
+    # Two bf16 forwards with different reduction orders differ by about as much as each differs from
+    # fp32 (measured 0.0103 TP2 vs TP1, cf. 0.0095 HF-bf16 vs Megatron-bf16); parity means splitting the
+    # model adds no error of its own: TP=2 is as close to the fp32 forward as TP=1 is.
+    assert float(err2) <= 1.1 * float(err1) + 1e-4
     assert abs(loss1 - loss2) < 2e-2 * max(1.0, abs(loss1))

@@ -319,19 +319,32 @@ def _share(results: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
 
 
 def _reduce_metrics(outputs: list[dict[str, Any]]) -> dict[str, float]:
-    """Token-weighted means of the micro-batch metrics (last pipeline stage), shared with all ranks."""
-    totals: dict[str, float] = {}
-    weight = sum(float(o.get("_tokens", 0.0)) for o in outputs)
+    """The step's metrics, the same on every rank.
+
+    ``loss`` is a sum: each micro-batch's term is already normalised by whole-batch denominators, so
+    the terms of all micro-batches on all data-parallel ranks add up to the loss of the whole batch.
+    Every other metric is a trained-token-weighted mean over the same micro-batches. Values go from the
+    last pipeline stage to all stages, then are combined across data-parallel ranks (each holds a
+    share of the batch).
+    """
+    sums: dict[str, float] = {}
+    weight = 0.0
     for o in outputs:
         w = float(o.get("_tokens", 0.0))
+        weight += w
         for k, v in o.items():
             if k != "_tokens":
-                totals[k] = totals.get(k, 0.0) + (float(v) if k == "loss" else float(v) * w)
-    metrics = {k: (v if k == "loss" else v / max(weight, 1.0)) for k, v in totals.items()}
+                sums[k] = sums.get(k, 0.0) + float(v) * (1.0 if k == "loss" else w)
     if dist.get_world_size() > 1:
-        box = [metrics]
+        box: list[Any] = [(sums, weight)]
         pp_group = parallel_state.get_pipeline_model_parallel_group()
         last = dist.get_global_rank(pp_group, dist.get_world_size(pp_group) - 1)
         dist.broadcast_object_list(box, src=last, group=pp_group)
-        metrics = box[0]
-    return metrics
+        parts: list[Any] = [None] * parallel_state.get_data_parallel_world_size()
+        dist.all_gather_object(parts, box[0], group=parallel_state.get_data_parallel_group())
+        sums, weight = {}, 0.0
+        for part_sums, part_weight in parts:
+            weight += part_weight
+            for k, v in part_sums.items():
+                sums[k] = sums.get(k, 0.0) + v
+    return {k: (v if k == "loss" else v / max(weight, 1.0)) for k, v in sums.items()}
