@@ -104,25 +104,58 @@ def bench_concurrent(tokenizer: Any, concurrent: int = 256, turns: int = 4) -> f
     return asyncio.run(main())
 
 
-def bench_engine(model: str, requests: int = 8, new_tokens: int = 64) -> float:
-    """Sampled tokens per second of the embedded engine on ``requests`` concurrent requests."""
+def _engine(model: str) -> Any:
     from agentrl.rollout.embedded_engine import EmbeddedEngine, EmbeddedEngineConfig
 
-    engine = EmbeddedEngine(model, EmbeddedEngineConfig(device="cpu"))
-    tok = engine.tokenizer
-    text = tok.apply_chat_template(
-        [{"role": "user", "content": "Tell me about Peru."}], tokenize=False, add_generation_prompt=True
+    return EmbeddedEngine(model, EmbeddedEngineConfig(device="cpu"))
+
+
+def _chat_ids(tok: Any, text: str) -> list[int]:
+    rendered = tok.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
     )
-    ids = tok(text, add_special_tokens=False)["input_ids"]
+    return list(tok(rendered, add_special_tokens=False)["input_ids"])
+
+
+def bench_engine(engine: Any, requests: int = 8, new_tokens: int = 64) -> float:
+    """Sampled tokens per second of the embedded engine on ``requests`` concurrent requests."""
+    ids = _chat_ids(engine.tokenizer, "Tell me about Peru.")
     sampling = SamplingParams(max_new_tokens=new_tokens, temperature=1.0, stop_token_ids=())
 
     async def main() -> float:
         await engine.generate(ids, SamplingParams(max_new_tokens=4))
         started = time.perf_counter()
         outs = await asyncio.gather(*(engine.generate(ids, sampling) for _ in range(requests)))
+        return sum(len(o.output_ids) for o in outs) / (time.perf_counter() - started)
+
+    return asyncio.run(main())
+
+
+def bench_episodes(engine: Any, groups: int = 4, samples: int = 4, turns: int = 5) -> tuple[float, float]:
+    """The shape of ``agentrl train``'s default rollout: ``groups`` x ``samples`` episodes of ``turns``
+    turns, ~300-token prompts, 64 sampled tokens and a ~150-token observation per turn. Returns
+    (seconds for all episodes, sampled tokens/s); per-request seeds make runs comparable."""
+    tok = engine.tokenizer
+    filler = " ".join(f"Doc {i}: Lima is the capital and largest city of Peru." for i in range(20))
+    observation = tok(f"<information>{filler[:600]}</information>", add_special_tokens=False)["input_ids"]
+    prompts = [
+        _chat_ids(tok, f"Question {g}: {filler[: 1100 + 7 * g]} Which city is it?") for g in range(groups)
+    ]
+
+    async def episode(g: int, s: int) -> int:
+        ids, sampled = list(prompts[g]), 0
+        for t in range(turns):
+            sampling = SamplingParams(max_new_tokens=64, temperature=1.0, seed=1000 * g + 100 * s + t)
+            out = await engine.generate(ids, sampling, session_id=f"ep-{g}-{s}")
+            ids += out.output_ids + observation
+            sampled += len(out.output_ids)
+        return sampled
+
+    async def main() -> tuple[float, float]:
+        started = time.perf_counter()
+        counts = await asyncio.gather(*(episode(g, s) for g in range(groups) for s in range(samples)))
         elapsed = time.perf_counter() - started
-        await engine.close()
-        return sum(len(o.output_ids) for o in outs) / elapsed
+        return elapsed, sum(counts) / elapsed
 
     return asyncio.run(main())
 
@@ -141,9 +174,11 @@ def main() -> None:
     )
     print(f"episodes/s, 256 concurrent, 4 turns each:     {bench_concurrent(tokenizer):.1f}")
     if not args.skip_engine:
-        print(
-            f"embedded engine on CPU ({args.model}), 8 x 64 tokens: {bench_engine(str(folder)):.1f} tokens/s"
-        )
+        engine = _engine(str(folder))
+        print(f"embedded engine on CPU ({args.model}), 8 x 64 tokens: {bench_engine(engine):.1f} tokens/s")
+        seconds, rate = bench_episodes(engine)
+        print(f"embedded engine, 16 episodes x 5 turns x 64 tokens: {seconds:.1f} s, {rate:.1f} tokens/s")
+        asyncio.run(engine.close())
 
 
 if __name__ == "__main__":

@@ -90,7 +90,11 @@ class _Request:
 
     def resolve(self, finish_reason: str, version: int, error: Exception | None = None) -> None:
         out = GenerateOutput(
-            list(self.output_ids), list(self.logprobs), finish_reason, weight_version=version
+            list(self.output_ids),
+            list(self.logprobs),
+            finish_reason,
+            weight_version=version,
+            meta={"cached_tokens": self.cached_tokens},
         )
 
         def settle() -> None:

@@ -36,6 +36,18 @@ def filter_top_k_top_p(probs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Te
     return filtered
 
 
+def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One token per row of ``probs`` (B, V), not necessarily normalised, by inverting the CDF.
+
+    Why not ``torch.multinomial``: on CPU it takes about 1 ms per 49k-token row, a sixth of a whole
+    decode step of SmolLM2-135M at batch 16; a cumulative sum and a binary search take a tenth of that.
+    ``right=True`` skips zero-probability tokens (filtered by top-k/top-p) even when ``u`` is 0.
+    """
+    cdf = probs.cumsum(dim=-1)  # (B, V)
+    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=cdf.dtype) * cdf[:, -1:]  # (B, 1)
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
+
+
 def sample_tokens(
     logits: torch.Tensor,
     params: Sequence[SamplingParams],
@@ -56,20 +68,23 @@ def sample_tokens(
     """
     temps = torch.tensor([p.temperature for p in params], dtype=logits.dtype)
     greedy = temps <= 0
-    scaled = logits / torch.where(greedy, 1.0, temps).unsqueeze(1)  # (B, V)
+    unscaled = bool(((temps == 1) | greedy).all())
+    scaled = logits if unscaled else logits / torch.where(greedy, 1.0, temps).unsqueeze(1)  # (B, V)
     logp = torch.log_softmax(scaled, dim=-1)
-    probs = logp.exp()
-    top_k = torch.tensor([p.top_k for p in params])
-    top_p = torch.tensor([p.top_p for p in params], dtype=logits.dtype)
-    if bool((top_k > 0).any()) or bool((top_p < 1).any()):
-        probs = filter_top_k_top_p(probs, top_k, top_p)
     tokens = logits.argmax(dim=-1)
-    shared = [i for i, gen in enumerate(generators) if gen is None and not greedy[i]]
-    if shared:
-        rows = torch.tensor(shared)
-        tokens[rows] = torch.multinomial(probs[rows], 1, generator=default_generator).squeeze(1)
-    for i, gen in enumerate(generators):
-        if gen is not None and not greedy[i]:
-            tokens[i] = torch.multinomial(probs[i], 1, generator=gen)[0]
-    source = torch.log_softmax(logits, dim=-1) if original else logp
+    sampled = [i for i in range(len(params)) if not greedy[i]]
+    if sampled:
+        probs = logp[sampled].exp()  # (S, V)
+        top_k = torch.tensor([params[i].top_k for i in sampled])
+        top_p = torch.tensor([params[i].top_p for i in sampled], dtype=logits.dtype)
+        if bool((top_k > 0).any()) or bool((top_p < 1).any()):  # the sort costs more than the sampling
+            probs = filter_top_k_top_p(probs, top_k, top_p)
+        shared = [j for j, i in enumerate(sampled) if generators[i] is None]
+        if shared:
+            tokens[[sampled[j] for j in shared]] = draw(probs[shared], default_generator)
+        for j, i in enumerate(sampled):
+            gen = generators[i]
+            if gen is not None:
+                tokens[i] = draw(probs[j : j + 1], gen)[0]
+    source = torch.log_softmax(logits, dim=-1) if original and not unscaled else logp
     return tokens, source.gather(1, tokens.unsqueeze(1)).squeeze(1)

@@ -219,3 +219,52 @@ def test_controller_invariants_with_real_engine(engine_kind: str, inline: bool, 
         env = ScriptedEnv(script, inline=inline)
         env.received = [t["text"] for t in traj.turns if "info" in t]
         check_trajectory(traj, env, eng.tokenizer)
+
+
+def test_next_turn_prefills_only_new_ids(engine: EmbeddedEngine) -> None:
+    """A session's next turn (and a group-mate's identical prompt) reuse stored KV; logprobs stay exact."""
+    tok = engine.tokenizer
+    ids = prompt(engine, "Where is Lima?")
+    first = asyncio.run(
+        engine.generate(ids, SamplingParams(max_new_tokens=12, temperature=0.0), session_id="ep")
+    )
+    observation = tok("<information>Lima is in Peru.</information>", add_special_tokens=False)["input_ids"]
+    ids2 = ids + first.output_ids + observation
+    second = asyncio.run(
+        engine.generate(ids2, SamplingParams(max_new_tokens=12, temperature=1.0, seed=3), session_id="ep")
+    )
+    # Everything the first turn fed the model: its prompt and all but the last sampled id.
+    assert second.meta["cached_tokens"] == len(ids) + len(first.output_ids) - 1
+    expected = reference_logprobs(engine.model, ids2 + second.output_ids, len(second.output_ids), 1.0)
+    assert second.logprobs == pytest.approx(expected, abs=1e-4)
+    greedy = asyncio.run(
+        engine.generate(ids2, SamplingParams(max_new_tokens=12, temperature=0.0), session_id="x")
+    )
+    ref = engine.model.generate(torch.tensor([ids2]), max_new_tokens=12, do_sample=False)[
+        0, len(ids2) :
+    ].tolist()
+    assert greedy.output_ids == ref[: len(greedy.output_ids)]
+    assert greedy.meta["cached_tokens"] == len(ids2) - 1  # another session, same ids: all but the last
+
+
+def test_request_joins_running_batch(engine: EmbeddedEngine) -> None:
+    """Continuous batching: a request arriving mid-decode is served without waiting for the batch."""
+    long_ids, short_ids = prompt(engine, "Count forever."), prompt(engine, "Say one short thing, please.")
+
+    async def main() -> None:
+        long = asyncio.ensure_future(
+            engine.generate(long_ids, SamplingParams(max_new_tokens=400, temperature=0.0), session_id="long")
+        )
+        while not any(r.session_id == "long" and len(r.output_ids) >= 3 for r in list(engine._running)):
+            await asyncio.sleep(0.005)
+        short = await engine.generate(short_ids, SamplingParams(max_new_tokens=6, temperature=0.0))
+        assert not long.done(), "the short request waited for the long one"
+        for ids, out in ((short_ids, short), (long_ids, await long)):
+            ref = engine.model.generate(
+                torch.tensor([ids]), max_new_tokens=len(out.output_ids), do_sample=False
+            )
+            assert out.output_ids == ref[0, len(ids) :].tolist()
+            expected = reference_logprobs(engine.model, ids + out.output_ids, len(out.output_ids), 0.0)
+            assert out.logprobs == pytest.approx(expected, abs=1e-3)
+
+    asyncio.run(main())
