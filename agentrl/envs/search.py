@@ -7,6 +7,7 @@ import string
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from agentrl.envs.base import Task, ToolEnv, TurnResult
 from agentrl.envs.spaces import Message
@@ -30,6 +31,9 @@ INVALID_ACTION = (
 )
 """Search-R1's observation after a turn with neither a search nor an answer."""
 
+_UNANSWERED = {"success": False, "valid_format": False}
+"""Info of a turn without an answer: an episode truncated after it counts as failed and ill-formed."""
+
 _retrievers: dict[tuple[str, str], Retriever] = {}
 _retrievers_lock = threading.Lock()
 
@@ -45,6 +49,72 @@ def exact_match(prediction: str, golds: Iterable[str]) -> bool:
     """True when ``prediction`` equals any gold answer after :func:`normalize_answer`."""
     pred = normalize_answer(prediction)
     return any(pred == normalize_answer(g) for g in golds)
+
+
+_TAG = re.compile(r"(</?(?:think|search|information|answer)>)")
+# Search-R1's format machine: which tag may come in which state, and the state it leads to.
+_TRANSITIONS = {
+    ("start", "<think>"): "in_think",
+    ("information", "<think>"): "in_think",
+    ("in_think", "</think>"): "after_think",
+    ("after_think", "<search>"): "in_search",
+    ("in_search", "</search>"): "after_search",
+    ("after_search", "<information>"): "in_information",
+    ("in_information", "</information>"): "information",
+    ("after_think", "<answer>"): "in_answer",
+    ("in_answer", "</answer>"): "end",
+}
+_INSIDE = frozenset({"in_think", "in_search", "in_information", "in_answer"})
+
+
+def is_valid_sequence(response: str) -> bool:
+    """Search-R1's structure check of a whole response (the assistant text with its ``<information>``).
+
+    Valid means ``<think>..</think>`` then any number of ``<search>..</search><information>..</information>
+    <think>..</think>`` rounds, then ``<answer>..</answer>``, with only whitespace between tags and every
+    tag balanced. It is ``is_valid_sequence`` of Search-R1's ``qa_em_format.py``, re-implemented.
+    """
+    state = "start"
+    for part in _TAG.split(response):
+        if not part.strip():
+            continue
+        if _TAG.fullmatch(part):
+            next_state = _TRANSITIONS.get((state, part))
+            if next_state is None:
+                return False
+            state = next_state
+        elif state not in _INSIDE:
+            return False  # free text between tags (or after the answer)
+    return state == "end"
+
+
+def retrieval_correct(response: str, golds: Iterable[str]) -> bool:
+    """True when a normalised gold answer occurs in a normalised ``<information>`` block of ``response``."""
+    blocks = [normalize_answer(b) for b in re.findall(r"<information>(.*?)</information>", response, re.S)]
+    return any(normalize_answer(g) in b for g in golds for b in blocks)
+
+
+def shaped_reward(
+    success: bool,
+    valid_format: bool,
+    retrieved: bool,
+    *,
+    structure_format_score: float,
+    final_format_score: float,
+    retrieval_score: float,
+) -> float:
+    """Search-R1's ``compute_score_em`` for an answered episode (all scores 0: plain exact match).
+
+    * right answer: 1, or ``1 - structure_format_score`` when the structure is not valid;
+    * wrong answer, valid structure: ``structure_format_score`` (+ ``retrieval_score`` when a retrieved
+      passage held a gold answer);
+    * wrong answer, invalid structure: ``final_format_score`` (an answer tag at least).
+    """
+    if success:
+        return 1.0 if valid_format else 1.0 - structure_format_score
+    if valid_format:
+        return structure_format_score + (retrieval_score if retrieved else 0.0)
+    return final_format_score
 
 
 def information(docs_text: str) -> str:
@@ -118,7 +188,13 @@ class SearchEnv(ToolEnv):
 
     ## Reward
     1.0 when the answer equals a gold alias after SQuAD normalisation (:func:`exact_match`), else 0.0;
-    given on the answer turn. ``info["success"]`` says the same; ``info["tool_calls"]`` counts searches.
+    given on the answer turn. ``info["success"]`` says the same (False on the turns before an answer, so
+    that an episode truncated without one counts as a failure); ``info["tool_calls"]`` counts searches.
+    With the opt-in format scores (Search-R1's ``compute_score_em``; all 0 by default, which is the
+    plain exact-match reward above) the answer turn's reward is :func:`shaped_reward`: partial credit
+    for a well-formed episode (:func:`is_valid_sequence`) or a well-formed answer even when the answer is
+    wrong. ``info["success"]`` stays exact match; ``info["valid_format"]`` says whether the response so
+    far is a complete, well-formed one (so it is False on every turn before the answer).
 
     ## Episode End
     Terminated on the first turn with an ``<answer>``; truncated after ``max_turns`` turns without one
@@ -139,6 +215,11 @@ class SearchEnv(ToolEnv):
     * ``task_file``: a Search-R1 ``.parquet``/``.jsonl`` QA file to read tasks from instead; a
       ``{split}`` in it is replaced by ``split`` (``data/{split}.parquet``), so that one ``--env-kwargs``
       serves the train split and the evaluation split.
+    * ``structure_format_score``: reward of a wrong answer in a valid structure, and the penalty of a
+      right answer in an invalid one (Search-R1 trains with 0.2; default 0).
+    * ``final_format_score``: reward of a wrong answer in an invalid structure (Search-R1: 0.1; default 0).
+    * ``retrieval_score``: added to ``structure_format_score`` when a retrieved passage contained a gold
+      answer (Search-R1: 0 or 0.1; default 0).
 
     ## Version History
     * v0: initial version.
@@ -159,11 +240,21 @@ class SearchEnv(ToolEnv):
         hops: int | Sequence[int] | None = None,
         question_types: Sequence[str] | None = None,
         task_file: str | Path | None = None,
+        structure_format_score: float = 0.0,
+        final_format_score: float = 0.0,
+        retrieval_score: float = 0.0,
         tasks: Sequence[Task] | None = None,
         render_mode: str | None = None,
     ) -> None:
         if topk < 1:
             raise ConfigError(f"topk must be >= 1, got {topk}")
+        self.format_scores = {
+            "structure_format_score": float(structure_format_score),
+            "final_format_score": float(final_format_score),
+            "retrieval_score": float(retrieval_score),
+        }
+        if bad := {k: v for k, v in self.format_scores.items() if not 0.0 <= v < 1.0}:
+            raise ConfigError(f"format scores must lie in [0, 1) (a right answer scores 1), got {bad}")
         self.topk = topk
         self.hops = None if hops is None else {hops} if isinstance(hops, int) else set(hops)
         self.question_types = None if question_types is None else set(question_types)
@@ -209,18 +300,29 @@ class SearchEnv(ToolEnv):
         calls = self._parser.parse(text)
         if isinstance(calls, ParseError) or not calls:
             kind = calls.kind if isinstance(calls, ParseError) else "no_action"
-            return TurnResult([self._obs(INVALID_ACTION)], info={"tool_calls": 0, "invalid_action": kind})
+            info: dict[str, Any] = {"tool_calls": 0, "invalid_action": kind}
+            return TurnResult([self._obs(INVALID_ACTION)], info={**info, **_UNANSWERED})
         call = calls[0]
         if call.name == "answer":
             answer = str(call.arguments["answer"])
-            golds = self.task.answer if isinstance(self.task.answer, list) else [self.task.answer]
-            success = exact_match(answer, [str(g) for g in golds])
-            info = {"tool_calls": 0, "success": success, "answer": answer}
-            return TurnResult([], reward=float(success), terminated=True, info=info)
+            golds = [
+                str(g)
+                for g in (self.task.answer if isinstance(self.task.answer, list) else [self.task.answer])
+            ]
+            success = exact_match(answer, golds)
+            response = self._response(text)
+            valid = is_valid_sequence(response)
+            reward = shaped_reward(success, valid, retrieval_correct(response, golds), **self.format_scores)
+            info = {"tool_calls": 0, "success": success, "answer": answer, "valid_format": valid}
+            return TurnResult([], reward=reward, terminated=True, info=info)
         query = str(call.arguments["query"])
         docs = self.retriever.search([query], self.topk)[0]
         info = {"tool_calls": 1, "query": query, "doc_ids": [d.id for d in docs]}
-        return TurnResult([self._obs(information(format_docs(docs)))], info=info)
+        return TurnResult([self._obs(information(format_docs(docs)))], info={**info, **_UNANSWERED})
+
+    def _response(self, last_turn: str) -> str:
+        """The episode's response so far as Search-R1 scores it: every assistant turn and observation."""
+        return "".join(str(m["content"]) for m in self.transcript if m["role"] != "user") + last_turn
 
     @staticmethod
     def _obs(content: str) -> Message:

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from agentrl.envs import search_data
-from agentrl.envs.search import INVALID_ACTION, PROMPT, SearchEnv, exact_match, normalize_answer
+from agentrl.envs.search import (
+    INVALID_ACTION,
+    PROMPT,
+    SearchEnv,
+    exact_match,
+    is_valid_sequence,
+    normalize_answer,
+)
 from agentrl.envs.search_data import build, sources
 from agentrl.errors import ConfigError
 from agentrl.tools.retrieval.base import Doc, Retriever
@@ -209,3 +216,87 @@ def test_regenerating_gives_the_packaged_files(tmp_path: Path) -> None:
     build.build(tmp_path)
     for name in ("corpus.jsonl.gz", "tasks.jsonl.gz", "manifest.json"):
         assert (tmp_path / name).read_bytes() == (search_data.DATA_DIR / name).read_bytes(), name
+
+
+@pytest.mark.parametrize(
+    ("response", "valid"),
+    [
+        ("<think> a </think>\n<answer> x </answer>", True),
+        # one search round: think, search, information, think, answer
+        (
+            "<think> a </think><search> q </search>\n\n<information>Doc 1</information>\n\n"
+            "<think> b </think><answer> x </answer>",
+            True,
+        ),
+        ("<answer> x </answer>", False),  # no think first
+        ("<think> a </think> so <answer> x </answer>", False),  # free text between tags
+        ("<think> a </think><answer> x </answer> done", False),  # text after the answer
+        ("<think> a </think><search> q </search>", False),  # never answered
+        # a search must be followed by its information, then a new think before the answer
+        (
+            "<think> a </think><search> q </search>\n\n<information>D</information>\n\n<answer> x </answer>",
+            False,
+        ),
+        (
+            "<think> a </think><search> q </search>"
+            + INVALID_ACTION
+            + "<think> b </think><answer> x </answer>",
+            False,
+        ),
+    ],
+)
+def test_is_valid_sequence_follows_search_r1_machine(response: str, valid: bool) -> None:
+    assert is_valid_sequence(response) is valid
+
+
+# Search-R1's compute_score_em with its training setting structure_format_score=0.2,
+# final_format_score=0.1, retrieval_score=0.1 (case by case from its if/else ladder):
+#   right & valid 1.0 | right & invalid 1 - 0.2 = 0.8 | wrong & valid 0.2 (+0.1 if retrieved = 0.3)
+#   wrong & invalid 0.1
+SCORES = {"structure_format_score": 0.2, "final_format_score": 0.1, "retrieval_score": 0.1}
+
+
+@pytest.mark.parametrize(
+    ("turns", "reward", "success", "valid"),
+    [
+        (["<think> k </think><answer> Amman </answer>"], 1.0, True, True),
+        (["<answer> Amman </answer>"], 0.8, True, False),
+        (["<think> k </think><answer> Cairo </answer>"], 0.2, False, True),
+        # the search returns "Amman is the capital city of Jordan." (FixedRetriever): gold retrieved
+        (
+            ["<think> k </think><search> q </search>", "<think> k </think><answer> Cairo </answer>"],
+            0.3,
+            False,
+            True,
+        ),
+        (["I guess <answer> Cairo </answer>"], 0.1, False, False),
+    ],
+)
+def test_format_scores_are_search_r1_compute_score_em(
+    turns: list[str], reward: float, success: bool, valid: bool
+) -> None:
+    env = _env(question_types=["capital_of"], **SCORES)
+    env.reset(options={"task_id": "capital_of-jordan"})
+    for text in turns[:-1]:
+        assert env.step(text)[1] == 0.0
+    _, r, terminated, _, info = env.step(turns[-1])
+    assert terminated and r == pytest.approx(reward)
+    assert (info["success"], info["valid_format"]) == (success, valid)
+
+
+def test_format_scores_default_to_plain_exact_match_and_are_checked() -> None:
+    env = _env(question_types=["capital_of"])
+    for text, reward in [("<answer> Amman </answer>", 1.0), ("I guess <answer> Cairo </answer>", 0.0)]:
+        env.reset(options={"task_id": "capital_of-jordan"})
+        assert env.step(text)[1] == reward  # no format credit, no penalty for a bad structure
+    with pytest.raises(ConfigError, match="format scores"):
+        _env(structure_format_score=1.0)
+
+
+def test_turns_without_an_answer_report_failure_so_truncation_counts_as_one() -> None:
+    env = _env(question_types=["capital_of"], max_turns=2)
+    env.reset(options={"task_id": "capital_of-jordan"})
+    info = env.step("<think> k </think><search> q </search>")[4]
+    assert (info["success"], info["valid_format"]) == (False, False)
+    *_, truncated, info = env.step("no tags")
+    assert truncated and (info["success"], info["valid_format"]) == (False, False)
