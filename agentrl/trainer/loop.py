@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from agentrl.trainer.metrics import dump_rollouts, plot_curves, read_metrics, rollout_metrics, summarize
+from agentrl.trainer.metrics import dump_rollouts, plot_curves, read_metrics, summarize
 from agentrl.trainer.rollout_manager import EnvFactory
 from agentrl.trainer.run import Run
 from agentrl.trainer.train_config import TrainConfig
@@ -55,15 +55,16 @@ def train(config: TrainConfig, *, env_factory: EnvFactory | None = None) -> RunR
         for step in range(run.start_step + 1, config.num_rollouts + 1):
             metrics: dict[str, float] = {}
             with timed(metrics, "rollout"):
-                trajectories = run.generate(step)  # groups of n episodes per task, filtered
-            metrics.update(rollout_metrics(trajectories))
+                trajectories, rollout_stats = run.generate(step)  # groups of n episodes per task, filtered
+            metrics.update(rollout_stats)  # of every episode generated, the filtered-out ones included
             if config.dump_interval and step % config.dump_interval == 0:
                 dump_rollouts(trajectories, run.log_dir, step)
             if not config.debug_rollout_only:
                 with timed(metrics, "train"):
                     metrics.update(run.train(trajectories))  # advantages + steps_per_rollout optimizer steps
                 with timed(metrics, "sync"):
-                    run.sync_weights(version=step)  # state dict (embedded) or HF folder on disk (SGLang)
+                    if not metrics["train/skipped"]:  # skipped (no advantage anywhere): weights unchanged
+                        run.sync_weights(version=step)  # state dict (embedded) or HF folder (SGLang)
             metrics["perf/tokens_per_s"] = metrics["rollout/total_tokens"] / max(
                 1e-9, sum(v for k, v in metrics.items() if k.startswith("time/"))
             )

@@ -33,21 +33,35 @@ def _tool_calls(t: Trajectory) -> float:
     return float(sum(int(turn.get("tool_calls", 0) or 0) for turn in t.turns))
 
 
+def _valid_format(t: Trajectory) -> float | None:
+    """Whether the env judged the episode's structure valid (envs that report ``valid_format`` only)."""
+    for turn in reversed(t.turns):
+        value = (turn.get("info") or {}).get("valid_format")
+        if value is not None:
+            return float(bool(value))
+    return None
+
+
 def rollout_metrics(trajectories: Sequence[Trajectory], prefix: str = "rollout/") -> dict[str, float]:
     """Means over the episodes of one rollout, plus counts by :class:`Status`.
 
     Reward, success, turns, tool calls and response length are averaged over *trainable* episodes
     (COMPLETED / TRUNCATED): FAILED and ABORTED ones are infrastructure faults, counted but not
-    mixed into the learning signal.
+    mixed into the learning signal. ``completed`` is the fraction that the env ended (for Search: an
+    answer was given) rather than a turn or token limit; ``valid_format`` the fraction whose structure
+    the env judged valid (NaN when the env does not say).
     """
     ok = [t for t in trajectories if t.trainable]
     successes = [s for s in (_success(t) for t in ok) if s is not None]
+    formats = [f for f in (_valid_format(t) for t in ok) if f is not None]
     rewards = [t.reward for t in ok]
     reward_mean = _mean(rewards)
     out = {
         "reward": reward_mean,
         "reward_std": math.sqrt(_mean([(r - reward_mean) ** 2 for r in rewards])) if rewards else math.nan,
         "success": _mean(successes),
+        "completed": _mean([float(t.status == Status.COMPLETED) for t in ok]),
+        "valid_format": _mean(formats),
         "turns": _mean([float(len(t.turns)) for t in ok]),
         "tool_calls": _mean([_tool_calls(t) for t in ok]),
         "response_tokens": _mean([float(sum(t.loss_mask)) for t in ok]),
@@ -157,13 +171,18 @@ def plot_curves(records: Sequence[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+SUMMARY_KEYS = ("reward", "success", "completed", "valid_format", "tool_calls", "turns", "response_tokens")
+"""What the summary compares, train and eval: reward, exact-match success, the answered (completed) and
+well-formed rates, searches and turns per episode, sampled tokens per episode."""
+
+
 def summarize(records: Sequence[dict[str, Any]], window: int = 3) -> str:
     """What improved: the mean of the first vs the last ``window`` rollouts, and the first vs last eval."""
     train = [r for r in records if r.get("rollout/reward") is not None]
     lines = ["== summary =="]
     if train:
         k = max(1, min(window, len(train) // 2))
-        for key in ("reward", "success", "turns", "tool_calls", "response_tokens"):
+        for key in SUMMARY_KEYS:
             first = _mean([r[f"rollout/{key}"] for r in train[:k] if r.get(f"rollout/{key}") is not None])
             last = _mean([r[f"rollout/{key}"] for r in train[-k:] if r.get(f"rollout/{key}") is not None])
             if not (math.isnan(first) and math.isnan(last)):
@@ -172,7 +191,7 @@ def summarize(records: Sequence[dict[str, Any]], window: int = 3) -> str:
                 )
     evals = [r for r in records if r.get("eval/reward") is not None]
     if evals:
-        for key in ("reward", "success", "turns"):
+        for key in SUMMARY_KEYS:
             before, after = evals[0].get(f"eval/{key}"), evals[-1].get(f"eval/{key}")
             if before is not None and after is not None:
                 lines.append(

@@ -50,9 +50,10 @@ class EnvSpec:
         return make(self.env, **kwargs)
 
 
-def env_specs(env: str, suite: str | None, split: str, env_kwargs: dict[str, Any]) -> list[EnvSpec]:
+def env_specs(env: str, suite: str | None, split: str, env_kwargs: dict[str, Any] | None) -> list[EnvSpec]:
     """The specs of ``--env`` (one) or of ``--suite`` (one per entry, with its own split unless
     ``split`` is given to override it, as evaluation does with held-out splits)."""
+    env_kwargs = env_kwargs or {}
     if suite is None:
         return [EnvSpec(env, split, dict(env_kwargs))]
     from agentrl.envs.suites import load_suite

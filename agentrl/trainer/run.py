@@ -85,19 +85,25 @@ class Run:
     def can_evaluate(self) -> bool:
         return bool(self.eval_keys) and self.actors.rollout is not None
 
-    def generate(self, step: int) -> list[Trajectory]:
-        """One rollout: ``rollout_batch_size`` groups of ``n_samples_per_prompt`` episodes."""
+    def generate(self, step: int) -> tuple[list[Trajectory], dict[str, float]]:
+        """One rollout: ``rollout_batch_size`` groups of ``n_samples_per_prompt`` episodes to train on,
+        and the ``rollout/`` metrics of *every* episode generated (the dynamic filter must not make the
+        policy look better than it is: it drops exactly the groups that all failed)."""
         import ray
 
         c = self.config
         if c.debug_train_only:
-            return self._replay(step)
+            replayed = self._replay(step)
+            return replayed, rollout_metrics(replayed)
         assert self.sampler is not None
         n_prompts = math.ceil(c.rollout_batch_size * (c.over_sample if c.dynamic_filter else 1.0))
         settings = GenerationSettings(c.n_samples_per_prompt, c.temperature, c.top_p, step)
         keys = self.sampler.sample(n_prompts)
         trajectories = ray.get(self.actors.rollout.generate.remote(keys, settings))
-        return keep_informative_groups(trajectories, c.rollout_batch_size, c.dynamic_filter)
+        kept = keep_informative_groups(trajectories, c.rollout_batch_size, c.dynamic_filter)
+        metrics = rollout_metrics(trajectories)
+        metrics["rollout/kept_episodes"] = float(len(kept))
+        return kept, metrics
 
     def _replay(self, step: int) -> list[Trajectory]:
         source = Path(self.config.debug_train_only or "")
@@ -107,14 +113,34 @@ class Run:
         return list(load_jsonl(files[(step - 1) % len(files)]))
 
     def train(self, trajectories: list[Trajectory]) -> dict[str, float]:
+        """The optimizer steps of one rollout; skipped (``train/skipped`` 1) when they could not learn.
+
+        When every trainable episode's advantage is 0 (each group's rewards agree) and no KL or entropy
+        term adds a gradient of its own, the policy-gradient loss is 0 everywhere: the forward and
+        backward passes would only produce a zero gradient. The step is then skipped outright: the
+        optimizer, its lr schedule and the weights stay as they are, and so does their checkpointed
+        state (a resumed run takes the same decision on the same rollout).
+        """
         import ray
 
+        if not self.can_learn_from(trajectories):
+            return {"train/skipped": 1.0, "train/optimizer_steps": 0.0, "train/frac_zero_adv": 1.0}
         if self.actors.placed is None:
-            return dict(ray.get(self.actors.trainer.train.remote(trajectories)))
+            return {**ray.get(self.actors.trainer.train.remote(trajectories)), "train/skipped": 0.0}
         timings: dict[str, float] = {}
         with self.actors.placed.engines_released(self.actors.rollout, timings):  # colocated only
             metrics = dict(ray.get(self.actors.trainer.train.remote(trajectories)))
-        return {**metrics, **timings}
+        return {**metrics, **timings, "train/skipped": 0.0}
+
+    def can_learn_from(self, trajectories: list[Trajectory]) -> bool:
+        """False when training on ``trajectories`` would give an all-zero gradient (see :meth:`train`)."""
+        from agentrl.trainer.batch import trajectory_advantages
+
+        algo = self.config.algorithm
+        if algo.kl_coef > 0 or algo.entropy_coef != 0:
+            return True
+        trainable = [t for t in trajectories if t.trainable]
+        return bool(trainable) and bool(trajectory_advantages(trainable, algo).abs().max() > 0)
 
     def sync_weights(self, version: int) -> None:
         """Push the trainer's weights to the engine: in memory (embedded) or through an HF folder (SGLang)."""
