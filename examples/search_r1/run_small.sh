@@ -9,6 +9,8 @@
 # Environment: PYTHON (default: python), MODEL (default: smollm2-135m), OUT (default: runs/search_r1_small),
 # RETRIEVER_PORT (default: a free port), DATA (a folder of prepare_data.py parquet files, read as
 # DATA/{split}.parquet; default: the env's packaged offline splits).
+# FORMAT_SCORES=1 adds Search-R1's partial credit for format (its compute_score_em: 0.2 for a wrong answer
+# in a well-formed episode, 0.1 for an answer tag only, +0.1 when a retrieved passage held the answer).
 # At exit the retriever's /health (with its query and batch counts) is saved to OUT/retriever_health.json.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -38,6 +40,9 @@ done
 
 ENV_KWARGS="\"retriever\": \"http\", \"retriever_url\": \"http://127.0.0.1:$PORT/retrieve\""
 if [ -n "${DATA:-}" ]; then ENV_KWARGS="$ENV_KWARGS, \"task_file\": \"$DATA/{split}.parquet\""; fi
+if [ "${FORMAT_SCORES:-0}" = 1 ]; then
+  ENV_KWARGS="$ENV_KWARGS, \"structure_format_score\": 0.2, \"final_format_score\": 0.1, \"retrieval_score\": 0.1"
+fi
 ENV_KWARGS="{$ENV_KWARGS}"
 COMMON=(--env search --env-kwargs "$ENV_KWARGS" --split train --eval-split heldout --model "$MODEL"
         --max-turns 5 --save "$OUT/ckpt" --log-dir "$OUT/logs")
