@@ -1,11 +1,13 @@
 """`EmbeddedEngine`: an in-process transformers model behind the `Engine` protocol (the CPU default).
 
 Why: laptops, CI and single small GPUs have no SGLang; RL still needs many concurrent episodes, so
-this engine batches whatever requests are waiting (dynamic batching): a worker thread gathers
-requests that arrive within ``batch_wait_ms``, left-pads them, prefills once, then decodes them
-together with a KV cache, retiring each row as soon as it finishes (its future resolves at once and
-the cache shrinks). The event loop only enqueues and awaits futures, so envs keep stepping while the
-model runs.
+this engine batches them continuously: a worker thread decodes all running requests together, one
+token per step, and between two steps admits whatever requests have arrived (each prefilled alone,
+then joining the batch; see `agentrl.rollout.kv_cache`) and retires finished rows at once (their
+futures resolve and the cache shrinks). A prefix store keeps the KV of each session's last turn and
+of recent prompts, so a multi-turn episode prefills only its new observation ids and the samples of a
+group share their prompt's prefill. The event loop only enqueues and awaits futures, so envs keep
+stepping while the model runs.
 
 Logprobs follow the `Engine` contract and this project's `SGLangEngine` (which launches SGLang with
 ``SGLANG_RETURN_ORIGINAL_LOGPROB=1``): ``log_softmax(logits)`` of the unscaled logits at the sampled
@@ -32,7 +34,7 @@ import torch
 from agentrl.errors import ConfigError, EngineError
 from agentrl.rollout.engine import GenerateOutput, SamplingParams
 from agentrl.rollout.kv_cache import DecodeBatch, GrowingLayer, PrefixStore, cache_kv, make_cache
-from agentrl.rollout.sampling import sample_tokens
+from agentrl.rollout.sampling import hits_stop_string, sample_tokens
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,8 @@ class EmbeddedEngineConfig:
     max_batch_size: int = 64
     """Most requests decoded together."""
     batch_wait_ms: float = 5.0
-    """How long the worker waits for more requests after the first one before it starts a batch."""
+    """When idle, how long the worker waits for more requests after the first one before it starts
+    decoding (later ones join the running batch at the next step anyway)."""
     seed: int = 0
     """Seed of the engine's sampler for requests without their own ``seed``."""
     logprobs: Literal["sampling", "original"] = "original"
@@ -125,7 +128,7 @@ def _pick_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 class EmbeddedEngine:
-    """In-process generation with dynamic batching; see the module docstring.
+    """In-process generation with continuous batching and a prefix cache; see the module docstring.
 
     Example::
 
@@ -158,6 +161,10 @@ class EmbeddedEngine:
         self._running: list[_Request] = []
         self._batch = DecodeBatch()
         self._prefixes = PrefixStore(self.config.prefix_cache_mb << 20)
+        self.stats: dict[str, float] = dict.fromkeys(
+            ("prefill_tokens", "cached_tokens", "prefill_s", "decode_steps", "decode_tokens", "decode_s"), 0
+        )
+        """Counters since start, for profiling: where the worker's time goes."""
         self._admitting = threading.Event()
         self._admitting.set()
         self._closed = threading.Event()
@@ -202,7 +209,7 @@ class EmbeddedEngine:
         return self._worker.is_alive() and not self._closed.is_set()
 
     async def pause(self) -> None:
-        """Stop starting new batches; the running batch finishes. Queued requests wait for resume()."""
+        """Stop admitting requests; running ones finish. Queued requests wait for resume()."""
         self._admitting.clear()
 
     async def resume(self) -> None:
@@ -280,7 +287,11 @@ class EmbeddedEngine:
         cache = make_cache(layers)
         new = torch.tensor([ids[cached:]], device=self.device)  # (1, T_new)
         positions = torch.arange(cached, len(ids), device=self.device).unsqueeze(0)
+        started = time.perf_counter()
         logits = self._forward(new, None, positions, cache)
+        self._count(
+            prefill_tokens=len(ids) - cached, cached_tokens=cached, prefill_s=time.perf_counter() - started
+        )
         full = cache_kv(cache)
         self._prefixes.store(req.key, ids, full)
         req.cached_tokens = cached
@@ -295,7 +306,9 @@ class EmbeddedEngine:
         rows = self._running
         tokens = torch.tensor([[r.output_ids[-1]] for r in rows], device=self.device)  # (B, 1)
         mask, positions = self._batch.step_inputs()
+        started = time.perf_counter()
         logits = self._forward(tokens, mask.to(self.device), positions.to(self.device), self._batch.cache())
+        self._count(decode_steps=1, decode_tokens=len(rows), decode_s=time.perf_counter() - started)
         self._batch.stepped()
         sampled, logprobs = self._sample(logits, rows)
         keep = []
@@ -307,6 +320,10 @@ class EmbeddedEngine:
         if len(keep) < len(rows):
             self._batch.keep(keep)
             self._running = [rows[i] for i in keep]
+
+    def _count(self, **amounts: float) -> None:
+        for name, amount in amounts.items():
+            self.stats[name] += amount
 
     def _sample(self, logits: torch.Tensor, rows: list[_Request]) -> tuple[torch.Tensor, torch.Tensor]:
         return sample_tokens(
@@ -338,28 +355,16 @@ class EmbeddedEngine:
         req.output_ids.append(token)
         req.logprobs.append(logprob)
         sp = req.sampling
-        if token in self.eos_ids or token in sp.stop_token_ids or self._hit_stop_string(req):
+        if (
+            token in self.eos_ids
+            or token in sp.stop_token_ids
+            or hits_stop_string(self.tokenizer, req.output_ids, sp.stop)
+        ):
             return req.finish("stop", self.weight_version)
         limit = min(sp.max_new_tokens, self.max_context - len(req.input_ids))
         if len(req.output_ids) >= limit:
             return req.finish("length", self.weight_version)
         return False
-
-    def _hit_stop_string(self, req: _Request) -> bool:
-        """True when a stop string ends in the newest tokens (it stays in the output, as in SGLang)."""
-        stops = req.sampling.stop
-        if not stops:
-            return False
-        window = max(len(s) for s in stops) + 4  # tokens: each carries at least one byte of text
-        tail = self.tokenizer.decode(req.output_ids[-window:], skip_special_tokens=False)
-        if not any(s in tail for s in stops):  # the common case: one decode per step, not two
-            return False
-        last = (
-            self.tokenizer.decode(req.output_ids[-window:-1], skip_special_tokens=False)
-            if len(req.output_ids) > 1
-            else ""
-        )
-        return any(s in tail and s not in last for s in stops)
 
     def _load_weights(self, source: Any, version: int) -> None:
         state = _read_state_dict(source) if isinstance(source, (str, Path)) else dict(source)

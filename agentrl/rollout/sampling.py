@@ -1,4 +1,4 @@
-"""Per-row token sampling with temperature, top-k and top-p, returning SGLang-style logprobs.
+"""Per-row token sampling with temperature, top-k and top-p, returning SGLang-style logprobs; stop strings.
 
 Each row of a batch has its own sampling parameters (requests of different episodes share a batch).
 By default the reported logprob is the one SGLang reports without ``SGLANG_RETURN_ORIGINAL_LOGPROB``:
@@ -9,6 +9,7 @@ for greedy rows, T = 0). With ``original=True`` (the Engine contract) it is ``lo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -88,3 +89,19 @@ def sample_tokens(
                 tokens[i] = draw(probs[j : j + 1], gen)[0]
     source = torch.log_softmax(logits, dim=-1) if original and not unscaled else logp
     return tokens, source.gather(1, tokens.unsqueeze(1)).squeeze(1)
+
+
+def hits_stop_string(tokenizer: Any, output_ids: list[int], stops: Sequence[str]) -> bool:
+    """True when a stop string ends in the newest token (it stays in the output, as in SGLang).
+
+    Decodes only a tail of the output (each token carries at least one byte of text), and a second,
+    shorter tail only when a stop string is in the first: one small decode per row and step.
+    """
+    if not stops:
+        return False
+    window = max(len(s) for s in stops) + 4
+    tail = tokenizer.decode(output_ids[-window:], skip_special_tokens=False)
+    if not any(s in tail for s in stops):
+        return False
+    last = tokenizer.decode(output_ids[-window:-1], skip_special_tokens=False) if len(output_ids) > 1 else ""
+    return any(s in tail and s not in last for s in stops)
