@@ -176,8 +176,15 @@ def main() -> None:
     if not args.skip_engine:
         engine = _engine(str(folder))
         print(f"embedded engine on CPU ({args.model}), 8 x 64 tokens: {bench_engine(engine):.1f} tokens/s")
+        before = dict(engine.stats)
         seconds, rate = bench_episodes(engine)
         print(f"embedded engine, 16 episodes x 5 turns x 64 tokens: {seconds:.1f} s, {rate:.1f} tokens/s")
+        st = {k: v - before[k] for k, v in engine.stats.items()}
+        print(
+            f"  prefill {st['prefill_tokens']:.0f} ids in {st['prefill_s']:.1f} s "
+            f"({st['cached_tokens']:.0f} ids from the prefix cache); decode {st['decode_tokens']:.0f} ids "
+            f"in {st['decode_steps']:.0f} steps, {st['decode_s']:.1f} s"
+        )
         asyncio.run(engine.close())
 
 

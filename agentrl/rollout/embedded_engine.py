@@ -33,7 +33,7 @@ import torch
 
 from agentrl.errors import ConfigError, EngineError
 from agentrl.rollout.engine import GenerateOutput, SamplingParams
-from agentrl.rollout.kv_cache import DecodeBatch, GrowingLayer, PrefixStore, cache_kv, make_cache
+from agentrl.rollout.kv_cache import KV, DecodeBatch, GrowingLayer, PrefixStore, cache_kv, make_cache
 from agentrl.rollout.sampling import hits_stop_string, sample_tokens
 
 log = logging.getLogger(__name__)
@@ -233,10 +233,9 @@ class EmbeddedEngine:
             torch.set_num_threads(self.config.num_threads or max(1, min(8, (os.cpu_count() or 2) // 2)))
         while not self._closed.is_set():
             fresh = self._gather(block=not self._running)
-            with self._model_lock:
+            with self._model_lock, torch.inference_mode():  # the batch's KV tensors are inference tensors
                 try:
-                    for req in fresh:
-                        self._admit(req)
+                    self._admit_all(fresh)
                     if self._running:
                         self._decode_step()
                 except Exception as e:  # a model error fails these requests, not the engine
@@ -278,9 +277,14 @@ class EmbeddedEngine:
                 ready.append(req)
         return ready
 
-    @torch.inference_mode()
-    def _admit(self, req: _Request) -> None:
-        """Prefill what the prefix store lacks of ``req``, sample its first token, let it join the batch."""
+    def _admit_all(self, fresh: list[_Request]) -> None:
+        joining = [(req, kv) for req in fresh if (kv := self._admit(req)) is not None]
+        self._batch.add([kv for _, kv in joining])  # one copy of the batch at most, not one per request
+        self._running.extend(req for req, _ in joining)
+
+    def _admit(self, req: _Request) -> KV | None:
+        """Prefill what the prefix store lacks of ``req`` and sample its first token; its KV to join
+        the batch, or None when it already finished."""
         ids = req.input_ids
         cached, kv = self._prefixes.lookup(ids)
         layers = [GrowingLayer(k, v, spare=len(ids) - cached) for k, v in kv] if kv else []
@@ -296,11 +300,8 @@ class EmbeddedEngine:
         self._prefixes.store(req.key, ids, full)
         req.cached_tokens = cached
         tokens, logprobs = self._sample(logits, [req])
-        if not self._advance(req, int(tokens[0]), float(logprobs[0])):
-            self._batch.add(full)
-            self._running.append(req)
+        return None if self._advance(req, int(tokens[0]), float(logprobs[0])) else full
 
-    @torch.inference_mode()
     def _decode_step(self) -> None:
         """Feed every running row its last sampled token; sample the next; retire finished rows."""
         rows = self._running
@@ -311,15 +312,14 @@ class EmbeddedEngine:
         self._count(decode_steps=1, decode_tokens=len(rows), decode_s=time.perf_counter() - started)
         self._batch.stepped()
         sampled, logprobs = self._sample(logits, rows)
-        keep = []
+        done = []
         for i, r in enumerate(rows):
-            if not self._advance(r, int(sampled[i]), float(logprobs[i])):
-                keep.append(i)
-            elif r.session_id is not None and r.finish_reason != "abort":
-                self._prefixes.store(r.key, r.input_ids + r.output_ids[:-1], self._batch.row(i))
-        if len(keep) < len(rows):
-            self._batch.keep(keep)
-            self._running = [rows[i] for i in keep]
+            if self._advance(r, int(sampled[i]), float(logprobs[i])):
+                done.append(i)
+                if r.session_id is not None and r.finish_reason != "abort":
+                    self._prefixes.store(r.key, r.input_ids + r.output_ids[:-1], self._batch.row(i))
+        if done:
+            self._running = [rows[i] for i in self._batch.remove(done)]
 
     def _count(self, **amounts: float) -> None:
         for name, amount in amounts.items():

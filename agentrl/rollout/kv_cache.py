@@ -26,39 +26,50 @@ KV = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 class GrowingLayer(DynamicLayer):
-    """A cache layer over a buffer with spare room on the right: appends write in place."""
+    """A cache layer over a buffer with spare room on the right (and spare rows): appends write in
+    place. The model sees ``keys``/``values``: the first ``rows`` rows and ``length`` columns."""
 
     def __init__(self, keys: torch.Tensor | None = None, values: torch.Tensor | None = None, spare: int = 64):
         super().__init__()
         self.spare = spare
         self.length = 0
+        self.rows = 0
         self.buf_k: torch.Tensor | None = None
         self.buf_v: torch.Tensor | None = None
         if keys is not None and values is not None:
-            self._allocate(keys, keys.shape[-2] + spare)
+            self.rows = keys.shape[0]
+            self.allocate(keys, keys.shape[0], keys.shape[-2] + spare)
             self._write(keys, values)
 
-    def _allocate(self, like: torch.Tensor, capacity: int) -> None:
-        b, h, _, d = like.shape
-        new_k = like.new_zeros((b, h, capacity, d))
-        new_v = like.new_zeros((b, h, capacity, d))
+    def allocate(self, like: torch.Tensor, rows: int, columns: int) -> None:
+        """New zeroed buffers of ``rows`` x ``columns`` (shaped like ``like``), keeping what is held."""
+        _, h, _, d = like.shape
+        new_k, new_v = like.new_zeros((rows, h, columns, d)), like.new_zeros((rows, h, columns, d))
         if self.buf_k is not None and self.buf_v is not None:
-            new_k[:, :, : self.length] = self.buf_k[:, :, : self.length]
-            new_v[:, :, : self.length] = self.buf_v[:, :, : self.length]
+            new_k[: self.rows, :, : self.length] = self.buf_k[: self.rows, :, : self.length]
+            new_v[: self.rows, :, : self.length] = self.buf_v[: self.rows, :, : self.length]
         self.buf_k, self.buf_v = new_k, new_v
         self.is_initialized = True
         self.device = like.device
 
+    def expose(self) -> None:
+        """Point ``keys``/``values`` at the filled part of the buffers."""
+        assert self.buf_k is not None and self.buf_v is not None
+        self.keys = self.buf_k[: self.rows, :, : self.length]
+        self.values = self.buf_v[: self.rows, :, : self.length]
+
     def _write(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         n = keys.shape[-2]
+        if self.buf_k is None:
+            self.rows = keys.shape[0]
         if self.buf_k is None or self.length + n > self.buf_k.shape[-2]:
-            self._allocate(keys, max(2 * self.length, self.length + n + self.spare))
+            rows = keys.shape[0] if self.buf_k is None else self.buf_k.shape[0]
+            self.allocate(keys, rows, max(2 * self.length, self.length + n + self.spare))
         assert self.buf_k is not None and self.buf_v is not None
-        self.buf_k[:, :, self.length : self.length + n] = keys
-        self.buf_v[:, :, self.length : self.length + n] = values
+        self.buf_k[: self.rows, :, self.length : self.length + n] = keys
+        self.buf_v[: self.rows, :, self.length : self.length + n] = values
         self.length += n
-        self.keys = self.buf_k[:, :, : self.length]
-        self.values = self.buf_v[:, :, : self.length]
+        self.expose()
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
@@ -88,10 +99,16 @@ def cache_kv(cache: DynamicCache) -> KV:
 
 
 class DecodeBatch:
-    """Rows decoded together; row ``i`` holds its last ``lengths[i]`` columns of the ``width`` columns."""
+    """Rows decoded together; row ``i`` holds its last ``lengths[i]`` of the ``width`` columns.
 
-    def __init__(self, spare: int = 64) -> None:
-        self.spare = spare
+    Joining and leaving touch only the rows concerned (a row moves into a free slot; a leaving row's
+    slot takes the last row), except when a row is wider than the batch or the slots run out: then
+    all rows are copied once, with ``margin`` spare columns on the left so that the next slightly
+    longer rows (the other episodes' next turns) fit without another copy.
+    """
+
+    def __init__(self, spare: int = 64, margin: int = 32) -> None:
+        self.spare, self.margin = spare, margin
         self.layers: list[GrowingLayer] = []
         self.lengths: list[int] = []
         self.width = 0
@@ -114,33 +131,71 @@ class DecodeBatch:
         self.lengths = [n + 1 for n in self.lengths]
         self.width += 1
 
-    def add(self, kv: KV) -> None:
-        """Append one row (``kv`` tensors of batch size 1, all their columns valid)."""
-        n = kv[0][0].shape[-2]
-        width = max(self.width, n)
-        layers = []
-        for i, (k, v) in enumerate(kv):
-            old = self.layers[i] if self.layers else None
-            layers.append(self._merged(old, k, v, width))
-        self.layers = layers
-        self.lengths.append(n)
-        self.width = width
+    def add(self, rows: list[KV]) -> None:
+        """Append rows (``kv`` tensors of batch size 1, all their columns valid), in this order."""
+        if not rows:
+            return
+        widest = max(kv[0][0].shape[-2] for kv in rows)
+        count = len(self) + len(rows)
+        if not self.layers or widest > self.width or count > self._slots():
+            self._reshape(max(count, 2 * len(self)), max(self.width, widest + self.margin), rows[0])
+        for kv in rows:
+            n, slot = kv[0][0].shape[-2], len(self.lengths)
+            for layer, (k, v) in zip(self.layers, kv, strict=True):
+                assert layer.buf_k is not None and layer.buf_v is not None
+                layer.buf_k[slot, :, : self.width - n] = 0
+                layer.buf_v[slot, :, : self.width - n] = 0
+                layer.buf_k[slot, :, self.width - n : self.width] = k[0]
+                layer.buf_v[slot, :, self.width - n : self.width] = v[0]
+                layer.rows = slot + 1
+                layer.expose()
+            self.lengths.append(n)
 
-    def _merged(self, old: GrowingLayer | None, k: torch.Tensor, v: torch.Tensor, width: int) -> GrowingLayer:
-        rows = 1 + (len(self.lengths) if old is not None else 0)
-        layer = GrowingLayer(spare=self.spare)
-        layer._allocate(k.new_zeros((rows, k.shape[1], 0, k.shape[3])), width + self.spare)
-        assert layer.buf_k is not None and layer.buf_v is not None
-        if old is not None and old.buf_k is not None and old.buf_v is not None:
-            shift = width - self.width
-            layer.buf_k[:-1, :, shift:width] = old.buf_k[:, :, : self.width]
-            layer.buf_v[:-1, :, shift:width] = old.buf_v[:, :, : self.width]
-        n = k.shape[-2]
-        layer.buf_k[-1:, :, width - n : width] = k
-        layer.buf_v[-1:, :, width - n : width] = v
-        layer.length = width
-        layer.keys, layer.values = layer.buf_k[:, :, :width], layer.buf_v[:, :, :width]
-        return layer
+    def remove(self, rows: list[int]) -> list[int]:
+        """Drop ``rows``; the last rows move into their slots. Returns the old index of each row now
+        held, in order. Copies all rows only when a quarter of the columns became padding."""
+        gone = set(rows)
+        left = len(self) - len(gone)
+        holes = [i for i in sorted(gone) if i < left]
+        movers = [i for i in range(left, len(self)) if i not in gone]
+        order = list(range(left))
+        for hole, mover in zip(holes, movers, strict=True):
+            order[hole] = mover
+            for layer in self.layers:
+                assert layer.buf_k is not None and layer.buf_v is not None
+                layer.buf_k[hole, :, : self.width] = layer.buf_k[mover, :, : self.width]
+                layer.buf_v[hole, :, : self.width] = layer.buf_v[mover, :, : self.width]
+        self.lengths = [self.lengths[i] for i in order]
+        for layer in self.layers:
+            layer.rows = left
+            layer.expose()
+        if not left:
+            self.layers, self.width = [], 0
+        elif (self.width - max(self.lengths)) >= max(2 * self.margin, self.width // 4):
+            self._reshape(self._slots(), max(self.lengths) + self.margin, self.row(0))
+        return order
+
+    def _slots(self) -> int:
+        buf = self.layers[0].buf_k if self.layers else None
+        return 0 if buf is None else buf.shape[0]
+
+    def _reshape(self, slots: int, width: int, template: KV) -> None:
+        """Copy into new buffers of ``slots`` rows and ``width`` (+ spare) columns, right-aligned."""
+        layers = []
+        for i, (k, _) in enumerate(template):
+            layer = GrowingLayer(spare=self.spare)
+            layer.allocate(k, slots, width + self.spare)
+            if self.layers:
+                old = self.layers[i]
+                assert old.keys is not None and old.values is not None and layer.buf_k is not None
+                assert layer.buf_v is not None
+                kept = min(self.width, width)
+                layer.buf_k[: len(self), :, width - kept : width] = old.keys[:, :, self.width - kept :]
+                layer.buf_v[: len(self), :, width - kept : width] = old.values[:, :, self.width - kept :]
+            layer.rows, layer.length = len(self), width
+            layer.expose()
+            layers.append(layer)
+        self.layers, self.width = layers, width
 
     def row(self, i: int) -> KV:
         """A copy of row ``i``'s valid columns, batch size 1."""
@@ -150,21 +205,6 @@ class DecodeBatch:
             assert layer.keys is not None and layer.values is not None
             kv.append((layer.keys[i : i + 1, :, start:].clone(), layer.values[i : i + 1, :, start:].clone()))
         return kv
-
-    def keep(self, rows: list[int]) -> None:
-        """Keep only ``rows`` (in this order) and drop columns that are padding in all of them."""
-        if not rows:
-            self.layers, self.lengths, self.width = [], [], 0
-            return
-        lengths = [self.lengths[i] for i in rows]
-        start = self.width - max(lengths)
-        index = torch.tensor(rows)
-        layers = []
-        for old in self.layers:
-            assert old.keys is not None and old.values is not None
-            layer = GrowingLayer(old.keys[index, :, start:], old.values[index, :, start:], spare=self.spare)
-            layers.append(layer)
-        self.layers, self.lengths, self.width = layers, lengths, self.width - start
 
 
 @dataclass
