@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import atexit
 import threading
+from typing import Any
 
 from agentrl.errors import ConfigError, SandboxError, SandboxUnavailableError
 from agentrl.tools.sandbox.base import ExecResult, Sandbox
 from agentrl.tools.sandbox.config import SandboxConfig
-from agentrl.tools.sandbox.docker_sandbox import DockerSandbox, SandboxDiedError
 from agentrl.tools.sandbox.local import LocalSandbox
 from agentrl.tools.sandbox.pool import PooledSandbox, SandboxPool
 
@@ -37,6 +37,18 @@ __all__ = [
 ]
 
 _pools: dict[SandboxConfig, SandboxPool] = {}
+
+
+def __getattr__(name: str) -> Any:
+    # The Docker SDK is imported only once a Docker sandbox is asked for, so what never runs code
+    # (the Search env, `agentrl --help`, GPU training boxes without the `docker` package) works without it.
+    if name in ("DockerSandbox", "SandboxDiedError"):
+        from agentrl.tools.sandbox import docker_sandbox
+
+        return getattr(docker_sandbox, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 _pools_lock = threading.Lock()
 
 
@@ -46,6 +58,7 @@ def docker_pool(config: SandboxConfig | None = None) -> SandboxPool:
     with _pools_lock:
         pool = _pools.get(config)
         if pool is None:
+            from agentrl.tools.sandbox.docker_sandbox import DockerSandbox
             from agentrl.tools.sandbox.engine import connect
             from agentrl.tools.sandbox.reaper import reap_orphans
 
