@@ -4,10 +4,12 @@ Why: the controller must never be the bottleneck (target < 1 ms of controller wo
 GPU engine decoding thousands of tokens/s stays busy), and the CPU default engine should be usable.
 The first two numbers use an *instant* engine (fixed ids, no model) and an instant env, so they
 measure only the controller: chat-template deltas, tokenization, bookkeeping, the env thread hop.
+The engine numbers: tokens/s of 8 concurrent requests, and the shape of `agentrl train`'s default
+rollout (16 multi-turn episodes) with the engine's prefill/decode split (`engine.stats`).
 
 Run::
 
-    python bench/rollout.py                       # all three, SmolLM2-135M tokenizer and model
+    python bench/rollout.py                       # all, SmolLM2-135M tokenizer and model
     python bench/rollout.py --skip-engine         # controller numbers only
 """
 
