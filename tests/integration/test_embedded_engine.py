@@ -111,7 +111,7 @@ def test_stop_string_and_stop_id(engine: EmbeddedEngine) -> None:
     tok = engine.tokenizer
     ids = prompt(engine, "Tell me about rivers.")
     free = asyncio.run(engine.generate(ids, SamplingParams(max_new_tokens=40, temperature=0.0)))
-    text = tok.decode(free.output_ids)
+    text = str(tok.decode(free.output_ids))
     assert len(free.output_ids) >= 10, "need a long greedy continuation to cut"
     # A stop string that ends inside token 6: output stops there and keeps the stop string.
     cut = len(tok.decode(free.output_ids[:6]))
