@@ -137,10 +137,12 @@ class Run:
         from agentrl.trainer.batch import trajectory_advantages
 
         algo = self.config.algorithm
+        trainable = [t for t in trajectories if t.trainable]
+        if not trainable:  # e.g. the dynamic filter dropped every group
+            return False
         if algo.kl_coef > 0 or algo.entropy_coef != 0:
             return True
-        trainable = [t for t in trajectories if t.trainable]
-        return bool(trainable) and bool(trajectory_advantages(trainable, algo).abs().max() > 0)
+        return bool(trajectory_advantages(trainable, algo).abs().max() > 0)
 
     def sync_weights(self, version: int) -> None:
         """Push the trainer's weights to the engine: in memory (embedded) or through an HF folder (SGLang)."""

@@ -77,6 +77,7 @@ def test_kl_or_entropy_terms_have_gradients_of_their_own_so_the_step_runs() -> N
     dead = [_traj("a", 0.0), _traj("a", 0.0)]
     assert _run(kl_coef=0.001).can_learn_from(dead) is True
     assert _run(entropy_coef=0.01).can_learn_from(dead) is True
+    assert _run(kl_coef=0.001).can_learn_from([]) is False  # nothing left to train on: still skipped
 
 
 def test_rollout_metrics_report_answered_and_well_formed_rates() -> None:
