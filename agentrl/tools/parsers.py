@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -50,17 +50,32 @@ ParseResult = list[ToolCall] | ParseError
 _THINK = re.compile(r"<think>.*?(?:</think>|\Z)", re.DOTALL)
 
 
-def split_think(text: str) -> tuple[str, str]:
-    """Return (text outside ``<think>`` blocks, text inside them); an unclosed block runs to the end."""
-    inside = "".join(m.group(0) for m in _THINK.finditer(text))
-    return _THINK.sub(" ", text), inside
+def split_think(text: str, protected: Sequence[tuple[int, int]] = ()) -> tuple[str, str]:
+    """Return (text outside ``<think>`` blocks, text inside them); an unclosed block runs to the end.
+
+    A ``<think>`` that starts inside a ``protected`` span (e.g. a tool call's JSON, whose strings may
+    mention the tag) does not open a block.
+    """
+    outside: list[str] = []
+    inside: list[str] = []
+    pos = last = 0
+    while (m := _THINK.search(text, pos)) is not None:
+        if any(a <= m.start() < b for a, b in protected):
+            pos = m.start() + len("<think>")
+            continue
+        outside.append(text[last : m.start()])
+        inside.append(m.group(0))
+        pos = last = max(m.end(), m.start() + 1)
+    outside.append(text[last:])
+    return " ".join(outside), "".join(inside)
 
 
-def json_depth(payload: str) -> int:
-    """Deepest nesting of ``[``/``{`` outside JSON strings (checked before ``json.loads`` recurses)."""
-    depth = deepest = 0
+def _outside_json_strings(text: str, start: int = 0) -> Iterator[tuple[int, str]]:
+    """``(index, char)`` of each character from ``start`` that is outside JSON string literals (quotes
+    themselves excluded), so structure can be read without being fooled by brackets or tags in strings."""
     in_string = escaped = False
-    for ch in payload:
+    for i in range(start, len(text)):
+        ch = text[i]
         if in_string:
             if escaped:
                 escaped = False
@@ -70,7 +85,15 @@ def json_depth(payload: str) -> int:
                 in_string = False
         elif ch == '"':
             in_string = True
-        elif ch in "[{":
+        else:
+            yield i, ch
+
+
+def json_depth(payload: str) -> int:
+    """Deepest nesting of ``[``/``{`` outside JSON strings (checked before ``json.loads`` recurses)."""
+    depth = deepest = 0
+    for _, ch in _outside_json_strings(payload):
+        if ch in "[{":
             depth += 1
             deepest = max(deepest, depth)
         elif ch in "]}":
@@ -85,22 +108,9 @@ def _close_outside_strings(text: str, start: int, close_tag: str) -> int:
     are unbalanced, the first occurrence anywhere is used, so the JSON error is reported, not a
     missing close tag.
     """
-    in_string = escaped = False
-    i = start
-    while i < len(text):
-        ch = text[i]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif text.startswith(close_tag, i):
+    for i, _ in _outside_json_strings(text, start):
+        if text.startswith(close_tag, i):
             return i
-        i += 1
     return text.find(close_tag, start)
 
 
@@ -149,7 +159,7 @@ class HermesParser:
         """Tool calls in ``text`` (outside ``<think>``), or the first problem found."""
         if error := self.limits.check_text(text):
             return error
-        outside, inside = split_think(text)
+        outside, inside = split_think(text, self._call_spans(text))
         payloads = self._blocks(outside)
         if isinstance(payloads, ParseError):
             return payloads
@@ -171,6 +181,17 @@ class HermesParser:
                 return call
             calls.append(call)
         return calls
+
+    def _call_spans(self, text: str) -> list[tuple[int, int]]:
+        """(start, end) of each ``<tool_call>`` block; an unclosed one runs to the end of ``text``."""
+        spans = []
+        pos = 0
+        while (start := text.find(self.open_tag, pos)) != -1:
+            end = _close_outside_strings(text, start + len(self.open_tag), self.close_tag)
+            end = len(text) if end == -1 else end + len(self.close_tag)
+            spans.append((start, end))
+            pos = end
+        return spans
 
     def _blocks(self, text: str) -> list[str] | ParseError:
         payloads = []

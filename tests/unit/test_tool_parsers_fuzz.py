@@ -186,3 +186,15 @@ def test_hand_written_cases() -> None:
     ]
     assert TAGS.parse("<answer>Paris") == ParseError("truncated", "<answer> was not closed with </answer>.")
     assert TagParser(["answer"]).parse("<answer>4</answer>") == [ToolCall("answer", {"content": "4"})]
+
+
+def test_think_tag_inside_a_call_is_data_not_a_think_block() -> None:
+    # Found by the fuzzer: an argument named (or containing) "<think>" used to open a think block that
+    # swallowed the rest of the call. Inside a call's JSON the tag is data; outside, a call within
+    # <think>...</think> is still refused.
+    calls = HERMES.parse(wrap(ToolCall("search", {"query": "what does <think> mean"})))
+    assert calls == [ToolCall("search", {"query": "what does <think> mean"})]
+    extra = HERMES.parse(wrap(ToolCall("search", {"query": "q", "<think>": 1})))
+    assert isinstance(extra, ParseError) and "unexpected argument(s) '<think>'" in extra.message
+    hidden = HERMES.parse("<think>" + wrap(ToolCall("search", {"query": "q"})) + "</think>")
+    assert isinstance(hidden, ParseError) and hidden.kind == "inside_think"
