@@ -159,6 +159,7 @@ class EmbeddedEngine:
         self.generator = torch.Generator(device="cpu").manual_seed(self.config.seed)
         self._queue: queue.Queue[_Request] = queue.Queue()
         self._running: list[_Request] = []
+        self._held: list[_Request] = []  # taken off the queue just as pause() came: admitted on resume
         self._batch = DecodeBatch()
         self._prefixes = PrefixStore(self.config.prefix_cache_mb << 20)
         self.stats: dict[str, float] = dict.fromkeys(
@@ -217,7 +218,7 @@ class EmbeddedEngine:
 
     async def abort(self, session_id: str | None = None) -> None:
         """Abort queued and running requests (of ``session_id``, or all); they return ``"abort"``."""
-        for req in [*list(self._queue.queue), *self._running]:
+        for req in [*list(self._queue.queue), *self._held, *self._running]:
             if session_id is None or req.session_id == session_id:
                 req.aborted = True
 
@@ -234,6 +235,8 @@ class EmbeddedEngine:
         while not self._closed.is_set():
             fresh = self._gather(block=not self._running)
             with self._model_lock, torch.inference_mode():  # the batch's KV tensors are inference tensors
+                if not self._admitting.is_set():  # paused since they were gathered: admit on resume
+                    self._held, fresh = fresh + self._held, []
                 try:
                     self._admit_all(fresh)
                     if self._running:
@@ -243,7 +246,7 @@ class EmbeddedEngine:
                     for req in [*fresh, *self._running]:
                         req.resolve("abort", self.weight_version, EngineError(f"embedded engine failed: {e}"))
                     self._running, self._batch = [], DecodeBatch()
-        for req in self._running:
+        for req in [*self._running, *self._held]:
             req.resolve("abort", self.weight_version)
         while not self._queue.empty():
             self._queue.get_nowait().resolve("abort", self.weight_version)
@@ -255,9 +258,9 @@ class EmbeddedEngine:
                 self._admitting.wait(timeout=0.1)
             return []
         room = self.config.max_batch_size - len(self._running)
-        fresh: list[_Request] = []
+        fresh, self._held = self._held[:room], self._held[room:]
         try:
-            if block:
+            if block and not fresh:
                 fresh.append(self._queue.get(timeout=0.1))
                 deadline = time.monotonic() + self.config.batch_wait_ms / 1000
                 while len(fresh) < room and (left := deadline - time.monotonic()) > 0:

@@ -137,7 +137,9 @@ def test_colocated_bundles_and_embedded_release_resume(local_ray: None, tiny_mod
         assert not ready  # released: nothing generates until resume
         ray.get(engine.resume_memory.remote())
         after = ray.get(pending, timeout=60)
-        assert (after.output_ids, after.logprobs) == (before.output_ids, before.logprobs)
+        # Same tokens; logprobs equal up to float noise (the second request reuses the prompt's cached KV).
+        assert after.output_ids == before.output_ids
+        assert max(abs(a - b) for a, b in zip(after.logprobs, before.logprobs, strict=True)) < 1e-5
     finally:
         _kill(placed)
 
