@@ -27,15 +27,16 @@ import logging
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from agentrl.errors import ConfigError, EngineError
+from agentrl.errors import EngineError
 from agentrl.rollout import sglang_protocol as proto
 from agentrl.rollout.engine import GenerateOutput, SamplingParams
+from agentrl.rollout.sglang_config import SGLangEngineConfig
+from agentrl.rollout.sglang_health import _TRANSIENT, ServerHealth, _Server, _ServerFailed
 from agentrl.rollout.sglang_launcher import (
     SGLangServerProcess,
     agentrl_cache_dir,
@@ -46,90 +47,7 @@ from agentrl.rollout.sglang_launcher import (
 log = logging.getLogger(__name__)
 
 
-class _ServerFailed(Exception):
-    """A server answered with a 5xx: treat it like a dropped connection."""
-
-
-_TRANSIENT = (httpx.TransportError, _ServerFailed)
-"""Errors that mean "this server may be dead": connection refused or reset, read cut, timeout, 5xx."""
-
-
-@dataclass(frozen=True)
-class SGLangEngineConfig:
-    """How to reach (or start) SGLang servers and how hard to try."""
-
-    model_path: str | None = None
-    """HF folder to serve on launched servers; ignored when ``server_urls`` is given."""
-    server_urls: tuple[str, ...] = ()
-    """Running servers (or one ``sglang_router`` URL) to connect to; when set, nothing is launched."""
-    num_servers: int = 1
-    """How many servers to launch (ignored with ``server_urls``)."""
-    python: str | None = None
-    """Interpreter of the SGLang venv; default ``AGENTRL_SGLANG_PYTHON`` or the setup_sglang.sh venv."""
-    sglang_args: tuple[str, ...] = ()
-    """Extra ``sglang.launch_server`` flags, verbatim (e.g. ``("--tp", "2", "--mem-fraction-static", "0.7")``)."""
-    gpus_per_server: int = 0
-    """GPUs each launched server uses; server ``i`` gets ``--base-gpu-id i*gpus_per_server``. 0 on CPU."""
-    original_logprobs: bool = True
-    """Launch with ``SGLANG_RETURN_ORIGINAL_LOGPROB=1`` so logprobs are before temperature scaling, as
-    the Engine contract says; connected servers must be started with it by the user."""
-    host: str = "127.0.0.1"
-    """Address launched servers bind to."""
-    log_dir: str | None = None
-    """Server logs go here; default ``${AGENTRL_CACHE:-~/.cache/agentrl}/logs``."""
-    startup_timeout_s: float = 600.0
-    """How long a launched server may take to answer ``/health_generate``."""
-    request_timeout_s: float = 600.0
-    """Upper bound of one ``/generate`` call; a longer call counts as a dead server."""
-    control_timeout_s: float = 120.0
-    """Upper bound of control calls (weights update, pause, abort, flush)."""
-    max_retries: int = 3
-    """Re-sends of a request whose server failed, each on a live server, before it returns ``abort``."""
-    retry_backoff_s: float = 0.5
-    """First retry delay; doubled each retry."""
-    max_concurrency_per_server: int = 256
-    """In-flight ``/generate`` calls per server; more wait in agentrl (SGLang's queue stays short)."""
-    health_interval_s: float = 5.0
-    """Seconds between health probes of every server."""
-    health_timeout_s: float = 30.0
-    """A ``/health_generate`` slower than this fails (SGLang itself gives up after 20 s)."""
-    health_failures: int = 2
-    """Consecutive failed probes before a running process is declared dead (an exited one is at once)."""
-    restart_budget: int = 2
-    """Restarts of launched servers over the engine's life; one more death then raises EngineError."""
-    server_wait_s: float = 120.0
-    """How long a request waits for some server to be alive (e.g. during a restart) before ``abort``."""
-    pause_mode: proto.PauseMode = "abort"
-    """``/pause_generation`` mode: "abort" returns in-flight requests with ``finish_reason="abort"``;
-    "in_place" and "retract" keep them and finish them after ``resume()``."""
-    max_sessions: int = 65536
-    """Session-to-server assignments remembered (least recently used are forgotten)."""
-
-    def __post_init__(self) -> None:
-        if self.model_path is None and not self.server_urls:
-            raise ConfigError(
-                "SGLangEngineConfig needs model_path (to launch servers) or server_urls (to connect to "
-                "running servers or a router)"
-            )
-        if self.num_servers < 1 or self.max_concurrency_per_server < 1:
-            raise ConfigError("num_servers and max_concurrency_per_server must be at least 1")
-
-
-@dataclass(eq=False)
-class _Server:
-    """One server as the router sees it."""
-
-    url: str
-    semaphore: asyncio.Semaphore
-    process: SGLangServerProcess | None = None
-    alive: bool = True
-    failures: int = 0
-    restarting: bool = False
-    inflight: dict[str, str | None] = field(default_factory=dict)
-    """rid -> session_id of requests sent to this server and not answered yet."""
-
-
-class SGLangEngine:
+class SGLangEngine(ServerHealth):
     """SGLang servers behind the :class:`~agentrl.rollout.engine.Engine` protocol."""
 
     def __init__(self, config: SGLangEngineConfig) -> None:
@@ -438,98 +356,6 @@ class SGLangEngine:
         errors = [f"{s.url}: {r}" for s, r in zip(servers, results, strict=True) if isinstance(r, Exception)]
         if errors:
             raise EngineError(f"SGLang {path} failed on {len(errors)} server(s): " + "; ".join(errors))
-
-    # ---- health and restarts -------------------------------------------------------------------
-
-    async def _probe(self, server: _Server) -> bool:
-        assert self._client is not None, "call start() first"
-        if server.process is not None and not server.process.running():
-            return False
-        try:
-            response = await self._client.get(
-                f"{server.url}/health_generate", timeout=self.config.health_timeout_s
-            )
-        except _TRANSIENT:
-            return False
-        return response.status_code == 200
-
-    async def _monitor_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.health_interval_s)
-            # A paused SGLang server cannot run the one-token health request; it would look dead.
-            if not self._admitted.is_set():
-                continue
-            servers = [s for s in self._servers if not s.restarting]
-            try:
-                results = await asyncio.gather(*(self._probe(s) for s in servers))
-            except Exception:  # the monitor must outlive any surprise, or dead servers go unnoticed
-                log.exception("SGLang health probe raised")
-                continue
-            for server, ok in zip(servers, results, strict=True):
-                self._record_probe(server, ok)
-
-    def _record_probe(self, server: _Server, ok: bool) -> None:
-        if ok:
-            server.failures = 0
-            if not server.alive:
-                log.warning("SGLang server %s is healthy again", server.url)
-                server.alive = True
-                self._alive_changed.set()
-            return
-        server.failures += 1
-        exited = server.process is not None and not server.process.running()
-        if exited or server.failures >= self.config.health_failures:
-            self._mark_dead(server)
-
-    def _mark_dead(self, server: _Server) -> None:
-        """Route around ``server``; restart it if we launched it and its process is gone."""
-        server.alive = False
-        process = server.process
-        if process is None or server.restarting:
-            return
-        if process.running() and server.failures < self.config.health_failures:
-            return  # one failed request is not proof; the monitor decides
-        if self._restarts_used >= self.config.restart_budget:
-            self._fatal = EngineError(
-                f"SGLang server {server.url} died and the restart budget ({self.config.restart_budget}) "
-                f"is spent. Log {process.log_path}, last lines:\n{process.log_tail()}"
-            )
-            self._alive_changed.set()
-            log.error("%s", self._fatal)
-            return
-        self._restarts_used += 1
-        server.restarting = True
-        task = asyncio.create_task(self._restart(server), name=f"sglang-restart-{server.url}")
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _restart(self, server: _Server) -> None:
-        """Replace a dead launched server with a fresh process serving the latest weights."""
-        old = server.process
-        assert old is not None
-        log.warning(
-            "restarting dead SGLang server %s (%d/%d)",
-            server.url,
-            self._restarts_used,
-            self.config.restart_budget,
-        )
-        await asyncio.to_thread(old.kill)
-        index = self._servers.index(server)
-        process = self._new_process(index, self._weights_path)
-        process.start()
-        server.url = process.url
-        try:
-            await process.wait_healthy(self.config.startup_timeout_s)
-            if self.weight_version:
-                await self._post(server, "/update_weight_version", {"new_version": str(self.weight_version)})
-        except EngineError as exc:
-            self._fatal = EngineError(f"restarting SGLang server {server.url} failed: {exc}")
-            self._alive_changed.set()
-            return
-        finally:
-            server.restarting = False
-        server.process, server.failures, server.alive = process, 0, True
-        self._alive_changed.set()
 
 
 def _aborted_output(version: int, error: str) -> GenerateOutput:

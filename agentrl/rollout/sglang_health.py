@@ -1,0 +1,153 @@
+"""Server health for :class:`~agentrl.rollout.sglang_engine.SGLangEngine`: probes, dead-marking, restarts.
+
+Kept apart from request routing: the engine mixes :class:`ServerHealth` in, and this module owns what
+"alive" means (``/health_generate`` answers, the process runs), when a server is given up on
+(``health_failures`` probes in a row, or its process exited) and how it comes back (a fresh process with
+the latest weights while the restart budget lasts; after that the engine is failed for good).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from agentrl.errors import EngineError
+from agentrl.rollout.sglang_config import SGLangEngineConfig
+from agentrl.rollout.sglang_launcher import SGLangServerProcess
+
+log = logging.getLogger(__name__)
+
+
+class _ServerFailed(Exception):
+    """A server answered with a 5xx: treat it like a dropped connection."""
+
+
+_TRANSIENT = (httpx.TransportError, _ServerFailed)
+"""Errors that mean "this server may be dead": connection refused or reset, read cut, timeout, 5xx."""
+
+
+@dataclass(eq=False)
+class _Server:
+    """One server as the router sees it."""
+
+    url: str
+    semaphore: asyncio.Semaphore
+    process: SGLangServerProcess | None = None
+    alive: bool = True
+    failures: int = 0
+    restarting: bool = False
+    inflight: dict[str, str | None] = field(default_factory=dict)
+    """rid -> session_id of requests sent to this server and not answered yet."""
+
+
+class ServerHealth:
+    """The health monitor and restart logic of the engine (state is the engine's own)."""
+
+    config: SGLangEngineConfig
+    weight_version: int
+    _servers: list[_Server]
+    _admitted: asyncio.Event
+    _alive_changed: asyncio.Event
+    _fatal: EngineError | None
+    _restarts_used: int
+    _weights_path: str | None
+    _client: httpx.AsyncClient | None
+    _background: set[asyncio.Task[None]]
+
+    _new_process: Callable[[int, str | None], SGLangServerProcess]
+    _post: Callable[[_Server, str, dict[str, Any]], Awaitable[httpx.Response]]
+
+    async def _probe(self, server: _Server) -> bool:
+        assert self._client is not None, "call start() first"
+        if server.process is not None and not server.process.running():
+            return False
+        try:
+            response = await self._client.get(
+                f"{server.url}/health_generate", timeout=self.config.health_timeout_s
+            )
+        except _TRANSIENT:
+            return False
+        return response.status_code == 200
+
+    async def _monitor_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.health_interval_s)
+            # A paused SGLang server cannot run the one-token health request; it would look dead.
+            if not self._admitted.is_set():
+                continue
+            servers = [s for s in self._servers if not s.restarting]
+            try:
+                results = await asyncio.gather(*(self._probe(s) for s in servers))
+            except Exception:  # the monitor must outlive any surprise, or dead servers go unnoticed
+                log.exception("SGLang health probe raised")
+                continue
+            for server, ok in zip(servers, results, strict=True):
+                self._record_probe(server, ok)
+
+    def _record_probe(self, server: _Server, ok: bool) -> None:
+        if ok:
+            server.failures = 0
+            if not server.alive:
+                log.warning("SGLang server %s is healthy again", server.url)
+                server.alive = True
+                self._alive_changed.set()
+            return
+        server.failures += 1
+        exited = server.process is not None and not server.process.running()
+        if exited or server.failures >= self.config.health_failures:
+            self._mark_dead(server)
+
+    def _mark_dead(self, server: _Server) -> None:
+        """Route around ``server``; restart it if we launched it and its process is gone."""
+        server.alive = False
+        process = server.process
+        if process is None or server.restarting:
+            return
+        if process.running() and server.failures < self.config.health_failures:
+            return  # one failed request is not proof; the monitor decides
+        if self._restarts_used >= self.config.restart_budget:
+            self._fatal = EngineError(
+                f"SGLang server {server.url} died and the restart budget ({self.config.restart_budget}) "
+                f"is spent. Log {process.log_path}, last lines:\n{process.log_tail()}"
+            )
+            self._alive_changed.set()
+            log.error("%s", self._fatal)
+            return
+        self._restarts_used += 1
+        server.restarting = True
+        task = asyncio.create_task(self._restart(server), name=f"sglang-restart-{server.url}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _restart(self, server: _Server) -> None:
+        """Replace a dead launched server with a fresh process serving the latest weights."""
+        old = server.process
+        assert old is not None
+        log.warning(
+            "restarting dead SGLang server %s (%d/%d)",
+            server.url,
+            self._restarts_used,
+            self.config.restart_budget,
+        )
+        await asyncio.to_thread(old.kill)
+        index = self._servers.index(server)
+        process = self._new_process(index, self._weights_path)
+        process.start()
+        server.url = process.url
+        try:
+            await process.wait_healthy(self.config.startup_timeout_s)
+            if self.weight_version:
+                await self._post(server, "/update_weight_version", {"new_version": str(self.weight_version)})
+        except EngineError as exc:
+            self._fatal = EngineError(f"restarting SGLang server {server.url} failed: {exc}")
+            self._alive_changed.set()
+            return
+        finally:
+            server.restarting = False
+        server.process, server.failures, server.alive = process, 0, True
+        self._alive_changed.set()
