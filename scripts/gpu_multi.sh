@@ -8,18 +8,9 @@
 # Results under ${OUT:-out/gpu}: tp.log, gpu_results.jsonl, placement_*.json, placement.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-out/gpu}
-SITE=${AGENTRL_GPU_SITE:-/tmp/agentrl-gpu-site}
-mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
-fi
-export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1 AGENTRL_GPU_RESULTS="$OUT/gpu_results.jsonl"
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-export AGENTRL_TP_TMP=${AGENTRL_TP_TMP:-/tmp/agentrl-multi}
+. scripts/gpu_env.sh
+export AGENTRL_TP_TMP=${AGENTRL_TP_TMP:-${AGENTRL_CACHE:-$HOME/.cache/agentrl}/tp-tmp}
 mkdir -p "$AGENTRL_TP_TMP"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 status=0
 timeout 300 python3 -m torch.distributed.run --nproc-per-node 2 -m pytest -m gpu tests/gpu/test_megatron_tp.py \
   -p no:cacheprovider -p no:logging -o addopts="" -q -s 2>&1 | tee "$OUT/tp.log" || status=$?

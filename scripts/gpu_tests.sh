@@ -7,16 +7,8 @@
 # Results go to ${OUT:-out/gpu}: pytest log, JSON lines of the reported numbers, benchmark table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-out/gpu}
-SITE=${AGENTRL_GPU_SITE:-/tmp/agentrl-gpu-site}
-mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
-fi
-export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1 AGENTRL_GPU_RESULTS="$OUT/gpu_results.jsonl"
+. scripts/gpu_env.sh
 rm -f "$AGENTRL_GPU_RESULTS"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 python3 -c 'import torch, transformers, megatron.core as m; print("torch", torch.__version__, "transformers", transformers.__version__, "megatron-core", m.__version__)' | tee -a "$OUT/device.txt"
 status=0
 python3 -m pytest -m gpu tests/gpu -p no:cacheprovider -p no:logging -o addopts="" -q -s "$@" 2>&1 | tee "$OUT/pytest.log" || status=$?
