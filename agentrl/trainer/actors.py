@@ -3,7 +3,7 @@
 Three actors, one process each, so that a run scales from a laptop to a cluster without code changes:
 
 * :class:`TrainerWorker` holds the training backend (torch or Megatron): train steps, weights, checkpoints.
-* :class:`EngineWorker` holds an :class:`~agentrl.rollout.embedded_engine.EmbeddedEngine` and serves
+* :class:`~agentrl.trainer.engine_actors.EngineWorker` holds an :class:`~agentrl.rollout.embedded_engine.EmbeddedEngine` and serves
   ``generate`` concurrently (an async actor, so concurrent requests batch inside the engine).
   SGLang engines need no actor: their servers are already processes, driven over HTTP by the
   rollout manager.
@@ -16,13 +16,11 @@ exits non-zero and is resumed from the last checkpoint.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import logging
 import os
 import time
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +29,14 @@ from typing import Any
 import torch
 
 from agentrl.errors import ConfigError
-from agentrl.rollout.engine import GenerateOutput, SamplingParams
 from agentrl.rollout.trajectory import Trajectory
+from agentrl.trainer.engine_actors import (
+    EngineWorker,
+    RemoteEngine,
+    RemoteEngines,
+    set_threads,
+    start_sglang_engine,
+)
 from agentrl.trainer.placement import (
     PlacedActors,
     TrainerGroup,
@@ -63,12 +67,6 @@ def init_ray(config: TrainConfig) -> None:
         log_to_driver=True,
         configure_logging=False,
     )
-
-
-def set_threads(num_cpus: int | None) -> None:
-    """Ray sets OMP_NUM_THREADS=1 in workers; the phases of a run never overlap, so each actor may use
-    every core while it works."""
-    torch.set_num_threads(max(1, num_cpus or os.cpu_count() or 1))
 
 
 def make_backend(model_path: Path, config: TrainConfig) -> Any:
@@ -203,162 +201,6 @@ class TrainerWorker:
         return seconds
 
 
-class EngineWorker:
-    """Hosts an embedded engine; ``generate`` calls from the rollout manager run concurrently here."""
-
-    def __init__(self, model_path: str, num_cpus: int | None, seed: int) -> None:
-        from agentrl.rollout.embedded_engine import EmbeddedEngine, EmbeddedEngineConfig
-
-        set_threads(num_cpus)
-        self.engine = EmbeddedEngine(model_path, EmbeddedEngineConfig(seed=seed))
-
-    async def generate(
-        self, input_ids: list[int], sampling: SamplingParams, session_id: str | None = None
-    ) -> GenerateOutput:
-        return await self.engine.generate(input_ids, sampling, session_id=session_id)
-
-    async def update_weights(self, source: Any, version: int) -> None:
-        await self.engine.update_weights(source, version=version)
-
-    async def health(self) -> bool:
-        return bool(await self.engine.health())
-
-    async def pause(self) -> None:
-        await self.engine.pause()
-
-    async def resume(self) -> None:
-        await self.engine.resume()
-
-    async def abort(self, session_id: str | None = None) -> None:
-        await self.engine.abort(session_id)
-
-    async def close(self) -> None:
-        await self.engine.close()
-
-    def placement_info(self) -> dict[str, Any]:
-        from agentrl.trainer.placement import where_am_i
-
-        return where_am_i()
-
-    def model_device(self) -> str:
-        return str(next(self.engine.model.parameters()).device)
-
-    async def release_memory(self) -> int:
-        """Colocated: stop generating and move the model off the GPU; bytes freed."""
-        from agentrl.trainer.engine_memory import offload_embedded
-
-        await self.engine.pause()
-        return await asyncio.to_thread(offload_embedded, self.engine)
-
-    async def resume_memory(self) -> None:
-        from agentrl.trainer.engine_memory import reload_embedded
-
-        await asyncio.to_thread(reload_embedded, self.engine)
-        await self.engine.resume()
-
-    async def join_weight_group(
-        self, address: str, port: int, rank: int, world_size: int, backend: str
-    ) -> None:
-        from agentrl.trainer.weight_broadcast import join_weight_group
-
-        self._weight_group = await asyncio.to_thread(
-            join_weight_group, address, port, rank=rank, world_size=world_size, backend=backend
-        )
-
-    async def receive_weights(self, metas: list[Any], version: int) -> None:
-        """Disaggregated sync: receive the trainer's broadcast, then load it between batches."""
-        from agentrl.trainer.weight_broadcast import receive_weights
-
-        device = self.engine.device if self._weight_group_backend() == "nccl" else "cpu"
-        state = await asyncio.to_thread(receive_weights, metas, self._weight_group, device=device)
-        await self.engine.update_weights(state, version=version)
-
-    def _weight_group_backend(self) -> str:
-        import torch.distributed as dist
-
-        return str(dist.get_backend(self._weight_group))
-
-
-class RemoteEngine:
-    """The :class:`~agentrl.rollout.engine.Engine` protocol over an :class:`EngineWorker` actor handle."""
-
-    def __init__(self, actor: Any) -> None:
-        self.actor = actor
-
-    async def generate(
-        self, input_ids: list[int], sampling: SamplingParams, *, session_id: str | None = None
-    ) -> GenerateOutput:
-        return await self.actor.generate.remote(input_ids, sampling, session_id)
-
-    async def update_weights(self, source: Any, *, version: int) -> None:
-        await self.actor.update_weights.remote(source, version)
-
-    async def health(self) -> bool:
-        return bool(await self.actor.health.remote())
-
-    async def pause(self) -> None:
-        await self.actor.pause.remote()
-
-    async def resume(self) -> None:
-        await self.actor.resume.remote()
-
-    async def abort(self, session_id: str | None = None) -> None:
-        await self.actor.abort.remote(session_id)
-
-    async def close(self) -> None:
-        await self.actor.close.remote()
-
-    async def release_memory(self) -> None:
-        await self.actor.release_memory.remote()
-
-    async def resume_memory(self) -> None:
-        await self.actor.resume_memory.remote()
-
-
-class RemoteEngines:
-    """Several engine actors as one engine: an episode's turns stick to one actor (its session); control
-    calls go to all of them."""
-
-    def __init__(self, actors: Sequence[Any]) -> None:
-        self.engines = [RemoteEngine(a) for a in actors]
-        self._next = 0
-
-    def _pick(self, session_id: str | None) -> RemoteEngine:
-        if session_id is not None:
-            return self.engines[zlib.crc32(session_id.encode()) % len(self.engines)]
-        self._next = (self._next + 1) % len(self.engines)
-        return self.engines[self._next]
-
-    async def generate(
-        self, input_ids: list[int], sampling: SamplingParams, *, session_id: str | None = None
-    ) -> GenerateOutput:
-        return await self._pick(session_id).generate(input_ids, sampling, session_id=session_id)
-
-    async def update_weights(self, source: Any, *, version: int) -> None:
-        await asyncio.gather(*(e.update_weights(source, version=version) for e in self.engines))
-
-    async def health(self) -> bool:
-        return all(await asyncio.gather(*(e.health() for e in self.engines)))
-
-    async def pause(self) -> None:
-        await asyncio.gather(*(e.pause() for e in self.engines))
-
-    async def resume(self) -> None:
-        await asyncio.gather(*(e.resume() for e in self.engines))
-
-    async def abort(self, session_id: str | None = None) -> None:
-        await asyncio.gather(*(e.abort(session_id) for e in self.engines))
-
-    async def close(self) -> None:
-        await asyncio.gather(*(e.close() for e in self.engines))
-
-    async def release_memory(self) -> None:
-        await asyncio.gather(*(e.release_memory() for e in self.engines))
-
-    async def resume_memory(self) -> None:
-        await asyncio.gather(*(e.resume_memory() for e in self.engines))
-
-
 @dataclass
 class Actors:
     """Handles of a run's actors; ``None`` where a debug mode does without one."""
@@ -383,29 +225,6 @@ class Actors:
                 ray.kill(actor)
         if self.placed is not None:
             self.placed.shutdown()
-
-
-async def start_sglang_engine(config: TrainConfig, model_path: str, log_dir: str) -> Any:
-    """Launch (or connect to) the SGLang servers of ``config``; called inside the rollout manager."""
-    from agentrl.rollout.sglang_engine import SGLangEngine, SGLangEngineConfig
-
-    engine_config = SGLangEngineConfig(
-        model_path=model_path,
-        server_urls=tuple(config.sglang_urls),
-        num_servers=config.num_engines,
-        python=config.sglang_python,
-        sglang_args=_sglang_args(config),
-        log_dir=log_dir,
-    )
-    return await SGLangEngine(engine_config).start()
-
-
-def _sglang_args(config: TrainConfig) -> tuple[str, ...]:
-    """Colocated GPU runs release SGLang's memory around train steps, which needs its memory saver."""
-    args = tuple(config.sglang_args)
-    if config.num_gpus and config.placement == "colocated" and "--enable-memory-saver" not in args:
-        args += ("--enable-memory-saver",)
-    return args
 
 
 def create_actors(config: TrainConfig, model_path: Path, env_factory: Any, log_dir: Path) -> Actors:
