@@ -359,7 +359,7 @@ class EmbeddedEngine:
         req.logprobs.append(logprob)
         sp = req.sampling
         if (
-            token in self.eos_ids
+            (token in self.eos_ids and not sp.ignore_eos)
             or token in sp.stop_token_ids
             or hits_stop_string(self.tokenizer, req.output_ids, sp.stop)
         ):

@@ -25,6 +25,9 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     """Extra stop token ids besides the model's EOS."""
     seed: int | None = None
+    ignore_eos: bool = False
+    """Keep sampling past the model's EOS (stop strings and ``stop_token_ids`` still stop): for
+    benchmarks and for tests that need a request to run until it is aborted or hits the length cap."""
 
 
 @dataclass

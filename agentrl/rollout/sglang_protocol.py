@@ -40,6 +40,8 @@ def sampling_params_payload(sampling: SamplingParams) -> dict[str, Any]:
         params["stop_token_ids"] = list(sampling.stop_token_ids)
     if sampling.seed is not None:
         params["sampling_seed"] = sampling.seed
+    if sampling.ignore_eos:
+        params["ignore_eos"] = True
     return params
 
 

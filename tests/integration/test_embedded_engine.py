@@ -72,6 +72,30 @@ def test_greedy_matches_transformers_generate(engine: EmbeddedEngine) -> None:
     assert out.logprobs == pytest.approx(expected, abs=1e-4)
 
 
+def test_ignore_eos_samples_past_the_models_eos(model_dir: Path, tmp_path: Path) -> None:
+    """A copy whose config names the greedy first token as EOS stops there, unless ``ignore_eos``."""
+    import json
+    import shutil
+
+    probe = EmbeddedEngine(model_dir, EmbeddedEngineConfig(device="cpu"))
+    ids = prompt(probe, "What is the capital of France?")
+    first = asyncio.run(probe.generate(ids, SamplingParams(max_new_tokens=1, temperature=0.0))).output_ids[0]
+    asyncio.run(probe.close())
+    copy = Path(shutil.copytree(model_dir, tmp_path / "eos"))
+    config = json.loads((copy / "config.json").read_text())
+    config["eos_token_id"] = first
+    (copy / "config.json").write_text(json.dumps(config))
+
+    eng = EmbeddedEngine(copy, EmbeddedEngineConfig(device="cpu"))
+    try:
+        stopped = asyncio.run(eng.generate(ids, SamplingParams(max_new_tokens=6, temperature=0.0)))
+        kept = asyncio.run(eng.generate(ids, SamplingParams(max_new_tokens=6, temperature=0.0, ignore_eos=True)))
+    finally:
+        asyncio.run(eng.close())
+    assert stopped.output_ids == [first] and stopped.finish_reason == "stop"
+    assert kept.output_ids[0] == first and len(kept.output_ids) == 6 and kept.finish_reason == "length"
+
+
 def test_concurrent_requests_are_batched_with_contract_logprobs(engine: EmbeddedEngine) -> None:
     prompts = [prompt(engine, f"Question number {i}: what is {i} plus {i}?") for i in range(6)]
 

@@ -172,7 +172,7 @@ def test_stop_string_ends_generation_and_is_kept(engine: SGLangEngine, models: d
 
 def test_abort_one_session_leaves_others_running(engine: SGLangEngine, models: dict[str, Path], run) -> None:  # type: ignore[no-untyped-def]
     prompt = prompt_ids(models["base"])
-    long = SamplingParams(max_new_tokens=1500, temperature=1.0)
+    long = SamplingParams(max_new_tokens=1500, temperature=1.0, ignore_eos=True)  # only the abort ends it
     short = SamplingParams(max_new_tokens=8, temperature=1.0)
 
     async def scenario():  # type: ignore[no-untyped-def]
@@ -192,7 +192,7 @@ def test_pause_holds_requests_until_resume(engine: SGLangEngine, models: dict[st
     prompt = prompt_ids(models["base"])
 
     async def scenario():  # type: ignore[no-untyped-def]
-        inflight = asyncio.create_task(engine.generate(prompt, SamplingParams(max_new_tokens=1500)))
+        inflight = asyncio.create_task(engine.generate(prompt, SamplingParams(max_new_tokens=1500, ignore_eos=True)))
         await asyncio.sleep(1.0)
         await engine.pause()  # pause_mode "abort": a request the scheduler holds comes back aborted
         held = asyncio.create_task(engine.generate(prompt, SamplingParams(max_new_tokens=4)))

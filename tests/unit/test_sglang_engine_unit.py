@@ -61,6 +61,8 @@ def test_generate_payload_keeps_stop_strings_and_asks_only_output_logprobs() -> 
     }
     plain = proto.sampling_params_payload(SamplingParams())
     assert "stop" not in plain and "stop_token_ids" not in plain and "sampling_seed" not in plain
+    assert "ignore_eos" not in plain
+    assert proto.sampling_params_payload(SamplingParams(ignore_eos=True))["ignore_eos"] is True
 
 
 def test_parse_recorded_response() -> None:
