@@ -89,7 +89,9 @@ def test_ignore_eos_samples_past_the_models_eos(model_dir: Path, tmp_path: Path)
     eng = EmbeddedEngine(copy, EmbeddedEngineConfig(device="cpu"))
     try:
         stopped = asyncio.run(eng.generate(ids, SamplingParams(max_new_tokens=6, temperature=0.0)))
-        kept = asyncio.run(eng.generate(ids, SamplingParams(max_new_tokens=6, temperature=0.0, ignore_eos=True)))
+        kept = asyncio.run(
+            eng.generate(ids, SamplingParams(max_new_tokens=6, temperature=0.0, ignore_eos=True))
+        )
     finally:
         asyncio.run(eng.close())
     assert stopped.output_ids == [first] and stopped.finish_reason == "stop"

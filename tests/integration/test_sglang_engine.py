@@ -192,7 +192,9 @@ def test_pause_holds_requests_until_resume(engine: SGLangEngine, models: dict[st
     prompt = prompt_ids(models["base"])
 
     async def scenario():  # type: ignore[no-untyped-def]
-        inflight = asyncio.create_task(engine.generate(prompt, SamplingParams(max_new_tokens=1500, ignore_eos=True)))
+        inflight = asyncio.create_task(
+            engine.generate(prompt, SamplingParams(max_new_tokens=1500, ignore_eos=True))
+        )
         await asyncio.sleep(1.0)
         await engine.pause()  # pause_mode "abort": a request the scheduler holds comes back aborted
         held = asyncio.create_task(engine.generate(prompt, SamplingParams(max_new_tokens=4)))
