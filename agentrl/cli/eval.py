@@ -4,11 +4,13 @@ Examples::
 
     agentrl eval --suite search-heldout --model runs/20250101-120000/hf_model
     agentrl eval --suite none --env search --split test --episodes 50 --samples-per-task 4
+    agentrl eval --run runs/20250101-120000      # repeat a training run's own evaluation on its hf_model
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 
@@ -31,14 +33,18 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agentrl.trainer.evaluate import EvalConfig, markdown_table, run_eval
+    from agentrl.trainer.evaluate import EvalConfig, make_plan, markdown_table, run_eval
 
+    given = frozenset(".".join(leaf.path) for leaf in args.config_spec if hasattr(args, leaf.dest))
     try:
         config = build_dataclass(EvalConfig, args.config_spec, args)
-        reports, paths = run_eval(config)
+        reports, paths = run_eval(config, make_plan(config, given))
     except AgentRLError as e:
         print(f"agentrl eval: {e}", file=sys.stderr)
         return 2
     print(markdown_table(reports))
+    meta = json.loads(paths["json"].read_text(encoding="utf-8"))
+    for line in meta.get("run", {}).get("comparison", []):
+        print(line)
     print("report: " + ", ".join(str(p) for p in paths.values()))
     return 0

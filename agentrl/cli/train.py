@@ -73,5 +73,7 @@ def run(args: argparse.Namespace) -> int:
     print(result.summary)
     print(f"logs: {result.log_dir} (metrics.jsonl, tensorboard/, rollouts/, curves.png)")
     if result.hf_dir:
-        print(f"trained policy: {result.hf_dir}  (agentrl eval --model {result.hf_dir} ...)")
+        print(
+            f"trained policy: {result.hf_dir}  (repeat the run's evaluation: agentrl eval --run {result.log_dir})"
+        )
     return 0

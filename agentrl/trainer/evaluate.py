@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agentrl.errors import ConfigError
-from agentrl.rollout.trajectory import Trajectory
+from agentrl.rollout.trajectory import Trajectory, save_jsonl
+from agentrl.trainer.eval_run import RUN_DECIDES, EvalPlan, comparison_lines, episode_agreement, plan_from_run
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -135,7 +136,11 @@ def write_report(reports: Sequence[EnvReport], out_dir: Path, meta: dict[str, An
     payload = {**meta, "envs": [asdict(r) for r in reports]}
     paths["json"].write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     title = f"# agentrl eval: {meta.get('suite', '')} with {meta.get('model', '')}\n\n"
-    paths["markdown"].write_text(title + markdown_table(reports), encoding="utf-8")
+    comparison = meta.get("run", {}).get("comparison", [])
+    run_lines = (
+        "\nCompared with the run's own evaluation:\n\n" + "\n".join(comparison) + "\n" if comparison else ""
+    )
+    paths["markdown"].write_text(title + markdown_table(reports) + run_lines, encoding="utf-8")
     for i, r in enumerate(reports):
         stem = f"{i:02d}_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in r.env)
         paths[f"plot_{i}"] = plot_env(r, out_dir / f"{stem}.png")
@@ -178,10 +183,51 @@ class EvalConfig:
     """Python of the SGLang venv (--engine sglang)."""
     sglang_urls: tuple[str, ...] = ()
     """Running SGLang servers to use instead of launching one."""
+    env_kwargs: dict[str, Any] | None = None
+    """Env constructor kwargs as JSON, applied to every suite entry over its own (e.g. a retriever URL)."""
+    run: str | None = None
+    """A training run's log folder: repeat its own evaluation (env, kwargs, split, episodes, budgets, greedy)
+    on its exported policy RUN/hf_model (or --model) and compare with the run's last logged numbers;
+    --env-kwargs then overrides single kwargs of the run's (e.g. '{"retriever": "bm25"}' when its
+    retrieval server is gone)."""
 
     def __post_init__(self) -> None:
         if self.samples_per_task < 1 or self.episodes < 0:
             raise ConfigError(f"--samples-per-task={self.samples_per_task} must be >= 1, --episodes >= 0")
+
+
+def plan_from_flags(config: EvalConfig) -> EvalPlan:
+    """The plan of ``--suite`` (each entry's own split and episodes) or of ``--env`` with ``--split``."""
+    from agentrl.trainer.rollout_manager import EnvSpec, env_specs
+
+    if config.suite:
+        specs = env_specs(config.env, config.suite, "", config.env_kwargs)
+    else:
+        specs = [EnvSpec(config.env, config.split, dict(config.env_kwargs or {}), config.episodes or 100)]
+    if config.episodes:
+        specs = [EnvSpec(s.env, s.split, s.kwargs, config.episodes) for s in specs]
+    return EvalPlan(
+        model=config.model,
+        specs=specs,
+        max_turns=config.max_turns,
+        max_new_tokens=config.max_new_tokens,
+        max_context=config.max_context,
+        seed=config.seed,
+    )
+
+
+def make_plan(config: EvalConfig, given: frozenset[str] = frozenset()) -> EvalPlan:
+    """The plan of ``config``; ``given`` names the flags set on the command line (checked against --run)."""
+    if config.run is None:
+        return plan_from_flags(config)
+    clash = sorted(given & RUN_DECIDES)
+    if clash:
+        flags = ", ".join("--" + name.replace("_", "-") for name in clash)
+        raise ConfigError(
+            f"{flags}: with --run these come from the run's config.json, so that the evaluation repeats the "
+            f"run's own; drop them, or evaluate without --run (--model RUN/hf_model --suite ... )"
+        )
+    return plan_from_run(config.run, config.model if "model" in given else None, config.env_kwargs)
 
 
 def _engine(config: EvalConfig, model_path: Path) -> Any:
@@ -200,41 +246,63 @@ def _engine(config: EvalConfig, model_path: Path) -> Any:
     return start
 
 
-def run_eval(config: EvalConfig) -> tuple[list[EnvReport], dict[str, Path]]:
-    """Evaluate ``config.model`` on every env of the suite; write and return the report."""
-    from agentrl.models import resolve_model
-    from agentrl.trainer.rollout_manager import EnvSpec, GenerationSettings, RolloutManager, env_specs
+def run_comparison(run_dir: Path, plan: EvalPlan, trajectories: Sequence[Trajectory]) -> dict[str, Any]:
+    """This evaluation next to the run's own last one: metrics, episode agreement, Markdown lines."""
+    from agentrl.trainer.metrics import rollout_metrics
 
-    model_path = resolve_model(config.model)
-    if config.suite:
-        specs = env_specs(config.env, config.suite, "", {})
-    else:
-        specs = [EnvSpec(config.env, config.split, {}, config.episodes or 100)]
-    if config.episodes:
-        specs = [EnvSpec(s.env, s.split, s.kwargs, config.episodes) for s in specs]
+    measured = {
+        k: v for k, v in rollout_metrics(trajectories, prefix="").items() if not k.startswith("status_")
+    }
+    step = plan.reference.get("step")
+    agreement = episode_agreement(run_dir, step, trajectories) if step is not None else {}
+    return {
+        "dir": str(run_dir),
+        "reference": plan.reference,
+        "metrics": measured,
+        "agreement": agreement,
+        "comparison": comparison_lines(plan.reference, measured, agreement),
+    }
+
+
+def run_eval(config: EvalConfig, plan: EvalPlan | None = None) -> tuple[list[EnvReport], dict[str, Path]]:
+    """Evaluate on every env of the plan (default: ``make_plan(config)``); write and return the report."""
+    from agentrl.models import resolve_model
+    from agentrl.trainer.rollout_manager import GenerationSettings, RolloutManager
+
+    plan = plan or make_plan(config)
+    model_path = resolve_model(plan.model)
     manager = RolloutManager(
         _engine(config, model_path),
         model_path,
         [],
-        eval_specs=specs,
-        max_turns=config.max_turns,
-        max_new_tokens=config.max_new_tokens,
-        max_context=config.max_context,
+        eval_specs=plan.specs,
+        max_turns=plan.max_turns,
+        max_new_tokens=plan.max_new_tokens,
+        max_context=plan.max_context,
         max_concurrency=config.max_concurrency,
-        seed=config.seed,
+        seed=plan.seed,
     )
     n = config.samples_per_task
     temperature = config.temperature if config.temperature is not None else (0.0 if n == 1 else 1.0)
     try:
         keys = manager.task_keys("eval")
+        if plan.first_tasks:
+            keys = keys[: plan.first_tasks]
         trajectories = manager.generate(keys, GenerationSettings(n_samples=n, temperature=temperature))
     finally:
         manager.close()
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= n]
     reports = []
-    for i, spec in enumerate(specs):
+    for i, spec in enumerate(plan.specs):
         mine = [t for t in trajectories if t.group_id.split("/", 1)[1].startswith(f"{i}:")]
-        reports.append(summarize_env(spec.env, spec.split, mine, ks))
-    meta = {"suite": config.suite or config.env, "model": str(config.model), "samples_per_task": n}
+        if mine or not plan.first_tasks:
+            reports.append(summarize_env(spec.env, spec.split, mine, ks))
+    source = f"the evaluation of run {config.run}" if config.run else (config.suite or config.env)
+    meta: dict[str, Any] = {"suite": source, "model": plan.model, "samples_per_task": n}
     meta["temperature"] = temperature
-    return reports, write_report(reports, Path(config.out), meta)
+    if config.run is not None:
+        meta["run"] = run_comparison(Path(config.run), plan, trajectories)
+    paths = write_report(reports, Path(config.out), meta)
+    paths["episodes"] = Path(config.out) / "episodes.jsonl"
+    save_jsonl(trajectories, paths["episodes"])  # for `agentrl view` and for comparing runs
+    return reports, paths

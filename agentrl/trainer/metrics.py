@@ -139,9 +139,12 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def dump_rollouts(trajectories: Sequence[Trajectory], log_dir: Path, step: int) -> Path:
-    """Write one rollout's trajectories to ``rollouts/step_{step:06d}.jsonl`` (for replay and viewing)."""
-    path = log_dir / "rollouts" / f"step_{step:06d}.jsonl"
+def dump_rollouts(
+    trajectories: Sequence[Trajectory], log_dir: Path, step: int, folder: str = "rollouts"
+) -> Path:
+    """Write one rollout's trajectories to ``<folder>/step_{step:06d}.jsonl`` (for replay and viewing;
+    evaluations go to ``eval_rollouts/``, out of the way of ``--debug-train-only``)."""
+    path = log_dir / folder / f"step_{step:06d}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_jsonl(trajectories, path)
     return path

@@ -21,7 +21,7 @@ from agentrl.cli.dataclass_args import config_to_dict
 from agentrl.errors import CheckpointError, ConfigError
 from agentrl.rollout.trajectory import Trajectory, load_jsonl
 from agentrl.trainer.actors import Actors, create_actors
-from agentrl.trainer.metrics import MetricsLogger, rollout_metrics
+from agentrl.trainer.metrics import MetricsLogger, dump_rollouts, rollout_metrics
 from agentrl.trainer.rollout_manager import EnvFactory, GenerationSettings
 from agentrl.trainer.task_sampler import TaskSampler
 from agentrl.trainer.train_config import TrainConfig
@@ -170,6 +170,9 @@ class Run:
         settings = GenerationSettings(n_samples=1, temperature=0.0, step=0)
         start = time.perf_counter()
         trajectories = ray.get(self.actors.rollout.generate.remote(self.eval_keys, settings))
+        dump_rollouts(
+            trajectories, self.log_dir, step, folder="eval_rollouts"
+        )  # `agentrl eval --run` compares
         metrics = rollout_metrics(trajectories, prefix="eval/")
         metrics["time/eval_s"] = time.perf_counter() - start
         self.logger.write(

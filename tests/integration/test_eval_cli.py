@@ -1,4 +1,5 @@
-"""`agentrl eval` on a two-entry suite with a tiny GPT-2: the report's JSON, Markdown table and PNGs."""
+"""`agentrl eval` with a tiny GPT-2: a two-entry suite (the report's JSON, Markdown table and PNGs), and
+`--run`, repeating a training run's own evaluation on its exported policy."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agentrl.models import make_tiny_gpt2
+from agentrl.rollout.trajectory import load_jsonl
 from agentrl.trainer.evaluate import pass_at_k
 
 
@@ -59,3 +61,64 @@ def test_eval_writes_json_markdown_and_a_plot_per_env(tiny_model: Path, tmp_path
     plots = sorted(out.glob("*.png"))
     assert len(plots) == 2 and all(p.read_bytes()[:4] == b"\x89PNG" for p in plots)
     assert "| agentrl/Search-v0 | test | 6 |" in done.stdout
+
+
+def _eval_run(run_dir: Path, out: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:  # type: ignore[type-arg]
+    cmd = [sys.executable, "-m", "agentrl", "eval", "--run", str(run_dir), "--out", str(out), *extra]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    report = json.loads((out / "report.json").read_text()) if done.returncode == 0 else {}
+    return done, report
+
+
+def test_eval_run_reproduces_the_runs_final_evaluation_from_its_export(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """Train two rollouts (an entropy bonus and a large lr make sure the weights move), then
+    `agentrl eval --run` on the exported policy: the same greedy episodes, token for token, as the run's
+    own final evaluation; the base model instead reproduces the run's step-0 evaluation."""
+    logs = tmp_path / "logs"
+    train = [sys.executable, "-m", "agentrl", "train", "--env", "search", "--model", str(tiny_model)]
+    train += ["--num-rollouts", "2", "--rollout-batch-size", "2", "--n-samples-per-prompt", "2"]
+    train += [
+        "--global-batch-size",
+        "4",
+        "--max-new-tokens",
+        "24",
+        "--max-context",
+        "640",
+        "--max-turns",
+        "3",
+    ]
+    train += ["--eval-episodes", "5", "--eval-split", "heldout", "--entropy-coef", "1.0", "--lr", "0.01"]
+    train += ["--no-dynamic-filter", "--num-cpus", "2", "--no-progress", "--log-dir", str(logs)]
+    done = subprocess.run(train, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in (logs / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train/skipped"] for r in records if "train/skipped" in r] == [0.0, 0.0]
+    step0 = list(load_jsonl(logs / "eval_rollouts" / "step_000000.jsonl"))
+    step2 = list(load_jsonl(logs / "eval_rollouts" / "step_000002.jsonl"))
+    assert len(step0) == len(step2) == 5
+    assert [t.response_ids for t in step0] != [t.response_ids for t in step2]  # training changed the policy
+
+    done, report = _eval_run(logs, tmp_path / "final")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert report["model"] == str(logs / "hf_model")
+    assert report["run"]["reference"]["step"] == 2
+    assert report["run"]["agreement"] == {"matched": 5, "run_episodes": 5, "same_tokens": 5, "same_reward": 5}
+    final = next(r for r in records if r["step"] == 2 and "eval/reward" in r)
+    for key in ("reward", "success", "turns", "response_tokens", "total_tokens", "episodes"):
+        assert report["run"]["metrics"][key] == final[f"eval/{key}"], key
+    assert "5 with the very same sampled tokens" in done.stdout
+    assert [e["split"] for e in report["envs"]] == ["heldout"]
+
+    done, report = _eval_run(logs, tmp_path / "base", "--model", str(tiny_model))
+    assert done.returncode == 0, done.stderr[-3000:]
+    base = {(t.task_id, tuple(t.response_ids)) for t in load_jsonl(tmp_path / "base" / "episodes.jsonl")}
+    assert base == {(t.task_id, tuple(t.response_ids)) for t in step0}
+    assert report["run"]["agreement"]["same_tokens"] < 5
+
+
+def test_eval_run_refuses_flags_the_run_decides(tmp_path: Path) -> None:
+    done, _ = _eval_run(tmp_path, tmp_path / "out", "--max-turns", "3", "--split", "test")
+    assert done.returncode == 2
+    assert "--max-turns, --split: with --run these come from the run's config.json" in done.stderr
