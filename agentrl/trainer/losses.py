@@ -10,6 +10,7 @@ sum of the micro-batch losses equals the loss of the whole batch and so do the g
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,7 @@ import torch
 from agentrl.errors import ConfigError
 from agentrl.trainer.config import AlgorithmConfig
 from agentrl.trainer.kl import kl_estimate
+from agentrl.trainer.step_metrics import to_floats
 
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
@@ -48,16 +50,18 @@ def aggregate_loss(
     seq_sums = (values * mask).sum(dim=-1)  # (B,)
     n_seqs = float(values.shape[0]) if num_seqs is None else float(num_seqs)
     if mode == "token-mean":
-        n_tok = float(mask.sum().item()) if num_tokens is None else float(num_tokens)
-        return seq_sums.sum() / max(n_tok, 1.0)
+        if num_tokens is None:  # stays on the device: no host sync
+            return seq_sums.sum() / mask.sum().clamp(min=1.0)
+        return seq_sums.sum() / max(float(num_tokens), 1.0)
     if mode == "seq-mean-token-mean":
         seq_means = seq_sums / mask.sum(dim=-1).clamp(min=1.0)  # (B,)
         return seq_means.sum() / max(n_seqs, 1.0)
     if mode == "seq-mean-token-sum":
         return seq_sums.sum() / max(n_seqs, 1.0)
     if mode == "seq-mean-token-sum-norm":
-        norm = float(mask.sum(dim=-1).max().item()) if norm_tokens is None else float(norm_tokens)
-        return seq_sums.sum() / (max(n_seqs, 1.0) * max(norm, 1.0))
+        if norm_tokens is None:
+            return seq_sums.sum() / (max(n_seqs, 1.0) * mask.sum(dim=-1).max().clamp(min=1.0))
+        return seq_sums.sum() / (max(n_seqs, 1.0) * max(float(norm_tokens), 1.0))
     raise ConfigError(f"unknown loss aggregation {mode!r}; choose one of {', '.join(LOSS_AGG_MODES)}")
 
 
@@ -127,9 +131,16 @@ class PolicyLossOutput:
 
     loss: torch.Tensor
     """Scalar: policy loss + kl_coef * KL - entropy_coef * entropy."""
-    metrics: dict[str, float]
-    """``pg_loss``, ``clip_frac``, ``dual_clip_frac``, ``ppo_kl``, ``ratio_mean``/``_max``/``_min``,
-    and when given ``kl``, ``entropy``, ``tis_mean``, ``train_rollout_logprob_abs_diff``."""
+    metrics: dict[str, torch.Tensor]
+    """0-dim detached tensors on the loss's device (no host sync until the caller asks):
+    ``pg_loss``, ``clip_frac``, ``dual_clip_frac``, ``ppo_kl``, ``ratio_mean``/``_max``/``_min`` (NaN
+    max/min without a masked token), and when given ``kl``, ``entropy``, ``tis_mean``,
+    ``train_rollout_logprob_abs_diff``. Combine micro-batches with
+    :class:`agentrl.trainer.step_metrics.StepMetrics`."""
+
+    def floats(self) -> dict[str, float]:
+        """The metrics as Python floats (one host copy)."""
+        return dict(zip(self.metrics, to_floats(list(self.metrics.values())), strict=True))
 
 
 def policy_loss(
@@ -184,7 +195,7 @@ def policy_loss(
             (old_logprobs - rollout_logprobs).abs(), mask_f
         )
 
-    metrics["pg_loss"] = float(pg_loss.detach().item())
+    metrics["pg_loss"] = pg_loss.detach()
     return PolicyLossOutput(loss=loss, metrics=metrics)
 
 
@@ -195,7 +206,7 @@ def _token_policy_loss(
     mask: torch.Tensor,
     config: AlgorithmConfig,
     rollout_logprobs: torch.Tensor | None,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The clipped (and TIS-weighted) per-token policy loss (B, T) and its ratio metrics."""
     if config.policy_loss == "gspo":
         log_ratio = gspo_log_ratio(logprobs, old_logprobs, mask)
@@ -217,8 +228,9 @@ def _token_policy_loss(
     return pg, metrics
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
-    return float(((x.detach() * mask).sum() / mask.sum().clamp(min=1.0)).item())
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over masked entries as a detached 0-dim tensor (0 without any)."""
+    return (x.detach() * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 def _ratio_metrics(
@@ -227,18 +239,22 @@ def _ratio_metrics(
     dual_clipped: torch.Tensor,
     log_ratio: torch.Tensor,
     mask: torch.Tensor,
-) -> dict[str, float]:
-    """Clip fractions, the approximate KL(pi_old || pi) and ratio statistics over masked tokens."""
+) -> dict[str, torch.Tensor]:
+    """Clip fractions, the approximate KL(pi_old || pi) and ratio statistics over masked tokens.
+
+    Computed with masks rather than boolean indexing, which would wait for the device to count the
+    selected entries.
+    """
     sel = mask.bool()
-    r = ratio.detach()[sel]
-    if r.numel() == 0:
-        return {"clip_frac": 0.0, "dual_clip_frac": 0.0, "ppo_kl": 0.0, "ratio_mean": 1.0}
+    r = ratio.detach()
+    any_token = sel.any()
+    nan = torch.full((), math.nan, dtype=r.dtype, device=r.device)
     return {
         "clip_frac": _masked_mean(clipped.to(mask.dtype), mask),
         "dual_clip_frac": _masked_mean(dual_clipped.to(mask.dtype), mask),
         # k1 estimate of KL(pi_old || pi): mean of log pi_old - log pi over sampled tokens.
         "ppo_kl": _masked_mean(-log_ratio, mask),
-        "ratio_mean": float(r.mean().item()),
-        "ratio_max": float(r.max().item()),
-        "ratio_min": float(r.min().item()),
+        "ratio_mean": torch.where(any_token, _masked_mean(r, mask), torch.ones_like(nan)),
+        "ratio_max": torch.where(any_token, torch.where(sel, r, -math.inf).amax(), nan),
+        "ratio_min": torch.where(any_token, torch.where(sel, r, math.inf).amin(), nan),
     }

@@ -30,6 +30,7 @@ from agentrl.trainer.backend import TrainBatch
 from agentrl.trainer.config import TorchBackendConfig
 from agentrl.trainer.kl import entropy_from_logits
 from agentrl.trainer.losses import policy_loss
+from agentrl.trainer.step_metrics import StepMetrics
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -64,33 +65,6 @@ def _resolve_device(name: str) -> torch.device:
 
 def _pad(tensors: list[torch.Tensor], device: torch.device, value: float = 0.0) -> torch.Tensor:
     return pad_sequence(tensors, batch_first=True, padding_value=value).to(device)
-
-
-class _MetricMean:
-    """Combines per-micro-batch metrics: token-weighted means, except ``*_max`` / ``*_min`` (max / min)
-    and ``pg_loss`` (summed: each micro-batch's value is already its share of the batch loss)."""
-
-    SUMMED = frozenset({"pg_loss"})
-
-    def __init__(self) -> None:
-        self.values: dict[str, float] = {}
-        self.weights: dict[str, float] = {}
-
-    def add(self, metrics: dict[str, float], weight: float) -> None:
-        for k, v in metrics.items():
-            if k.endswith(("_max", "_min")):
-                pick = max if k.endswith("_max") else min
-                self.values[k] = pick(self.values.get(k, v), v)
-            elif k in self.SUMMED:
-                self.values[k] = self.values.get(k, 0.0) + v
-            else:
-                self.values[k] = self.values.get(k, 0.0) + v * weight
-                self.weights[k] = self.weights.get(k, 0.0) + weight
-
-    def result(self) -> dict[str, float]:
-        return {
-            k: v / max(self.weights[k], 1e-12) if k in self.weights else v for k, v in self.values.items()
-        }
 
 
 class TorchBackend:
@@ -213,32 +187,33 @@ class TorchBackend:
         }
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        acc, total_loss = _MetricMean(), 0.0
+        acc = StepMetrics()  # tensors until the step ends: one host copy, not several per micro-batch
         groups = plan_micro_batches([len(x) for x in batch.input_ids], self.config.micro_batch_tokens)
         for group in groups:
-            loss, metrics, weight = self._micro_step(batch, group, denominators)
-            total_loss += loss
-            acc.add(metrics, weight)
+            acc.add(*self._micro_step(batch, group, denominators))
         self.model.eval()
-        metrics = acc.result()
-        metrics.update(self._optimizer_step())
-        metrics.update(loss=total_loss, num_tokens=n_tokens, num_micro_batches=float(len(groups)))
-        return metrics
+        result = {"loss": 0.0, **acc.result()}
+        result.update(self._optimizer_step())
+        result.update(num_tokens=n_tokens, num_micro_batches=float(len(groups)))
+        return result
 
     def _micro_step(
         self, batch: TrainBatch, group: list[int], denominators: dict[str, float]
-    ) -> tuple[float, dict[str, float], float]:
-        """Forward + backward of one micro-batch; returns (its share of the loss, metrics, token weight)."""
+    ) -> tuple[dict[str, torch.Tensor], float]:
+        """Forward + backward of one micro-batch; returns its metrics (``loss``: its share of the batch
+        loss) as device tensors, and its trained-token count."""
         algo = self.config.algorithm
         ids = [batch.input_ids[i] for i in group]
 
         def pick(tensors: list[torch.Tensor]) -> torch.Tensor:  # (B, T) float32, zero-padded
             return _pad([tensors[i].float() for i in group], self.device)
 
-        mask = pick(batch.loss_mask)  # (B, T)
-        if not bool(mask.any()):
-            return 0.0, {}, 0.0  # nothing trained here: skip the forward
-        first = max(1, int(torch.nonzero(mask.any(dim=0))[0, 0]))  # first trained column of the micro-batch
+        host_mask = pad_sequence([batch.loss_mask[i].float() for i in group], batch_first=True)  # (B, T) CPU
+        trained = host_mask.any(dim=0)  # decided on the host: no wait for the device
+        if not bool(trained.any()):
+            return {}, 0.0  # nothing trained here: skip the forward
+        first = max(1, int(torch.nonzero(trained)[0, 0]))  # first trained column of the micro-batch
+        mask = host_mask.to(self.device)
         ref = None if batch.ref_logprobs is None else pick(batch.ref_logprobs)
         if algo.kl_coef > 0 and ref is None:
             if self.ref_model is None:
@@ -259,7 +234,7 @@ class TorchBackend:
             **denominators,
         )
         out.loss.backward()
-        return float(out.loss.detach().item()), out.metrics, float(mask.sum().item())
+        return {**out.metrics, "loss": out.loss.detach()}, float(host_mask.sum())
 
     def _optimizer_step(self) -> dict[str, float]:
         max_norm = self.config.optimizer.max_grad_norm

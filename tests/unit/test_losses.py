@@ -87,9 +87,9 @@ def test_ratio_one_gives_the_plain_policy_gradient() -> None:
     analytic = -((adv[:, None] * (onehot - probs)).T @ x) / n  # (K, D)
     assert w.grad is not None
     torch.testing.assert_close(w.grad, analytic, rtol=1e-12, atol=1e-12)
-    assert out.metrics["clip_frac"] == 0.0
-    assert out.metrics["ratio_mean"] == 1.0
-    assert out.metrics["ppo_kl"] == 0.0
+    assert out.floats()["clip_frac"] == 0.0
+    assert out.floats()["ratio_mean"] == 1.0
+    assert out.floats()["ppo_kl"] == 0.0
 
 
 def test_clipped_tokens_get_no_gradient_in_the_full_loss() -> None:
@@ -103,9 +103,9 @@ def test_clipped_tokens_get_no_gradient_in_the_full_loss() -> None:
     assert out.loss.item() == pytest.approx(-1.09, abs=1e-6)
     assert lp.grad is not None
     assert lp.grad.tolist()[0] == pytest.approx([0.0, -0.45], abs=1e-6)
-    assert out.metrics["clip_frac"] == 0.5
-    assert out.metrics["ratio_max"] == pytest.approx(1.5)
-    assert out.metrics["ratio_min"] == pytest.approx(0.9)
+    assert out.floats()["clip_frac"] == 0.5
+    assert out.floats()["ratio_max"] == pytest.approx(1.5)
+    assert out.floats()["ratio_min"] == pytest.approx(0.9)
 
 
 def test_gspo_matches_the_sequence_level_objective() -> None:
@@ -137,7 +137,7 @@ def test_gspo_clips_whole_sequences() -> None:
     lp = torch.tensor([[0.1, 0.5]], requires_grad=True)
     out = policy_loss(lp, old, torch.ones(1, 2), torch.ones(1, 2), AlgorithmConfig(policy_loss="gspo"))
     out.loss.backward()
-    assert out.metrics["clip_frac"] == 1.0
+    assert out.floats()["clip_frac"] == 1.0
     assert lp.grad is not None and lp.grad.abs().sum().item() == 0.0
 
 
@@ -157,9 +157,9 @@ def test_truncated_importance_sampling() -> None:
         rollout_logprobs=torch.zeros(1, 3),
     )
     assert out.loss.item() == pytest.approx(-3.5 / 3, abs=1e-6)
-    assert out.metrics["tis_mean"] == pytest.approx(3.5 / 3, abs=1e-6)
+    assert out.floats()["tis_mean"] == pytest.approx(3.5 / 3, abs=1e-6)
     # |old - rollout| mean = (0 + ln 3 + ln 2) / 3 = (1.098612 + 0.693147) / 3 = 0.597253.
-    assert out.metrics["train_rollout_logprob_abs_diff"] == pytest.approx(0.597253, abs=1e-6)
+    assert out.floats()["train_rollout_logprob_abs_diff"] == pytest.approx(0.597253, abs=1e-6)
     with pytest.raises(ConfigError, match="rollout logprobs"):
         policy_loss(lp, old, torch.ones(1, 3), torch.ones(1, 3), AlgorithmConfig(tis_cap=2.0))
 
@@ -180,8 +180,8 @@ def test_kl_and_entropy_terms() -> None:
         entropy=torch.tensor([[1.0, 2.0]]),
     )
     assert out.loss.item() == pytest.approx(0.0, abs=1e-6)
-    assert out.metrics["kl"] == pytest.approx(0.3, abs=1e-6)
-    assert out.metrics["entropy"] == pytest.approx(1.5)
+    assert out.floats()["kl"] == pytest.approx(0.3, abs=1e-6)
+    assert out.floats()["entropy"] == pytest.approx(1.5)
     out.loss.backward()
     assert lp.grad is not None and lp.grad.tolist()[0] == pytest.approx([0.25, 0.25])
     with pytest.raises(ConfigError, match="reference logprobs"):

@@ -30,6 +30,7 @@ from transformers import AutoConfig
 
 from agentrl.errors import CheckpointError
 from agentrl.trainer.backend import TrainBatch
+from agentrl.trainer.device_copy import to_device
 from agentrl.trainer.megatron import hf_io
 from agentrl.trainer.megatron.config import MegatronBackendConfig
 from agentrl.trainer.megatron.distributed import init_distributed
@@ -38,6 +39,7 @@ from agentrl.trainer.megatron.logprobs import token_logprobs
 from agentrl.trainer.megatron.model import build_gpt_model
 from agentrl.trainer.megatron.packing import PackedMicroBatch, balance_across_ranks, pack, pack_by_budget
 from agentrl.trainer.megatron.step_loss import GlobalDenominators, micro_batch_loss
+from agentrl.trainer.step_metrics import StepMetrics, finish_totals, merge_totals
 
 
 class MegatronBackend:
@@ -139,7 +141,7 @@ class MegatronBackend:
 
     def _forward(self, model: torch.nn.Module, mb: PackedMicroBatch) -> torch.Tensor:
         dev = torch.cuda.current_device()
-        cu = mb.cu_seqlens.to(dev)
+        cu = to_device(mb.cu_seqlens, dev)
         params = PackedSeqParams(
             qkv_format="thd",
             cu_seqlens_q=cu,
@@ -152,12 +154,12 @@ class MegatronBackend:
             max_seqlen_kv=mb.max_seqlen,
         )
         return model(
-            input_ids=mb.input_ids.to(dev),
-            position_ids=mb.position_ids.to(dev),
+            input_ids=to_device(mb.input_ids, dev),
+            position_ids=to_device(mb.position_ids, dev),
             attention_mask=None,
             packed_seq_params=params,
             output_processor=self._output_processor,
-            output_processor_context=mb.targets.to(dev),
+            output_processor_context=to_device(mb.targets, dev),
         )
 
     def _micro_batches(self, input_ids: list[torch.Tensor]) -> list[PackedMicroBatch]:
@@ -321,30 +323,23 @@ def _share(results: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
 def _reduce_metrics(outputs: list[dict[str, Any]]) -> dict[str, float]:
     """The step's metrics, the same on every rank.
 
-    ``loss`` is a sum: each micro-batch's term is already normalised by whole-batch denominators, so
-    the terms of all micro-batches on all data-parallel ranks add up to the loss of the whole batch.
-    Every other metric is a trained-token-weighted mean over the same micro-batches. Values go from the
-    last pipeline stage to all stages, then are combined across data-parallel ranks (each holds a
-    share of the batch).
+    Combined as :mod:`agentrl.trainer.step_metrics` says: ``loss`` (and ``pg_loss``) add up, since each
+    micro-batch's term is already normalised by whole-batch denominators; max/min metrics take the
+    max/min; the others are means weighted by trained tokens. The micro-batches' device tensors are
+    read in one host copy; the totals go from the last pipeline stage to all stages, then are merged
+    across data-parallel ranks (each holds a share of the batch).
     """
-    sums: dict[str, float] = {}
-    weight = 0.0
+    acc = StepMetrics()
     for o in outputs:
-        w = float(o.get("_tokens", 0.0))
-        weight += w
-        for k, v in o.items():
-            if k != "_tokens":
-                sums[k] = sums.get(k, 0.0) + float(v) * (1.0 if k == "loss" else w)
+        values = {k: v for k, v in o.items() if k != "_tokens"}
+        acc.add(values, float(o.get("_tokens", 0.0)))
+    totals = acc.totals()
     if dist.get_world_size() > 1:
-        box: list[Any] = [(sums, weight)]
+        box: list[Any] = [totals]
         pp_group = parallel_state.get_pipeline_model_parallel_group()
         last = dist.get_global_rank(pp_group, dist.get_world_size(pp_group) - 1)
         dist.broadcast_object_list(box, src=last, group=pp_group)
         parts: list[Any] = [None] * parallel_state.get_data_parallel_world_size()
         dist.all_gather_object(parts, box[0], group=parallel_state.get_data_parallel_group())
-        sums, weight = {}, 0.0
-        for part_sums, part_weight in parts:
-            weight += part_weight
-            for k, v in part_sums.items():
-                sums[k] = sums.get(k, 0.0) + v
-    return {k: (v if k == "loss" else v / max(weight, 1.0)) for k, v in sums.items()}
+        totals = merge_totals(parts)
+    return finish_totals(totals)

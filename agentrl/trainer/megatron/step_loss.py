@@ -15,6 +15,7 @@ import torch
 
 from agentrl.trainer.backend import TrainBatch
 from agentrl.trainer.config import AlgorithmConfig
+from agentrl.trainer.device_copy import to_device
 from agentrl.trainer.losses import policy_loss
 from agentrl.trainer.megatron.packing import PackedMicroBatch
 
@@ -65,7 +66,7 @@ def _batch_rows(
     for k, tensors in enumerate(present):
         for row, i in enumerate(mb.seq_indices):
             out[k, row, : tensors[i].numel()] = tensors[i].float()
-    moved = iter(out.to(device).unbind(0))
+    moved = iter(to_device(out, device).unbind(0))
     return [None if f is None else next(moved) for f in fields]
 
 
@@ -84,7 +85,7 @@ def micro_batch_loss(
     and DDP averages over data-parallel ranks, so ``scale`` (= their product) undoes both.
     """
     dev = output.device
-    index = tuple(x.to(dev) for x in padded_index(mb))
+    index = tuple(to_device(x, dev) for x in padded_index(mb))
     logprobs, entropy = (padded(mb, output[k], index) for k in (0, 1))  # type: ignore[arg-type]  # (B, T_max)
     fields = [
         batch.loss_mask,
@@ -108,7 +109,7 @@ def micro_batch_loss(
         num_seqs=denominators.num_seqs,
         norm_tokens=denominators.norm_tokens,
     )
-    metrics: dict[str, Any] = dict(out.metrics)
-    metrics["loss"] = float(out.loss.detach().item())
-    metrics["_tokens"] = float(sum(float(batch.loss_mask[i].sum()) for i in mb.seq_indices))
+    metrics: dict[str, Any] = dict(out.metrics)  # device tensors: read once when the step ends
+    metrics["loss"] = out.loss.detach()
+    metrics["_tokens"] = float(sum(float(batch.loss_mask[i].sum()) for i in mb.seq_indices))  # host tensors
     return out.loss * scale, metrics
