@@ -52,12 +52,18 @@ class _ChunkStats:
         self.local = local.clamp(0, weight.shape[0] - 1)
         self.group = group
 
-    def lse(self) -> torch.Tensor:
-        z_max = self.logits.max(dim=-1).values  # (c,)
+    def normaliser(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(lse, sum_pz)`` of each row: log-sum-exp of the logits and ``sum_j p_j z_j``.
+
+        One temporary ``(c, V_local)`` block, reused in place (max, exp, sum, multiply, sum); the
+        probabilities are never normalised into a block of their own.
+        """
+        z_max = self.logits.amax(dim=-1)  # (c,)
         _all_reduce(z_max, dist.ReduceOp.MAX, self.group)
-        sum_exp = torch.exp(self.logits - z_max[:, None]).sum(dim=-1)
-        _all_reduce(sum_exp, dist.ReduceOp.SUM, self.group)
-        return z_max + torch.log(sum_exp)
+        e = (self.logits - z_max[:, None]).exp_()  # (c, V_local): p * sum_exp
+        sum_exp = _all_reduce(e.sum(dim=-1), dist.ReduceOp.SUM, self.group)
+        ez = _all_reduce(e.mul_(self.logits).sum(dim=-1), dist.ReduceOp.SUM, self.group)
+        return z_max + torch.log(sum_exp), ez / sum_exp
 
     def target_logit(self) -> torch.Tensor:
         z_y = self.logits.gather(1, self.local[:, None]).squeeze(1) * self.in_range
@@ -83,9 +89,7 @@ class FusedTokenLogprobs(torch.autograd.Function):
         lse_all = torch.empty_like(logp)
         for s in range(0, n, chunk):
             stats = _ChunkStats(hidden[s : s + chunk], weight, targets[s : s + chunk], vocab_start, group)
-            lse = stats.lse()
-            p = torch.exp(stats.logits - lse[:, None])  # (c, V_local)
-            sum_pz = _all_reduce((p * stats.logits).sum(dim=-1), dist.ReduceOp.SUM, group)
+            lse, sum_pz = stats.normaliser()
             logp[s : s + chunk] = stats.target_logit() - lse
             entropy[s : s + chunk] = lse - sum_pz
             lse_all[s : s + chunk] = lse
@@ -101,11 +105,12 @@ class FusedTokenLogprobs(torch.autograd.Function):
         for s in range(0, hidden.shape[0], ctx.chunk):
             e = s + ctx.chunk
             stats = _ChunkStats(hidden[s:e], weight, targets[s:e], ctx.vocab_start, ctx.group)
-            p = torch.exp(stats.logits - lse_all[s:e, None])  # (c, V_local)
+            z = stats.logits  # (c, V_local), overwritten below: in-place passes, no temporaries
             g_lp, g_ent = grad_logp[s:e, None], grad_entropy[s:e, None]
             sum_pz = (lse_all[s:e] - entropy[s:e])[:, None]
-            # d/dz of g_lp * logp_y + g_ent * H
-            g = -p * g_lp - g_ent * p * (stats.logits - sum_pz)  # (c, V_local)
+            g = (z - lse_all[s:e, None]).exp_()  # p
+            # d/dz of g_lp * logp_y + g_ent * H = -p * (g_lp + g_ent * (z - S)), plus onehot(y) * g_lp
+            g.mul_(z.sub_(sum_pz).mul_(g_ent).add_(g_lp)).neg_()
             rows = torch.arange(g.shape[0], device=g.device)
             g[rows, stats.local] += g_lp.squeeze(1) * stats.in_range
             g = g.to(weight.dtype)
