@@ -12,7 +12,7 @@
 #   bash scripts/gpu_search_r1.sh setup .gpu_carry/b   # the second model part; joins and checks the GGUF
 #   bash scripts/gpu_search_r1.sh smoke                # one short rollout, to find breakage cheaply
 #   bash scripts/gpu_search_r1.sh train [args]         # the real run (extra args go to agentrl train)
-#   bash scripts/gpu_search_r1.sh eval                 # agentrl eval of the exported policy, held-out split
+#   bash scripts/gpu_search_r1.sh eval                 # the run's own evaluation again, on its exported policy
 # Results (metrics.jsonl, curves.png, summary.txt, logs, eval report) go to ${OUT:-out/search_r1}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -109,10 +109,11 @@ case "${1:-}" in
     kill "$copier"
     collect "$WORK/run" ;;
   eval)
-    # The run's held-out evaluation again, from the exported policy (or --model another folder).
+    # The run's held-out evaluation again, on the exported policy (or --model another folder), next to
+    # the run's own numbers and episode by episode; the run's retrieval server is gone, so BM25 in-process
+    # over the same packaged corpus serves the searches.
     shift; activate; mkdir -p "$RESULTS"
-    python3 examples/search_r1/prepare_data.py --source offline --out examples/search_r1/data
-    python3 -m agentrl eval --suite examples/search_r1/heldout_suite.yaml --max-turns 4 --max-new-tokens 96 \
-      --max-context 1536 --model "$WORK/run/logs/hf_model" --out "$RESULTS/eval" "$@" 2>&1 | tee "$RESULTS/eval.log" ;;
+    python3 -m agentrl eval --run "$WORK/run/logs" --env-kwargs '{"retriever": "bm25"}' --out "$RESULTS/eval" \
+      "$@" 2>&1 | grep -v "Loading weights" | tee "$RESULTS/eval.log" ;;
   *) echo "usage: $0 pack | setup DIR... | smoke | train [args] | eval [args]" >&2; exit 2 ;;
 esac
