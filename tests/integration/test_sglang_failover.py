@@ -37,7 +37,7 @@ async def _wait_for(predicate, timeout_s: float) -> None:  # type: ignore[no-unt
 
 
 async def _scenario(engine: SGLangEngine, prompt: list[int]) -> None:
-    long = SamplingParams(max_new_tokens=300, temperature=1.0)
+    long = SamplingParams(max_new_tokens=300, temperature=1.0, ignore_eos=True)  # still running at the kill
     # Phase 1: 8 sessions, balanced over both servers, all mid-generation when server 0 dies.
     tasks = [asyncio.create_task(engine.generate(prompt, long, session_id=f"ep-{i}")) for i in range(8)]
     killed_url = engine.server_urls[0]
