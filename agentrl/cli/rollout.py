@@ -39,6 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--concurrency", type=int, default=32, help="episodes in flight")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar of finished groups")
     p.add_argument("--engine", choices=("embedded", "sglang"), default="embedded")
     p.add_argument("--device", default="auto", help="embedded engine device: auto, cpu, cuda:0")
     p.add_argument("--sglang-url", action="append", default=[], help="running SGLang server (repeatable)")
@@ -67,6 +68,7 @@ def _task_ids(env: Any, args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
     from transformers import AutoTokenizer
 
     import agentrl.envs as envs
@@ -101,7 +103,10 @@ def run(args: argparse.Namespace) -> int:
         engine = _engine(args, model_dir)
         try:
             controller = RolloutController(engine, tokenizer, config)
-            return await run_groups(controller, factory, task_ids, args.n, env_id=env_id)
+            with tqdm(total=len(task_ids), desc="rollout", unit="group", disable=args.no_progress) as bar:
+                return await run_groups(
+                    controller, factory, task_ids, args.n, env_id=env_id, on_group=lambda _: bar.update(1)
+                )
         finally:
             await engine.close()
 

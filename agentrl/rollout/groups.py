@@ -105,20 +105,22 @@ async def run_groups(
     *,
     env_id: str = "",
     group_prefix: str = "g",
+    on_group: Callable[[Group], None] | None = None,
 ) -> list[Group]:
-    """One group of ``n_samples`` episodes per task id, in the order of ``task_ids``."""
+    """One group of ``n_samples`` episodes per task id, in the order of ``task_ids``; ``on_group`` (e.g.
+    a progress bar) is called as each group ends."""
     pool = EnvPool(env_factory, controller)
-    try:
-        return list(
-            await asyncio.gather(
-                *(
-                    run_group(
-                        controller, pool, t, n_samples, group_id=f"{group_prefix}{i}:{t}", env_id=env_id
-                    )
-                    for i, t in enumerate(task_ids)
-                )
-            )
+
+    async def one(i: int, task_id: str) -> Group:
+        group = await run_group(
+            controller, pool, task_id, n_samples, group_id=f"{group_prefix}{i}:{task_id}", env_id=env_id
         )
+        if on_group is not None:
+            on_group(group)
+        return group
+
+    try:
+        return list(await asyncio.gather(*(one(i, t) for i, t in enumerate(task_ids))))
     finally:
         await pool.close()
 

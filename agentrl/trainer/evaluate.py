@@ -185,6 +185,8 @@ class EvalConfig:
     """Running SGLang servers to use instead of launching one."""
     env_kwargs: dict[str, Any] | None = None
     """Env constructor kwargs as JSON, applied to every suite entry over its own (e.g. a retriever URL)."""
+    progress: bool = True
+    """Show a progress bar of finished episodes (on stderr)."""
     run: str | None = None
     """A training run's log folder: repeat its own evaluation (env, kwargs, split, episodes, budgets, greedy)
     on its exported policy RUN/hf_model (or --model) and compare with the run's last logged numbers;
@@ -266,6 +268,8 @@ def run_comparison(run_dir: Path, plan: EvalPlan, trajectories: Sequence[Traject
 
 def run_eval(config: EvalConfig, plan: EvalPlan | None = None) -> tuple[list[EnvReport], dict[str, Path]]:
     """Evaluate on every env of the plan (default: ``make_plan(config)``); write and return the report."""
+    from tqdm import tqdm
+
     from agentrl.models import resolve_model
     from agentrl.trainer.rollout_manager import GenerationSettings, RolloutManager
 
@@ -288,9 +292,13 @@ def run_eval(config: EvalConfig, plan: EvalPlan | None = None) -> tuple[list[Env
         keys = manager.task_keys("eval")
         if plan.first_tasks:
             keys = keys[: plan.first_tasks]
-        trajectories = manager.generate(keys, GenerationSettings(n_samples=n, temperature=temperature))
+        settings = GenerationSettings(n_samples=n, temperature=temperature)
+        with tqdm(total=len(keys) * n, desc="eval", unit="episode", disable=not config.progress) as bar:
+            trajectories = manager.generate(keys, settings, on_episode=lambda _: bar.update(1))
     finally:
         manager.close()
+    for t in trajectories:
+        t.metrics["model"] = str(model_path)  # lets `agentrl view` find the tokenizer
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= n]
     reports = []
     for i, spec in enumerate(plan.specs):

@@ -141,9 +141,15 @@ class RolloutManager:
         longest = max((len(ids) for ids in per_entry), default=0)
         return [ids[j] for j in range(longest) for ids in per_entry if j < len(ids)]
 
-    def generate(self, keys: Sequence[str], settings: GenerationSettings) -> list[Trajectory]:
-        """``settings.n_samples`` episodes of each task key; every episode comes back, with a status."""
-        return self._loop.run_until_complete(_generate(self, list(keys), settings))
+    def generate(
+        self,
+        keys: Sequence[str],
+        settings: GenerationSettings,
+        on_episode: Callable[[Trajectory], None] | None = None,
+    ) -> list[Trajectory]:
+        """``settings.n_samples`` episodes of each task key; every episode comes back, with a status.
+        ``on_episode`` (in-process callers only, e.g. a progress bar) is called as each one ends."""
+        return self._loop.run_until_complete(_generate(self, list(keys), settings, on_episode))
 
     def _checkout(self, entry: int) -> Any:
         pool = self._envs.setdefault(entry, [])
@@ -177,7 +183,10 @@ class RolloutManager:
 # A module-level coroutine, not a method: Ray turns a class with any ``async def`` into an async actor,
 # and this class must stay synchronous (it drives its own event loop).
 async def _generate(
-    manager: RolloutManager, keys: list[str], settings: GenerationSettings
+    manager: RolloutManager,
+    keys: list[str],
+    settings: GenerationSettings,
+    on_episode: Callable[[Trajectory], None] | None = None,
 ) -> list[Trajectory]:
     from agentrl.rollout.controller import RolloutConfig, RolloutController
 
@@ -197,7 +206,7 @@ async def _generate(
         async with semaphore:
             env = manager._checkout(int(entry))
             try:
-                return await controller.run_episode(
+                trajectory = await controller.run_episode(
                     env,
                     task_id=task_id,
                     group_id=f"{settings.step}/{key}",
@@ -207,6 +216,9 @@ async def _generate(
                 )
             finally:
                 manager._return(int(entry), env)
+        if on_episode is not None:
+            on_episode(trajectory)
+        return trajectory
 
     jobs = [one(key, i) for key in keys for i in range(settings.n_samples)]
     return list(await asyncio.gather(*jobs))

@@ -61,6 +61,9 @@ def test_eval_writes_json_markdown_and_a_plot_per_env(tiny_model: Path, tmp_path
     plots = sorted(out.glob("*.png"))
     assert len(plots) == 2 and all(p.read_bytes()[:4] == b"\x89PNG" for p in plots)
     assert "| agentrl/Search-v0 | test | 6 |" in done.stdout
+    assert "eval: 100%" in done.stderr and "10/10" in done.stderr  # the progress bar counted every episode
+    episodes = list(load_jsonl(out / "episodes.jsonl"))
+    assert len(episodes) == 10 and all(t.metrics["model"] == str(tiny_model) for t in episodes)
 
 
 def _eval_run(run_dir: Path, out: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:  # type: ignore[type-arg]

@@ -129,8 +129,19 @@ def test_groups_concurrency_pool_and_exactly_once(tok: Any) -> None:
         return made[-1]
 
     controller = RolloutController(engine, tok, RolloutConfig(concurrency=4))
-    groups = run(run_groups(controller, factory, ["t0"] * 16, n_samples=4, env_id="s"))
+    finished: list[int] = []
+    groups = run(
+        run_groups(
+            controller,
+            factory,
+            ["t0"] * 16,
+            n_samples=4,
+            env_id="s",
+            on_group=lambda g: finished.append(len(g)),
+        )
+    )
     assert len(groups) == 16 and all(len(g) == 4 for g in groups)
+    assert finished == [4] * 16  # the progress callback saw every group once, when it was whole
     assert engine.peak <= 4 and len(made) <= 4  # env instances are pooled per concurrent slot
     sessions = {(t.group_id, t.sample_index) for g in groups for t in g}
     assert len(sessions) == 64  # each dispatched episode came back exactly once
