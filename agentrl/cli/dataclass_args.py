@@ -73,7 +73,7 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def _first_sentence(doc: str, limit: int = 80) -> str:
+def _first_sentence(doc: str, limit: int = 70) -> str:
     text = " ".join(doc.replace("``", "").split())
     text = re.split(r"(?<!e\.g)(?<!i\.e)\.\s", text, maxsplit=1)[0].rstrip(".")
     return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."

@@ -7,6 +7,7 @@ and the Megatron backend read the same one and call the same loss functions.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -16,6 +17,7 @@ AdvantageEstimator = Literal["grpo", "dr_grpo", "rloo", "reinforce_plus_plus_bas
 PolicyLoss = Literal["ppo", "gspo"]
 LossAggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 KLEstimator = Literal["k1", "k2", "k3", "low_var_kl"]
+LRDecayStyle = Literal["constant", "linear", "cosine"]
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class AlgorithmConfig:
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    """AdamW with a linear warmup then a constant learning rate (shared by the training backends)."""
+    """AdamW with a linear warmup, then a constant, linear or cosine lr (shared by the training backends)."""
 
     lr: float = 1e-6
     """Peak learning rate (Search-R1: 1e-6; tiny models on CPU learn faster with ~1e-5)."""
@@ -89,7 +91,14 @@ class OptimizerConfig:
     eps: float = 1e-8
     """AdamW epsilon."""
     warmup_steps: int = 0
-    """Optimizer steps over which the lr ramps linearly from lr/warmup_steps up to lr; constant after."""
+    """Optimizer steps over which the lr ramps linearly from lr/warmup_steps up to lr."""
+    lr_decay_style: LRDecayStyle = "constant"
+    """After warmup: constant at lr, or a linear / cosine decay from lr to min_lr over lr_decay_steps."""
+    min_lr: float = 0.0
+    """Where linear / cosine decay ends (and stays)."""
+    lr_decay_steps: int = 0
+    """Optimizer steps of the decay after warmup; 0: the run's whole budget (num_rollouts x
+    steps_per_rollout, minus warmup). Rollouts skipped for lack of signal take no optimizer step."""
     max_grad_norm: float | None = 1.0
     """Clip the global gradient norm to this; ``None`` disables clipping (the norm is still logged)."""
 
@@ -98,6 +107,24 @@ class OptimizerConfig:
             raise ConfigError(f"lr={self.lr} must be > 0 and warmup_steps={self.warmup_steps} >= 0")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ConfigError(f"max_grad_norm={self.max_grad_norm} must be > 0 or None")
+        if not 0 <= self.min_lr <= self.lr or self.lr_decay_steps < 0:
+            raise ConfigError(
+                f"min_lr={self.min_lr} must be in [0, lr={self.lr}] and lr_decay_steps={self.lr_decay_steps} >= 0"
+            )
+        if self.lr_decay_style not in ("constant", "linear", "cosine"):
+            raise ConfigError(f"lr_decay_style={self.lr_decay_style!r}: choose constant, linear or cosine")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based)."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.lr_decay_style == "constant" or self.lr_decay_steps == 0:
+            return self.lr
+        progress = min(1.0, (step - self.warmup_steps) / self.lr_decay_steps)
+        shape = (
+            1.0 - progress if self.lr_decay_style == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+        )
+        return self.min_lr + (self.lr - self.min_lr) * shape
 
 
 @dataclass(frozen=True)

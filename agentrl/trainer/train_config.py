@@ -171,6 +171,10 @@ class TrainConfig:
         if self.env_kwargs is None:  # resolved here, so that the logged config shows what ran
             object.__setattr__(self, "env_kwargs", laptop_env_kwargs(self.env, self.suite))
         self._check_batch()
+        opt = self.optimizer
+        if opt.lr_decay_style != "constant" and opt.lr_decay_steps == 0:  # resolved: the config shows it
+            budget = max(1, self.num_rollouts * self.steps_per_rollout - opt.warmup_steps)
+            object.__setattr__(self, "optimizer", dataclasses.replace(opt, lr_decay_steps=budget))
         positive = {
             "num_rollouts": self.num_rollouts,
             "max_turns": self.max_turns,

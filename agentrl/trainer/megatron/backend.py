@@ -238,10 +238,7 @@ class MegatronBackend:
         return metrics
 
     def _lr(self) -> float:
-        opt = self.cfg.optimizer
-        if opt.warmup_steps and self.steps_done < opt.warmup_steps:
-            return opt.lr * (self.steps_done + 1) / opt.warmup_steps
-        return opt.lr
+        return self.cfg.optimizer.lr_at(self.steps_done)
 
     def _set_lr(self) -> None:
         for group in self.optimizer.param_groups:
