@@ -11,8 +11,10 @@
 # Start the retriever first (a GPU-free process), e.g.:
 #   python -m agentrl.tools.retrieval.server --corpus wiki-18.jsonl --backend dense --encoder e5-base-v2 --port 8000
 # "max turns 4" in the paper is 4 search rounds plus the answer: --max-turns 5 here (see agentrl/Search-v0).
-# Tensor parallelism: `agentrl train` has no Megatron parallelism flags yet (MegatronBackendConfig.parallel
-# defaults to TP=PP=1, which fits a 3B model on one H100/H200 per rank).
+# Parallelism: Megatron's own flags pass through --megatron-args (e.g.
+# --megatron-args=--tensor-model-parallel-size=2); the default TP=PP=1 fits a 3B model on one H100/H200 per rank.
+# The lr warms up over 28.5% of training, as Search-R1's lr_warmup_steps_ratio=0.285 (counted here in
+# optimizer steps: 0.285 x 200 rollouts x 2 steps = 114), then stays constant.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 : "${MODEL:?set MODEL to a Qwen2.5-3B(-Instruct) HF folder}"
@@ -30,7 +32,7 @@ agentrl train \
   --rollout-batch-size 512 --n-samples-per-prompt 5 --global-batch-size 1280 --steps-per-rollout 2 \
   --num-rollouts 200 \
   --max-turns 5 --max-new-tokens 500 --max-context 4096 --temperature 1.0 \
-  --advantage-estimator grpo --lr 1e-6 --kl-coef 0.001 --kl-estimator low_var_kl \
+  --advantage-estimator grpo --lr 1e-6 --warmup-steps 114 --kl-coef 0.001 --kl-estimator low_var_kl \
   --clip-eps-low 0.2 --clip-eps-high 0.2 \
   --eval-interval 50 --eval-episodes 1000 \
   --save "$OUT/ckpt" --save-interval 50 --log-dir "$OUT/logs" \
