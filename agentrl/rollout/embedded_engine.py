@@ -349,7 +349,7 @@ class EmbeddedEngine:
             logits_to_keep=1,
             **kwargs,
         )
-        return out.logits[:, -1, :].float().cpu()  # (B, V)
+        return out.logits[:, -1, :].float()  # (B, V) on the model's device: sampling happens there
 
     def _advance(self, req: _Request, token: int, logprob: float) -> bool:
         """Append one sampled token; resolve and return True when the request is finished."""

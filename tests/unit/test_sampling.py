@@ -36,3 +36,30 @@ def test_sample_tokens_seeded_greedy_and_logprobs() -> None:
     assert torch.allclose(logprobs, expected)
     _, post = sample_tokens(logits[:1], params[:1], [torch.Generator().manual_seed(5)], torch.Generator())
     assert torch.allclose(post, torch.log_softmax(logits[:1] / 0.7, dim=-1)[0, tokens[:1]])
+
+
+def test_a_seeded_row_samples_the_same_token_whatever_shares_its_batch() -> None:
+    """Exact resume relies on it: a request's sample depends on its seed, not on its batch mates."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 300, generator=g)
+    params = [SamplingParams(temperature=1.0, seed=40 + i) for i in range(6)]
+
+    def seeded(rows: list[int]) -> list[int]:
+        gens = [torch.Generator().manual_seed(40 + i) for i in rows]
+        tokens, _ = sample_tokens(logits[rows], [params[i] for i in rows], gens, torch.Generator())
+        return tokens.tolist()
+
+    together = seeded(list(range(6)))
+    assert [seeded([i])[0] for i in range(6)] == together
+    assert seeded([5, 2, 0]) == [together[5], together[2], together[0]]
+
+
+def test_top_p_keeps_the_nucleus_only() -> None:
+    # probabilities 0.5, 0.3, 0.15, 0.05: top_p 0.7 keeps tokens 0 and 1 (mass before token 2 is 0.8)
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(4000, 4).contiguous()
+    params = [SamplingParams(temperature=1.0, top_p=0.7)] * 4000
+    tokens, _ = sample_tokens(logits, params, [None] * 4000, torch.Generator().manual_seed(1))
+    counts = torch.bincount(tokens, minlength=4)
+    assert counts[2] == 0 and counts[3] == 0
+    # within the nucleus the draw is proportional: 0.5 / 0.8 = 0.625 of 4000 = 2500, std ~ 31
+    assert abs(int(counts[0]) - 2500) < 5 * 31
