@@ -209,3 +209,42 @@ def test_fused_logprobs_match_plain_log_softmax_with_grad() -> None:
     assert float((lp - lp_ref).abs().max()) < 1e-3
     assert float((ent - ent_ref).abs().max()) < 1e-3
     assert max(rel) < 2e-2
+
+
+def _host_syncs(fn: Any) -> int:
+    """How many synchronising CUDA calls ``fn`` makes (torch's sync debug mode, one warning each)."""
+    import warnings
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message).lower() for w in caught)
+
+
+def test_train_step_syncs_do_not_grow_with_micro_batches(setup) -> None:
+    """Metrics stay on the GPU and copies are queued, so more micro-batches add no host waits."""
+    from agentrl.trainer.backend import TrainBatch
+
+    shape, _, hf, backend = setup
+    ids = _sequences(hf.config.vocab_size, [500] * 8, seed=5)
+    masks = [torch.cat([torch.zeros(100), torch.ones(400)]) for _ in ids]
+    advs = [m * (1.0 if i % 2 else -1.0) for i, m in enumerate(masks)]
+    batch = TrainBatch(
+        input_ids=ids, loss_mask=masks, advantages=advs, rollout_logprobs=[m * 0 for m in masks]
+    )
+    counts = {}
+    for budget in (4096, 512):  # 1 and 8 micro-batches of packed sequences
+        backend.cfg = replace(backend.cfg, micro_batch_tokens=budget)
+        backend.train_step(batch)  # warm-up: first-call allocations and caches
+        steps: dict[str, Any] = {}
+        counts[budget] = _host_syncs(lambda: steps.update(backend.train_step(batch)))  # noqa: B023
+        counts[f"mbs_{budget}"] = steps["num_micro_batches"]
+    record("train_step_host_syncs", shape=shape, **{str(k): v for k, v in counts.items()})
+    extra_mbs = counts["mbs_512"] - counts["mbs_4096"]
+    assert extra_mbs >= 6, counts
+    assert counts[512] - counts[4096] < extra_mbs, f"a host sync per micro-batch is back: {counts}"
