@@ -12,6 +12,8 @@
 #   bash scripts/gpu_search_r1.sh setup .gpu_carry/b   # the second model part; joins and checks the GGUF
 #   bash scripts/gpu_search_r1.sh smoke                # one short rollout, to find breakage cheaply
 #   bash scripts/gpu_search_r1.sh train [args]         # the real run (extra args go to agentrl train)
+#     (a call's 10-minute limit: add --time-limit-s 480 so the run stops cleanly, checkpointed, evaluated
+#     and exported; the next back-to-back call continues it with the same args plus --resume)
 #   bash scripts/gpu_search_r1.sh eval                 # the run's own evaluation again, on its exported policy
 # Results (metrics.jsonl, curves.png, summary.txt, logs, eval report) go to ${OUT:-out/search_r1}.
 set -euo pipefail

@@ -71,6 +71,11 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     print(result.summary)
+    if result.stopped_early:
+        print(
+            f"stopped by --time-limit-s after rollout {result.last_step} of {config.num_rollouts}"
+            + ("; continue with --resume" if config.save else " (no --save: a resumed run would start over)")
+        )
     print(f"logs: {result.log_dir} (metrics.jsonl, tensorboard/, rollouts/, curves.png)")
     if result.hf_dir:
         print(

@@ -37,6 +37,8 @@ class RunResult:
     """The printed summary of what improved."""
     hf_dir: Path | None
     """The exported policy (HF folder), when --export-hf."""
+    stopped_early: bool = False
+    """True when --time-limit-s ended the run before num_rollouts; --resume continues it."""
 
 
 @contextmanager
@@ -48,11 +50,23 @@ def timed(metrics: dict[str, float], name: str) -> Iterator[None]:
 
 def train(config: TrainConfig, *, env_factory: EnvFactory | None = None) -> RunResult:
     """Run ``config`` to the end; raises if an actor dies (the run is then resumed from a checkpoint)."""
+    clock = Deadline(config.time_limit_s)
     run = Run.start(config, env_factory=env_factory)
+    last_step, stopped_early = run.start_step, False
     try:
         if run.start_step == 0 and run.can_evaluate:
-            run.logger.log(0, run.evaluate(step=0))
+            eval_metrics = run.evaluate(step=0)
+            clock.eval_s = eval_metrics["time/eval_s"]
+            run.logger.log(0, eval_metrics)
         for step in range(run.start_step + 1, config.num_rollouts + 1):
+            if clock.would_overrun():
+                stopped_early = True
+                run.logger.write(
+                    f"time limit ({config.time_limit_s:.0f} s): stopping after step {last_step} of "
+                    f"{config.num_rollouts} (the next would not finish in time)"
+                )
+                break
+            clock.step_started()
             metrics: dict[str, float] = {}
             with timed(metrics, "rollout"):
                 trajectories, rollout_stats = run.generate(step)  # groups of n episodes per task, filtered
@@ -70,11 +84,16 @@ def train(config: TrainConfig, *, env_factory: EnvFactory | None = None) -> RunR
             )
             if run.can_evaluate and config.eval_interval and step % config.eval_interval == 0:
                 metrics.update(run.evaluate(step=step))
+                clock.eval_s = max(clock.eval_s, metrics["time/eval_s"])
             run.logger.log(step, metrics)
             if config.save and (step % config.save_interval == 0 or step == config.num_rollouts):
                 run.checkpoint(step)
-        last_step = config.num_rollouts
-        if run.can_evaluate and (not config.eval_interval or last_step % config.eval_interval):
+            last_step = step
+            clock.step_ended()
+        if stopped_early and config.save and last_step > run.start_step and last_step % config.save_interval:
+            run.checkpoint(last_step)  # where --resume picks up
+        evaluated = config.eval_interval and last_step % config.eval_interval == 0
+        if run.can_evaluate and last_step > 0 and not evaluated:
             run.logger.log(last_step, run.evaluate(step=last_step))
         hf_dir = run.export_hf() if config.export_hf and not config.debug_rollout_only else None
     finally:
@@ -83,4 +102,29 @@ def train(config: TrainConfig, *, env_factory: EnvFactory | None = None) -> RunR
     plot_curves(records, run.log_dir / "curves.png")
     summary = summarize(records)
     (run.log_dir / "summary.txt").write_text(summary + "\n", encoding="utf-8")
-    return RunResult(run.log_dir, last_step, summary, hf_dir)
+    return RunResult(run.log_dir, last_step, summary, hf_dir, stopped_early)
+
+
+class Deadline:
+    """``--time-limit-s``: whether the next rollout step still fits, judged by the slowest step so far
+    plus one evaluation (for the final one). The first step of a process always runs: nothing is known
+    about its cost before it."""
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self.start = time.monotonic()
+        self.eval_s = 0.0
+        self.slowest_s = 0.0
+        self._step_start: float | None = None
+
+    def step_started(self) -> None:
+        self._step_start = time.monotonic()
+
+    def step_ended(self) -> None:
+        if self._step_start is not None:
+            self.slowest_s = max(self.slowest_s, time.monotonic() - self._step_start)
+
+    def would_overrun(self) -> bool:
+        if not self.limit_s or self.slowest_s == 0.0:
+            return False
+        return time.monotonic() - self.start + self.slowest_s + self.eval_s > self.limit_s

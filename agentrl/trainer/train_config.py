@@ -134,6 +134,10 @@ class TrainConfig:
     """Show a tqdm progress bar with live reward and success."""
     seed: int = field(default=0, metadata={"group": "run"})
     """Seed of the task order, sampling and torch RNGs."""
+    time_limit_s: float = field(default=0.0, metadata={"group": "run"})
+    """Wall-clock budget in seconds (0: none). The run stops before a rollout it could not finish in time
+    (estimated from its slowest so far, plus one evaluation), checkpoints (with --save), evaluates and
+    exports as at its end; --resume continues it. For schedulers and time-limited machines."""
     ray_address: str | None = field(default=None, metadata={"group": "run"})
     """Ray cluster address; none starts a local Ray bound to 127.0.0.1."""
     num_cpus: int | None = field(default=None, metadata={"group": "run"})
@@ -191,6 +195,8 @@ class TrainConfig:
         for name, value in {"eval_interval": self.eval_interval, "eval_episodes": self.eval_episodes}.items():
             if value < 0:
                 raise ConfigError(f"--{name.replace('_', '-')}={value} must be >= 0 (0 turns it off)")
+        if self.time_limit_s < 0:
+            raise ConfigError(f"--time-limit-s={self.time_limit_s} must be >= 0 (0: no limit)")
         if self.dump_interval < 0:
             raise ConfigError(f"--dump-interval={self.dump_interval} must be >= 0 (0: never)")
         if self.temperature <= 0 or not 0 < self.top_p <= 1:

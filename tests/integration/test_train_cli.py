@@ -75,6 +75,29 @@ def test_two_rollouts_then_resume_for_a_third(tiny_model: Path, tmp_path: Path) 
     assert (tmp_path / "ckpt" / "latest").read_text().strip() == "step_3"
 
 
+def test_time_limit_stops_cleanly_and_resume_finishes(tiny_model: Path, tmp_path: Path) -> None:
+    """A 1 s budget: the first rollout always runs (its cost is unknown), the second would overrun, so
+    the run checkpoints step 1 (not a --save-interval step), evaluates, exports and says how to go on."""
+    limited = ["--num-rollouts", "4", "--save-interval", "5", "--time-limit-s", "1"]
+    done = subprocess.run(_train(tiny_model, tmp_path, *limited), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "stopped by --time-limit-s after rollout 1 of 4; continue with --resume" in done.stdout
+    logs = tmp_path / "logs"
+    records = read_metrics(logs / "metrics.jsonl")
+    assert [r["step"] for r in records if "rollout/reward" in r] == [1]
+    assert [r["step"] for r in records if "eval/reward" in r] == [0, 1]
+    assert (tmp_path / "ckpt" / "latest").read_text().strip() == "step_1"
+    assert (logs / "hf_model" / "config.json").exists()
+
+    rest = ["--num-rollouts", "4", "--save-interval", "5", "--resume"]
+    resumed = subprocess.run(_train(tiny_model, tmp_path, *rest), capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "stopped by" not in resumed.stdout
+    steps = [r["step"] for r in read_metrics(logs / "metrics.jsonl") if "rollout/reward" in r]
+    assert steps == [1, 2, 3, 4]
+    assert (tmp_path / "ckpt" / "latest").read_text().strip() == "step_4"
+
+
 def test_bad_batch_shape_is_a_clear_error(tiny_model: Path, tmp_path: Path) -> None:
     done = subprocess.run(
         _train(tiny_model, tmp_path, "--global-batch-size", "3"), capture_output=True, text=True, timeout=120

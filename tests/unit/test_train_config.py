@@ -200,3 +200,8 @@ def test_summary_compares_first_and_last_rollouts_and_evals(tmp_path) -> None:
     # first 3 rollouts: mean(0.1, 0.2, 0.3) = 0.2; last 3: mean(0.4, 0.5, 0.6) = 0.5
     assert "0.200" in text and "0.500" in text and "+0.300" in text
     assert "eval  reward" in text and "+0.300" in text.splitlines()[-1]
+
+
+def test_negative_time_limit_is_refused() -> None:
+    with pytest.raises(ConfigError, match="--time-limit-s=-5.0 must be >= 0"):
+        TrainConfig(time_limit_s=-5.0)
