@@ -96,6 +96,11 @@ def plan_from_run(
     ]
     if missing:
         raise ConfigError(f"{root / 'config.json'} lacks {missing}: it was not written by `agentrl train`")
+    if int(config["eval_episodes"]) == 0:
+        raise ConfigError(
+            f"{root} ran with --eval-episodes 0: it has no evaluation to repeat. Evaluate its policy "
+            f"directly: agentrl eval --model {root / 'hf_model'} --suite ... (or --suite none --env ...)"
+        )
     if model is None:
         exported = root / "hf_model"
         if not (exported / "config.json").exists():

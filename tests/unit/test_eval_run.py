@@ -86,6 +86,9 @@ def test_a_run_without_export_says_how_to_get_one(tmp_path: Path) -> None:
         plan_from_run(run)
     with pytest.raises(ConfigError, match="not found: --run takes a training run's log folder"):
         plan_from_run(tmp_path / "nothing")
+    no_eval = write_run(tmp_path / "no_eval", {**BASE, "eval_episodes": 0}, [])
+    with pytest.raises(ConfigError, match="--eval-episodes 0: it has no evaluation to repeat"):
+        plan_from_run(no_eval)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "config.json").write_text('{"env": "search"}')
     with pytest.raises(ConfigError, match=r"lacks \['eval_split'.*not written by `agentrl train`"):
