@@ -203,5 +203,5 @@ def test_summary_compares_first_and_last_rollouts_and_evals(tmp_path) -> None:
 
 
 def test_negative_time_limit_is_refused() -> None:
-    with pytest.raises(ConfigError, match="--time-limit-s=-5.0 must be >= 0"):
+    with pytest.raises(ConfigError, match=r"--time-limit-s=-5\.0 must be >= 0"):
         TrainConfig(time_limit_s=-5.0)
