@@ -85,7 +85,9 @@ collect() {
     [ -f "$run/$f" ] && cp "$run/$f" "$RESULTS/"
   done
   local last
-  last=$(find "$run/logs/rollouts" -name 'step_*.jsonl' 2>/dev/null | sort | tail -n 1)
+  # `|| true`: before the first dump the folder is missing, find fails, and under pipefail + errexit that
+  # ended the background copier at its first pass (why run 2's per-rollout metrics never came back).
+  last=$(find "$run/logs/rollouts" -name 'step_*.jsonl' 2>/dev/null | sort | tail -n 1 || true)
   [ -n "$last" ] && cp "$last" "$RESULTS/rollouts_last.jsonl"
   return 0
 }
@@ -103,7 +105,7 @@ case "${1:-}" in
     python3 examples/search_r1/prepare_data.py --source offline --out examples/search_r1/data
     start=$(date +%s)
     # Copy the logs out every 15 s: if the call's time limit stops the run, what was logged comes back.
-    (while sleep 15; do collect "$WORK/run"; done) &
+    (while sleep 15; do collect "$WORK/run" || true; done) &
     copier=$!
     DATA=$REPO/examples/search_r1/data OUT=$WORK/run bash examples/search_r1/run_small.sh "$@" 2>&1 \
       | grep --line-buffered -v "Loading weights\|Writing model" | tee "$RESULTS/train.log" || true
