@@ -112,7 +112,9 @@ def sample_tokens(
         drawn = inverse_cdf(probs, _uniforms(sampled, generators, default_generator), in_place=True)
         tokens.index_copy_(0, rows, drawn)
     source = torch.log_softmax(logits, dim=-1) if original and not unscaled else logp
-    return tokens.cpu(), source.gather(1, tokens.unsqueeze(1)).squeeze(1).cpu()
+    chosen = source.gather(1, tokens.unsqueeze(1)).squeeze(1)  # (B,)
+    host = torch.stack([tokens.double(), chosen.double()]).cpu()  # one copy to the host (ids < 2**53)
+    return host[0].long(), host[1].float()
 
 
 def hits_stop_string(tokenizer: Any, output_ids: list[int], stops: Sequence[str]) -> bool:
