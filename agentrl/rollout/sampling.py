@@ -51,11 +51,6 @@ def inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor, *, in_place: bool =
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
 
 
-def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One token per row of ``probs`` (B, V), the uniforms drawn from ``generator`` (a CPU generator)."""
-    return inverse_cdf(probs, torch.rand(probs.shape[0], generator=generator, dtype=torch.float32))
-
-
 def _uniforms(
     rows: Sequence[int], generators: Sequence[torch.Generator | None], default_generator: torch.Generator
 ) -> torch.Tensor:

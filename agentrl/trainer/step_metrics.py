@@ -102,12 +102,8 @@ def merge_totals(parts: Sequence[Totals]) -> Totals:
     merged: dict[str, tuple[float, float]] = {}
     for part in parts:
         for name, (value, weight) in part.items():
-            kind = kind_of(name)
-            if kind == "mean":  # value is already a weighted sum: add sums and weights
-                old = merged.get(name, (0.0, 0.0))
-                merged[name] = (old[0] + value, old[1] + weight)
-            else:
-                merged[name] = _fold(kind, merged.get(name), value, weight)
+            kind = kind_of(name)  # a mean's value is already a weighted sum: it merges as a sum
+            merged[name] = _fold("sum" if kind == "mean" else kind, merged.get(name), value, weight)
     return merged
 
 

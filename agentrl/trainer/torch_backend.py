@@ -28,6 +28,7 @@ from torch.nn.utils.rnn import pad_sequence
 from agentrl.errors import CheckpointError, ConfigError
 from agentrl.trainer.backend import TrainBatch
 from agentrl.trainer.config import TorchBackendConfig
+from agentrl.trainer.device_copy import to_device
 from agentrl.trainer.kl import entropy_from_logits
 from agentrl.trainer.losses import policy_loss
 from agentrl.trainer.step_metrics import StepMetrics
@@ -64,7 +65,7 @@ def _resolve_device(name: str) -> torch.device:
 
 
 def _pad(tensors: list[torch.Tensor], device: torch.device, value: float = 0.0) -> torch.Tensor:
-    return pad_sequence(tensors, batch_first=True, padding_value=value).to(device)
+    return to_device(pad_sequence(tensors, batch_first=True, padding_value=value), device)
 
 
 class TorchBackend:
@@ -210,7 +211,7 @@ class TorchBackend:
         if not bool(trained.any()):
             return {}, 0.0  # nothing trained here: skip the forward
         first = max(1, int(torch.nonzero(trained)[0, 0]))  # first trained column of the micro-batch
-        mask = host_mask.to(self.device)
+        mask = to_device(host_mask, self.device)
         ref = None if batch.ref_logprobs is None else pick(batch.ref_logprobs)
         if algo.kl_coef > 0 and ref is None:
             if self.ref_model is None:

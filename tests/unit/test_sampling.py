@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 
 from agentrl.rollout.engine import SamplingParams
-from agentrl.rollout.sampling import draw, sample_tokens
+from agentrl.rollout.sampling import inverse_cdf, sample_tokens
 
 
-def test_draw_follows_the_distribution_and_skips_zero_mass() -> None:
+def test_inverse_cdf_follows_the_distribution_and_skips_zero_mass() -> None:
     # Unnormalised weights 0 : 1 : 3 : 0 -> probabilities 0, 1/4, 3/4, 0.
     probs = torch.tensor([[0.0, 1.0, 3.0, 0.0]]).expand(20000, 4)
-    tokens = draw(probs, torch.Generator().manual_seed(0))
+    tokens = inverse_cdf(probs, torch.rand(20000, generator=torch.Generator().manual_seed(0)))
     counts = torch.bincount(tokens, minlength=4)
     assert counts[0] == 0 and counts[3] == 0
     # Binomial std of the count of token 1: sqrt(20000 * 1/4 * 3/4) ~ 61; allow 5 std.
