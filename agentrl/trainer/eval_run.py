@@ -177,3 +177,21 @@ def comparison_lines(
             f"{reference['final_step']}; the exported policy is the final one."
         )
     return lines
+
+
+def run_comparison(run_dir: Path, plan: EvalPlan, trajectories: Sequence[Trajectory]) -> dict[str, Any]:
+    """This evaluation next to the run's own last one: metrics, episode agreement, Markdown lines."""
+    from agentrl.trainer.metrics import rollout_metrics
+
+    measured = {
+        k: v for k, v in rollout_metrics(trajectories, prefix="").items() if not k.startswith("status_")
+    }
+    step = plan.reference.get("step")
+    agreement = episode_agreement(run_dir, step, trajectories) if step is not None else {}
+    return {
+        "dir": str(run_dir),
+        "reference": plan.reference,
+        "metrics": measured,
+        "agreement": agreement,
+        "comparison": comparison_lines(plan.reference, measured, agreement),
+    }

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from agentrl.errors import ConfigError
 from agentrl.rollout.trajectory import Trajectory, save_jsonl
-from agentrl.trainer.eval_run import RUN_DECIDES, EvalPlan, comparison_lines, episode_agreement, plan_from_run
+from agentrl.trainer.eval_run import RUN_DECIDES, EvalPlan, plan_from_run, run_comparison
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -246,24 +246,6 @@ def _engine(config: EvalConfig, model_path: Path) -> Any:
         return await SGLangEngine(sglang).start()
 
     return start
-
-
-def run_comparison(run_dir: Path, plan: EvalPlan, trajectories: Sequence[Trajectory]) -> dict[str, Any]:
-    """This evaluation next to the run's own last one: metrics, episode agreement, Markdown lines."""
-    from agentrl.trainer.metrics import rollout_metrics
-
-    measured = {
-        k: v for k, v in rollout_metrics(trajectories, prefix="").items() if not k.startswith("status_")
-    }
-    step = plan.reference.get("step")
-    agreement = episode_agreement(run_dir, step, trajectories) if step is not None else {}
-    return {
-        "dir": str(run_dir),
-        "reference": plan.reference,
-        "metrics": measured,
-        "agreement": agreement,
-        "comparison": comparison_lines(plan.reference, measured, agreement),
-    }
 
 
 def run_eval(config: EvalConfig, plan: EvalPlan | None = None) -> tuple[list[EnvReport], dict[str, Path]]:
