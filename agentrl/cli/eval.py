@@ -10,7 +10,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -33,18 +32,15 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agentrl.trainer.evaluate import EvalConfig, make_plan, markdown_table, run_eval
+    from agentrl.trainer.evaluate import EvalConfig, make_plan, run_eval
 
     given = frozenset(".".join(leaf.path) for leaf in args.config_spec if hasattr(args, leaf.dest))
     try:
         config = build_dataclass(EvalConfig, args.config_spec, args)
-        reports, paths = run_eval(config, make_plan(config, given))
+        _, paths = run_eval(config, make_plan(config, given))
     except AgentRLError as e:
         print(f"agentrl eval: {e}", file=sys.stderr)
         return 2
-    print(markdown_table(reports))
-    meta = json.loads(paths["json"].read_text(encoding="utf-8"))
-    for line in meta.get("run", {}).get("comparison", []):
-        print(line)
+    print(paths["markdown"].read_text(encoding="utf-8"))  # the table, and with --run the comparison
     print("report: " + ", ".join(str(p) for p in paths.values()))
     return 0
