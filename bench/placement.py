@@ -4,10 +4,10 @@ One synchronous RL step = generate (sampling with a transformers model as the en
 GRPO step on the generated sequences -> weight sync. Two layouts of the same work:
 
 * ``disaggregated``: rank 0 trains on GPU 0 (a Megatron world of one), rank 1 generates on GPU 1;
-  weights go over a broadcast group (:mod:`agentrl.trainer.weight_broadcast`, NCCL).
+  weights go over a broadcast group (:mod:`agentrl.engines.weight_transport`, NCCL).
 * ``colocated``: both ranks train (Megatron, data parallel 2) and both generate (half the prompts each)
   on their own GPU; the engine model moves to CPU during the train step and back before an in-memory
-  sync (:mod:`agentrl.trainer.engine_memory`'s approach).
+  sync (:mod:`agentrl.engines.memory`'s approach).
 
 GPU idle fraction is phase-based: 1 - (time a GPU spends in its generate / train / sync phases) / step
 time, averaged over GPUs. Run (what scripts/gpu_multi.sh does)::
@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from agentrl.trainer.placement import NCCL_SAFE_ENV
+from agentrl.run.placement import NCCL_SAFE_ENV
 
 os.environ.update(NCCL_SAFE_ENV)
 
@@ -85,7 +85,7 @@ def _timed(phases: dict[str, float], name: str, fn: Any, *args: Any, **kwargs: A
 
 
 def run_disaggregated(args: argparse.Namespace, folder: Path, rank: int) -> dict[str, float]:
-    from agentrl.trainer.weight_broadcast import (
+    from agentrl.engines.weight_transport import (
         join_weight_group,
         receive_weights,
         send_weights,

@@ -23,10 +23,10 @@ from typing import Any
 from transformers import AutoTokenizer
 
 from agentrl.envs.base import Task, ToolEnv, TurnResult
-from agentrl.envs.spaces import Message
+from agentrl.types import Message
 from agentrl.models import resolve_model
 from agentrl.rollout.controller import RolloutConfig, RolloutController
-from agentrl.rollout.engine import GenerateOutput, SamplingParams
+from agentrl.engines.base import GenerateOutput, SamplingParams
 from agentrl.rollout.groups import run_groups
 
 
@@ -107,7 +107,7 @@ def bench_concurrent(tokenizer: Any, concurrent: int = 256, turns: int = 4) -> f
 
 
 def _engine(model: str) -> Any:
-    from agentrl.rollout.embedded_engine import EmbeddedEngine, EmbeddedEngineConfig
+    from agentrl.engines.embedded.engine import EmbeddedEngine, EmbeddedEngineConfig
 
     return EmbeddedEngine(model, EmbeddedEngineConfig(device="cpu"))
 

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from agentrl.cli import main as agentrl_main
-from agentrl.trainer.metrics import read_metrics
+from agentrl.run.metrics import read_metrics
 
 DEFAULTS = ["--env", "search", "--model", "tiny-gpt2", "--num-rollouts", "4", "--max-turns", "3"]
 DEFAULTS += ["--eval-episodes", "0", "--dump-interval", "0", "--no-progress", "--no-export-hf"]

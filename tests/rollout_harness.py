@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from agentrl.envs.base import Task, ToolEnv, TurnResult
-from agentrl.envs.spaces import Message
-from agentrl.rollout.engine import GenerateOutput, SamplingParams
-from agentrl.rollout.trajectory import Trajectory
+from agentrl.types import Message
+from agentrl.engines.base import GenerateOutput, SamplingParams
+from agentrl.types import Trajectory
 from agentrl.tools import Tool, tool
 from agentrl.tools.render import render_prompt
 

@@ -18,7 +18,7 @@ from agentrl.errors import AgentRLError
 
 
 def add_parser(subparsers: Any) -> None:
-    from agentrl.trainer.evaluate import EvalConfig
+    from agentrl.eval.evaluate import EvalConfig
 
     parser = subparsers.add_parser(
         "eval",
@@ -32,7 +32,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agentrl.trainer.evaluate import EvalConfig, make_plan, run_eval
+    from agentrl.eval.evaluate import EvalConfig, make_plan, run_eval
 
     given = frozenset(".".join(leaf.path) for leaf in args.config_spec if hasattr(args, leaf.dest))
     try:

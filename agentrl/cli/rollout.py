@@ -49,10 +49,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _engine(args: argparse.Namespace, model_dir: Any) -> Any:
     if args.engine == "embedded":
-        from agentrl.rollout.embedded_engine import EmbeddedEngine, EmbeddedEngineConfig
+        from agentrl.engines.embedded.engine import EmbeddedEngine, EmbeddedEngineConfig
 
         return EmbeddedEngine(model_dir, EmbeddedEngineConfig(device=args.device, seed=args.seed))
-    from agentrl.rollout.sglang_engine import SGLangEngine, SGLangEngineConfig
+    from agentrl.engines.sglang.engine import SGLangEngine, SGLangEngineConfig
 
     return SGLangEngine(
         SGLangEngineConfig(
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from agentrl.models import resolve_model
     from agentrl.rollout.controller import RolloutConfig, RolloutController
     from agentrl.rollout.groups import run_groups
-    from agentrl.rollout.trajectory import save_jsonl
+    from agentrl.types import save_jsonl
 
     env_kwargs: dict[str, Any] = {"split": args.split}
     if args.max_turns is not None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from agentrl.cli.dataclass_args import add_dataclass_args, build_dataclass, compact_help_formatter
 from agentrl.errors import AgentRLError
-from agentrl.trainer.train_config import TrainConfig
+from agentrl.run.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 SGLANG_PREFIX = "--sglang-"
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from ray.exceptions import RayActorError
 
-    from agentrl.trainer.loop import train
+    from agentrl.run.loop import train
 
     try:
         result = train(config)

@@ -27,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agentrl.rollout.trajectory import load_jsonl
+    from agentrl.types import load_jsonl
     from agentrl.rollout.view import render_html
 
     trajectories = [t for _, t in zip(range(args.limit), load_jsonl(args.file), strict=False)]

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from agentrl.envs.base import Task, ToolEnv, TurnResult
-from agentrl.envs.spaces import Message
+from agentrl.types import Message
 from agentrl.errors import ConfigError
 from agentrl.tools.parsers import HermesParser, ParseError, TagParser
 from agentrl.tools.python_tool import make_python_tool

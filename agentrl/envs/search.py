@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from agentrl.envs.base import Task, ToolEnv, TurnResult
-from agentrl.envs.spaces import Message
+from agentrl.types import Message
 from agentrl.errors import ConfigError
 from agentrl.tools.parsers import ParseError, TagParser
 from agentrl.tools.retrieval.base import Retriever, format_docs

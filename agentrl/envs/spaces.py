@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-Message = dict[str, Any]
-"""A chat message: ``{"role": str, "content": str}`` (plus optional keys such as ``tool_call_id``)."""
+from agentrl.types import Message
+
 
 ROLES = ("system", "user", "assistant", "tool")
 

@@ -28,11 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from agentrl.envs.spaces import Message
+from agentrl.types import Message
 from agentrl.errors import ConfigError
-from agentrl.rollout.engine import Engine, GenerateOutput, SamplingParams
+from agentrl.engines.base import Engine, GenerateOutput, SamplingParams
 from agentrl.rollout.tokenize import Conversation
-from agentrl.rollout.trajectory import Status, Trajectory
+from agentrl.types import Status, Trajectory
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class _EpisodeEnd(Exception):
 
 
 class RolloutController:
-    """Runs multi-turn episodes against an :class:`~agentrl.rollout.engine.Engine`.
+    """Runs multi-turn episodes against an :class:`~agentrl.engines.base.Engine`.
 
     Example::
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from agentrl.errors import ConfigError
 from agentrl.rollout.controller import RolloutController
-from agentrl.rollout.trajectory import Status, Trajectory
+from agentrl.types import Status, Trajectory
 
 Group = list[Trajectory]
 

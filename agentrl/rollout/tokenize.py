@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentrl.envs.spaces import Message
+from agentrl.types import Message
 from agentrl.tools.render import prepare_chat
 
 _BASE: list[Message] = [{"role": "user", "content": "agentrl-base-user"}]

@@ -30,7 +30,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from agentrl.envs.spaces import Message
+from agentrl.types import Message
 from agentrl.tools.schema import JSONSchema, Tool
 
 _PROBE_MESSAGES: list[Message] = [{"role": "user", "content": "ping"}]

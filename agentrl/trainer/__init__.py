@@ -1,0 +1,1 @@
+"""The RL algorithm: advantages, losses, KL, batches, backends (torch, Megatron) and checkpoints."""

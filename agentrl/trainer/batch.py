@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from agentrl.rollout.trajectory import Status, Trajectory
+from agentrl.types import Status, Trajectory
 from agentrl.trainer.advantages import compute_advantages
 from agentrl.trainer.backend import TrainBatch
 from agentrl.trainer.config import AlgorithmConfig

@@ -18,10 +18,10 @@ from transformers import AutoModelForCausalLM
 
 from agentrl.models import make_tiny_gpt2
 from agentrl.rollout.controller import RolloutConfig, RolloutController
-from agentrl.rollout.embedded_engine import EmbeddedEngine, EmbeddedEngineConfig
-from agentrl.rollout.engine import SamplingParams
+from agentrl.engines.embedded.engine import EmbeddedEngine, EmbeddedEngineConfig
+from agentrl.engines.base import SamplingParams
 from agentrl.rollout.groups import run_groups
-from agentrl.rollout.trajectory import Status
+from agentrl.types import Status
 
 ENGINE_KINDS = ["embedded"]
 

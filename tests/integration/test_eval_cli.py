@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from agentrl.models import make_tiny_gpt2
-from agentrl.rollout.trajectory import load_jsonl
-from agentrl.trainer.evaluate import pass_at_k
+from agentrl.types import load_jsonl
+from agentrl.eval.evaluate import pass_at_k
 
 
 @pytest.fixture(scope="module")

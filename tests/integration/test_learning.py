@@ -18,9 +18,9 @@ import tiny_envs
 
 from agentrl.models import make_tiny_gpt2
 from agentrl.trainer.config import OptimizerConfig
-from agentrl.trainer.loop import train
-from agentrl.trainer.metrics import read_metrics
-from agentrl.trainer.train_config import TrainConfig
+from agentrl.run.loop import train
+from agentrl.run.metrics import read_metrics
+from agentrl.run.train_config import TrainConfig
 
 ROLLOUTS = 10
 MARGIN = 0.05

@@ -16,9 +16,9 @@ import pytest
 
 from agentrl.errors import ConfigError
 from agentrl.models import make_tiny_gpt2
-from agentrl.rollout.engine import SamplingParams
-from agentrl.trainer.placement import NCCL_SAFE_ENV, PlacedActors, plan_placement
-from agentrl.trainer.train_config import TrainConfig
+from agentrl.engines.base import SamplingParams
+from agentrl.run.placement import NCCL_SAFE_ENV, PlacedActors, plan_placement
+from agentrl.run.train_config import TrainConfig
 
 ray = pytest.importorskip("ray")
 
@@ -59,8 +59,8 @@ def test_plans() -> None:
 
 
 def _start(mode: str, tiny_model: Path) -> PlacedActors:
-    from agentrl.trainer.actors import EngineWorker, TrainerWorker
-    from agentrl.trainer.placement import create_placement_group, start_engines, start_trainer_ranks
+    from agentrl.run.actors import EngineWorker, TrainerWorker
+    from agentrl.run.placement import create_placement_group, start_engines, start_trainer_ranks
 
     config = TrainConfig(model=str(tiny_model), num_gpus=2, placement=mode, num_cpus=1)  # type: ignore[arg-type]
     plan = plan_placement(config.placement, config.num_gpus, config.trainer_gpus)
@@ -168,8 +168,8 @@ class _RecordingSGLang(BaseHTTPRequestHandler):
 
 
 def test_sglang_release_and_resume_requests() -> None:
-    from agentrl.rollout.sglang_engine import SGLangEngine, SGLangEngineConfig
-    from agentrl.trainer.engine_memory import set_engine_memory
+    from agentrl.engines.sglang.engine import SGLangEngine, SGLangEngineConfig
+    from agentrl.engines.memory import set_engine_memory
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), _RecordingSGLang)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from agentrl.models import make_tiny_gpt2
-from agentrl.rollout.trajectory import load_jsonl
+from agentrl.types import load_jsonl
 
 HERE = Path(__file__).resolve().parent
 # Runs the CLI with the letter env from tiny_envs (importable here, shipped to Ray workers by value).
@@ -27,7 +27,7 @@ DRIVER = """
 import functools, sys
 import ray, tiny_envs
 from agentrl.cli import main
-from agentrl.trainer import loop
+from agentrl.run import loop
 ray.cloudpickle.register_pickle_by_value(tiny_envs)
 train = loop.train
 loop.train = lambda config: train(config, env_factory=functools.partial(tiny_envs.LetterEnv, num_tasks=10))

@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from agentrl.cli import main
 from agentrl.models import make_tiny_gpt2
-from agentrl.rollout.trajectory import Status, load_jsonl
+from agentrl.types import Status, load_jsonl
 
 
 def test_rollout_then_view(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,8 +17,8 @@ from transformers import AutoTokenizer
 import agentrl
 from agentrl.models import resolve_model
 from agentrl.rollout.controller import RolloutConfig, RolloutController
-from agentrl.rollout.engine import GenerateOutput, SamplingParams
-from agentrl.rollout.trajectory import Status
+from agentrl.engines.base import GenerateOutput, SamplingParams
+from agentrl.types import Status
 from agentrl.tools.sandbox import SandboxConfig
 from agentrl.tools.sandbox.engine import connect
 

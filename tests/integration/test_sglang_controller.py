@@ -24,9 +24,9 @@ from transformers import AutoTokenizer, GPT2LMHeadModel
 from agentrl.models import make_tiny_gpt2
 from agentrl.rollout.controller import RolloutConfig, RolloutController
 from agentrl.rollout.groups import run_groups
-from agentrl.rollout.sglang_engine import SGLangEngine, SGLangEngineConfig
-from agentrl.rollout.sglang_launcher import CPU_SERVER_ARGS, SGLangServerProcess, free_port
-from agentrl.rollout.trajectory import Status, Trajectory
+from agentrl.engines.sglang.engine import SGLangEngine, SGLangEngineConfig
+from agentrl.engines.sglang.launcher import CPU_SERVER_ARGS, SGLangServerProcess, free_port
+from agentrl.types import Status, Trajectory
 
 SCRIPT = [
     ScriptTurn("", observation=[{"role": "tool", "content": "Doc 1: Lima is the capital of Peru."}]),

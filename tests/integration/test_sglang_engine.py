@@ -19,9 +19,9 @@ from transformers import AutoTokenizer, GPT2LMHeadModel
 
 from agentrl.errors import ConfigError
 from agentrl.models import make_tiny_gpt2
-from agentrl.rollout.engine import Engine, SamplingParams
-from agentrl.rollout.sglang_engine import SGLangEngine, SGLangEngineConfig
-from agentrl.rollout.sglang_launcher import CPU_SERVER_ARGS, find_sglang_python
+from agentrl.engines.base import Engine, SamplingParams
+from agentrl.engines.sglang.engine import SGLangEngine, SGLangEngineConfig
+from agentrl.engines.sglang.launcher import CPU_SERVER_ARGS, find_sglang_python
 
 LOGPROB_TOL = 1e-3
 

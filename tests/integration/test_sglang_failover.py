@@ -19,9 +19,9 @@ from transformers import AutoTokenizer
 
 from agentrl.errors import ConfigError, EngineError
 from agentrl.models import make_tiny_gpt2
-from agentrl.rollout.engine import GenerateOutput, SamplingParams
-from agentrl.rollout.sglang_engine import SGLangEngine, SGLangEngineConfig
-from agentrl.rollout.sglang_launcher import CPU_SERVER_ARGS, SGLangServerProcess, find_sglang_python
+from agentrl.engines.base import GenerateOutput, SamplingParams
+from agentrl.engines.sglang.engine import SGLangEngine, SGLangEngineConfig
+from agentrl.engines.sglang.launcher import CPU_SERVER_ARGS, SGLangServerProcess, find_sglang_python
 
 
 def _sigkill(process: SGLangServerProcess | None) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agentrl.models import make_tiny_gpt2
-from agentrl.trainer.metrics import read_metrics
+from agentrl.run.metrics import read_metrics
 
 
 @pytest.fixture(scope="module")

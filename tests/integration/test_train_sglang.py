@@ -12,12 +12,12 @@ import ray
 import tiny_envs
 
 from agentrl.models import make_tiny_gpt2
-from agentrl.rollout.sglang_launcher import CPU_SERVER_ARGS, find_sglang_python
-from agentrl.rollout.trajectory import load_jsonl
+from agentrl.engines.sglang.launcher import CPU_SERVER_ARGS, find_sglang_python
+from agentrl.types import load_jsonl
 from agentrl.trainer.config import OptimizerConfig
-from agentrl.trainer.loop import train
-from agentrl.trainer.metrics import read_metrics
-from agentrl.trainer.train_config import TrainConfig
+from agentrl.run.loop import train
+from agentrl.run.metrics import read_metrics
+from agentrl.run.train_config import TrainConfig
 
 
 def _sglang_python() -> str:

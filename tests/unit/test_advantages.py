@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentrl.errors import ConfigError
-from agentrl.rollout.trajectory import Status, Trajectory
+from agentrl.types import Status, Trajectory
 from agentrl.trainer.advantages import compute_advantages
 from agentrl.trainer.batch import trajectories_to_batch
 from agentrl.trainer.config import AlgorithmConfig

@@ -15,9 +15,9 @@ from agentrl.envs.base import Task
 from agentrl.errors import EngineError, SandboxError
 from agentrl.models import make_tiny_gpt2
 from agentrl.rollout.controller import RolloutConfig, RolloutController
-from agentrl.rollout.engine import GenerateOutput, SamplingParams
+from agentrl.engines.base import GenerateOutput, SamplingParams
 from agentrl.rollout.groups import has_signal, run_groups, sample_groups
-from agentrl.rollout.trajectory import Status
+from agentrl.types import Status
 
 SCRIPT = [
     ScriptTurn("look</call>", end="stop", observation=[{"role": "tool", "content": "found"}]),
@@ -186,7 +186,7 @@ def test_rollout_config_validation() -> None:
 
 
 def test_trajectories_round_trip_jsonl(tok: Any, tmp_path: Path) -> None:
-    from agentrl.rollout.trajectory import load_jsonl, save_jsonl
+    from agentrl.types import load_jsonl, save_jsonl
 
     traj = run(
         RolloutController(LoopingEngine(tok, SCRIPT), tok).run_episode(ScriptedEnv(SCRIPT), task_id="t0")

@@ -23,7 +23,7 @@ from transformers import AutoTokenizer
 
 from agentrl.models import make_tiny_gpt2, resolve_model
 from agentrl.rollout.controller import RolloutConfig, RolloutController
-from agentrl.rollout.trajectory import Status, Trajectory
+from agentrl.types import Status, Trajectory
 from agentrl.tools.render import render_prompt
 
 _TOKENIZERS: dict[str, Any] = {}

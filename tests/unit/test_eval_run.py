@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from agentrl.errors import ConfigError
-from agentrl.trainer.eval_run import comparison_lines, plan_from_run, run_reference
-from agentrl.trainer.evaluate import EvalConfig, make_plan
+from agentrl.eval.compare_run import comparison_lines, plan_from_run, run_reference
+from agentrl.eval.evaluate import EvalConfig, make_plan
 
 
 def write_run(root: Path, config: dict, metrics: list[str], export: bool = True) -> Path:  # type: ignore[type-arg]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from agentrl.rollout.kv_cache import KV, DecodeBatch, PrefixStore
+from agentrl.engines.embedded.kv_cache import KV, DecodeBatch, PrefixStore
 
 LAYERS, HEADS, DIM = 2, 2, 3
 

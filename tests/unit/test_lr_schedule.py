@@ -8,7 +8,7 @@ import pytest
 
 from agentrl.errors import ConfigError
 from agentrl.trainer.config import OptimizerConfig
-from agentrl.trainer.train_config import TrainConfig
+from agentrl.run.train_config import TrainConfig
 
 
 def test_warmup_then_constant() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from agentrl.rollout.engine import SamplingParams
-from agentrl.rollout.sampling import inverse_cdf, sample_tokens
+from agentrl.engines.base import SamplingParams
+from agentrl.engines.embedded.sampling import inverse_cdf, sample_tokens
 
 
 def test_inverse_cdf_follows_the_distribution_and_skips_zero_mass() -> None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 
 from agentrl.errors import ConfigError, EngineError
-from agentrl.rollout import sglang_protocol as proto
-from agentrl.rollout.engine import SamplingParams
-from agentrl.rollout.sglang_engine import SGLangEngineConfig
-from agentrl.rollout.sglang_launcher import SGLangServerProcess, find_sglang_python, free_port
+from agentrl.engines.sglang import protocol as proto
+from agentrl.engines.base import SamplingParams
+from agentrl.engines.sglang.engine import SGLangEngineConfig
+from agentrl.engines.sglang.launcher import SGLangServerProcess, find_sglang_python, free_port
 
 RECORDED = {
     "text": "do Paris",

@@ -10,11 +10,11 @@ import pytest
 
 from agentrl.cli.dataclass_args import add_dataclass_args, build_dataclass, compact_help_formatter, field_docs
 from agentrl.errors import CheckpointError, ConfigError
-from agentrl.rollout.trajectory import Status, Trajectory
+from agentrl.types import Status, Trajectory
 from agentrl.trainer.config import OptimizerConfig
-from agentrl.trainer.metrics import read_metrics, rollout_metrics, summarize
-from agentrl.trainer.task_sampler import TaskSampler
-from agentrl.trainer.train_config import LAPTOP_LR, TrainConfig
+from agentrl.run.metrics import read_metrics, rollout_metrics, summarize
+from agentrl.run.task_sampler import TaskSampler
+from agentrl.run.train_config import LAPTOP_LR, TrainConfig
 
 
 def _parser() -> tuple[argparse.ArgumentParser, list]:

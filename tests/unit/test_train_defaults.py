@@ -8,12 +8,12 @@ import pytest
 
 from agentrl.envs.registry import make
 from agentrl.envs.search import SearchEnv
-from agentrl.rollout.trajectory import Status, Trajectory
-from agentrl.trainer.actors import Actors
+from agentrl.types import Status, Trajectory
+from agentrl.run.actors import Actors
 from agentrl.trainer.config import AlgorithmConfig
-from agentrl.trainer.metrics import rollout_metrics, summarize
-from agentrl.trainer.run import Run
-from agentrl.trainer.train_config import LAPTOP_ENV_KWARGS, TrainConfig
+from agentrl.run.metrics import rollout_metrics, summarize
+from agentrl.run.run import Run
+from agentrl.run.train_config import LAPTOP_ENV_KWARGS, TrainConfig
 
 SEARCH_PRESET = {"hops": 1, "structure_format_score": 0.2, "final_format_score": 0.1, "retrieval_score": 0.1}
 

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from agentrl.errors import ConfigError
+from agentrl.tools.retrieval.base import PACKAGED_CORPUS
 
 DATA_DIR = Path(__file__).parent
-CORPUS_PATH = DATA_DIR / "corpus.jsonl.gz"
+CORPUS_PATH = PACKAGED_CORPUS
 TASKS_PATH = DATA_DIR / "tasks.jsonl.gz"
 SPLITS = ("train", "test", "heldout")
 

@@ -19,6 +19,9 @@ from typing import Any
 
 from agentrl.errors import ConfigError
 
+PACKAGED_CORPUS = Path(__file__).parent / "corpus.jsonl.gz"
+"""The offline corpus that ``agentrl/Search-v0`` retrieves from (8k documents; see docs/search.md)."""
+
 
 @dataclass(frozen=True)
 class Doc:
@@ -98,9 +101,7 @@ def iter_corpus(path: str | Path) -> Iterator[Doc]:
 def read_corpus(path: str | Path | None = None) -> list[Doc]:
     """All documents of ``path`` (default: the packaged offline corpus of ``agentrl/Search-v0``)."""
     if path is None:
-        from agentrl.envs.search_data import CORPUS_PATH
-
-        path = CORPUS_PATH
+        path = PACKAGED_CORPUS
     docs = list(iter_corpus(path))
     if not docs:
         raise ConfigError(f"corpus file {path} has no documents")

@@ -33,7 +33,7 @@ from agentrl.tools.retrieval.base import Doc
 from agentrl.tools.retrieval.bm25 import cache_root
 
 if TYPE_CHECKING:
-    from agentrl.tools.retrieval.dense import Encoder, EncoderSpec
+    from agentrl.tools.retrieval.encoder import Encoder, EncoderSpec
 
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
@@ -120,7 +120,7 @@ def build_index(
     docs: Sequence[Doc], encoder: Encoder, out: Path, *, progress: bool = True, chunk: int = 1024
 ) -> Manifest:
     """Embed ``docs`` in batches, write ``index.faiss`` + ``manifest.json`` into ``out`` atomically."""
-    from agentrl.tools.retrieval.dense import import_faiss, passage_text
+    from agentrl.tools.retrieval.encoder import import_faiss, passage_text
 
     faiss = import_faiss()
     from tqdm import tqdm
@@ -153,7 +153,7 @@ def build_index(
 
 def load_index(path: Path, digest: str, count: int, encoder: Encoder) -> Any:
     """The FAISS index in ``path``, after checking that it matches the corpus and the encoder."""
-    from agentrl.tools.retrieval.dense import import_faiss
+    from agentrl.tools.retrieval.encoder import import_faiss
 
     m = check_manifest(path, digest, count, encoder.spec)
     if m.dim != encoder.dim:
@@ -166,7 +166,7 @@ def load_index(path: Path, digest: str, count: int, encoder: Encoder) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     from agentrl.tools.retrieval.base import read_corpus
-    from agentrl.tools.retrieval.dense import PACKAGED_ENCODER, Encoder, EncoderSpec
+    from agentrl.tools.retrieval.encoder import PACKAGED_ENCODER, Encoder, EncoderSpec
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

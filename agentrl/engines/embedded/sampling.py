@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from agentrl.rollout.engine import SamplingParams
+from agentrl.engines.base import SamplingParams
 
 
 def filter_top_k_top_p(probs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:

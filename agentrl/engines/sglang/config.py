@@ -1,11 +1,11 @@
-"""Configuration of :class:`~agentrl.rollout.sglang_engine.SGLangEngine` (launch or connect, budgets)."""
+"""Configuration of :class:`~agentrl.engines.sglang.engine.SGLangEngine` (launch or connect, budgets)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from agentrl.errors import ConfigError
-from agentrl.rollout import sglang_protocol as proto
+from agentrl.engines.sglang import protocol as proto
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""`Trajectory`: one flat record per episode, exactly the tokens the engine consumed and produced."""
+"""The records every layer shares: ``Message`` (a chat message), ``Trajectory`` (one episode, exactly the
+tokens the engine consumed and produced) and its ``Status``. Imports nothing of agentrl."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+Message = dict[str, Any]
+"""A chat message: ``{"role": str, "content": str}`` (plus optional keys such as ``tool_call_id``)."""
 
 
 class Status(StrEnum):

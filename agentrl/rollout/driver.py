@@ -2,7 +2,7 @@
 
 It is a plain class (the train loop wraps it in a Ray actor; ``agentrl eval`` uses it in-process). Task
 keys are ``"<entry>:<task id>"`` strings, ``<entry>`` being the index of the env spec (one for ``--env``,
-one per suite entry), so one :class:`~agentrl.trainer.task_sampler.TaskSampler` orders tasks across a
+one per suite entry), so one :class:`~agentrl.run.task_sampler.TaskSampler` orders tasks across a
 whole suite.
 
 Sampling seeds are a pure function of (run seed, step, task key, sample index): a resumed run samples
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from agentrl.errors import ConfigError
-from agentrl.rollout.engine import Engine
-from agentrl.rollout.trajectory import Trajectory
+from agentrl.engines.base import Engine
+from agentrl.types import Trajectory
 
 EnvFactory = Callable[..., Any]
 """Builds an env from keyword arguments (``split``, ``max_turns``, the spec's kwargs); tests pass a class."""
@@ -165,8 +165,8 @@ class RolloutManager:
 
     def engine_memory(self, action: str) -> None:
         """Colocated placement: the engine releases (``"release"``) or takes back (``"resume"``) its GPU
-        memory around a train step (see :mod:`agentrl.trainer.engine_memory`)."""
-        from agentrl.trainer.engine_memory import set_engine_memory
+        memory around a train step (see :mod:`agentrl.engines.memory`)."""
+        from agentrl.engines.memory import set_engine_memory
 
         if action not in ("release", "resume"):
             raise ValueError(f"engine_memory action must be 'release' or 'resume', got {action!r}")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agentrl.rollout.trajectory import Status, Trajectory, save_jsonl
+from agentrl.types import Status, Trajectory, save_jsonl
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -1,9 +1,9 @@
 """The train loop: generate -> advantages -> train -> sync weights -> eval -> checkpoint.
 
 This file is meant to be read top to bottom in a minute. The pieces it calls live elsewhere: the actors
-and their set-up in :mod:`agentrl.trainer.run` / :mod:`agentrl.trainer.actors`, the rollout manager in
-:mod:`agentrl.trainer.rollout_manager`, advantages and losses in the backend's ``train_step``, metrics in
-:mod:`agentrl.trainer.metrics`.
+and their set-up in :mod:`agentrl.run.run` / :mod:`agentrl.run.actors`, the rollout manager in
+:mod:`agentrl.rollout.driver`, advantages and losses in the backend's ``train_step``, metrics in
+:mod:`agentrl.run.metrics`.
 
 Run it with ``agentrl train --env search --max-turns 5`` (see ``agentrl train --help``).
 """
@@ -17,10 +17,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from agentrl.trainer.metrics import dump_rollouts, plot_curves, read_metrics, summarize
-from agentrl.trainer.rollout_manager import EnvFactory
-from agentrl.trainer.run import Run
-from agentrl.trainer.train_config import TrainConfig
+from agentrl.run.metrics import dump_rollouts, plot_curves, read_metrics, summarize
+from agentrl.rollout.driver import EnvFactory
+from agentrl.run.run import Run
+from agentrl.run.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """One training run's moving parts, behind the few verbs the train loop uses.
 
 :class:`Run` owns the log folder, the Ray actors (trainer, engine, rollout manager), the task sampler
-and the metrics logger; :func:`agentrl.trainer.loop.train` only calls ``generate``, ``train``,
+and the metrics logger; :func:`agentrl.run.loop.train` only calls ``generate``, ``train``,
 ``sync_weights``, ``evaluate``, ``checkpoint`` and ``export_hf`` on it.
 """
 
@@ -19,12 +19,12 @@ from typing import Any
 
 from agentrl.cli.dataclass_args import config_to_dict
 from agentrl.errors import CheckpointError, ConfigError
-from agentrl.rollout.trajectory import Trajectory, load_jsonl
-from agentrl.trainer.actors import Actors, create_actors
-from agentrl.trainer.metrics import MetricsLogger, dump_rollouts, rollout_metrics
-from agentrl.trainer.rollout_manager import EnvFactory, GenerationSettings
-from agentrl.trainer.task_sampler import TaskSampler
-from agentrl.trainer.train_config import TrainConfig
+from agentrl.types import Trajectory, load_jsonl
+from agentrl.run.actors import Actors, create_actors
+from agentrl.run.metrics import MetricsLogger, dump_rollouts, rollout_metrics
+from agentrl.rollout.driver import EnvFactory, GenerationSettings
+from agentrl.run.task_sampler import TaskSampler
+from agentrl.run.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 

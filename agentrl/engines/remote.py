@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from agentrl.rollout.engine import GenerateOutput, SamplingParams
-from agentrl.trainer.train_config import TrainConfig
+from agentrl.engines.base import GenerateOutput, SamplingParams
+from agentrl.run.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class EngineWorker:
     """Hosts an embedded engine; ``generate`` calls from the rollout manager run concurrently here."""
 
     def __init__(self, model_path: str, num_cpus: int | None, seed: int) -> None:
-        from agentrl.rollout.embedded_engine import EmbeddedEngine, EmbeddedEngineConfig
+        from agentrl.engines.embedded.engine import EmbeddedEngine, EmbeddedEngineConfig
 
         set_threads(num_cpus)
         self.engine = EmbeddedEngine(model_path, EmbeddedEngineConfig(seed=seed))
@@ -59,7 +59,7 @@ class EngineWorker:
         await self.engine.close()
 
     def placement_info(self) -> dict[str, Any]:
-        from agentrl.trainer.placement import where_am_i
+        from agentrl.run.placement import where_am_i
 
         return where_am_i()
 
@@ -68,13 +68,13 @@ class EngineWorker:
 
     async def release_memory(self) -> int:
         """Colocated: stop generating and move the model off the GPU; bytes freed."""
-        from agentrl.trainer.engine_memory import offload_embedded
+        from agentrl.engines.memory import offload_embedded
 
         await self.engine.pause()
         return await asyncio.to_thread(offload_embedded, self.engine)
 
     async def resume_memory(self) -> None:
-        from agentrl.trainer.engine_memory import reload_embedded
+        from agentrl.engines.memory import reload_embedded
 
         await asyncio.to_thread(reload_embedded, self.engine)
         await self.engine.resume()
@@ -82,7 +82,7 @@ class EngineWorker:
     async def join_weight_group(
         self, address: str, port: int, rank: int, world_size: int, backend: str
     ) -> None:
-        from agentrl.trainer.weight_broadcast import join_weight_group
+        from agentrl.engines.weight_transport import join_weight_group
 
         self._weight_group = await asyncio.to_thread(
             join_weight_group, address, port, rank=rank, world_size=world_size, backend=backend
@@ -90,7 +90,7 @@ class EngineWorker:
 
     async def receive_weights(self, metas: list[Any], version: int) -> None:
         """Disaggregated sync: receive the trainer's broadcast, then load it between batches."""
-        from agentrl.trainer.weight_broadcast import receive_weights
+        from agentrl.engines.weight_transport import receive_weights
 
         device = self.engine.device if self._weight_group_backend() == "nccl" else "cpu"
         state = await asyncio.to_thread(receive_weights, metas, self._weight_group, device=device)
@@ -103,7 +103,7 @@ class EngineWorker:
 
 
 class RemoteEngine:
-    """The :class:`~agentrl.rollout.engine.Engine` protocol over an :class:`EngineWorker` actor handle."""
+    """The :class:`~agentrl.engines.base.Engine` protocol over an :class:`EngineWorker` actor handle."""
 
     def __init__(self, actor: Any) -> None:
         self.actor = actor
@@ -184,7 +184,7 @@ class RemoteEngines:
 
 async def start_sglang_engine(config: TrainConfig, model_path: str, log_dir: str) -> Any:
     """Launch (or connect to) the SGLang servers of ``config``; called inside the rollout manager."""
-    from agentrl.rollout.sglang_engine import SGLangEngine, SGLangEngineConfig
+    from agentrl.engines.sglang.engine import SGLangEngine, SGLangEngineConfig
 
     engine_config = SGLangEngineConfig(
         model_path=model_path,

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agentrl.errors import ConfigError
-from agentrl.rollout.trajectory import Trajectory, save_jsonl
-from agentrl.trainer.eval_run import RUN_DECIDES, EvalPlan, plan_from_run, run_comparison
+from agentrl.types import Trajectory, save_jsonl
+from agentrl.eval.compare_run import RUN_DECIDES, EvalPlan, plan_from_run, run_comparison
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -200,7 +200,7 @@ class EvalConfig:
 
 def plan_from_flags(config: EvalConfig) -> EvalPlan:
     """The plan of ``--suite`` (each entry's own split and episodes) or of ``--env`` with ``--split``."""
-    from agentrl.trainer.rollout_manager import EnvSpec, env_specs
+    from agentrl.rollout.driver import EnvSpec, env_specs
 
     if config.suite:
         specs = env_specs(config.env, config.suite, "", config.env_kwargs)
@@ -234,10 +234,10 @@ def make_plan(config: EvalConfig, given: frozenset[str] = frozenset()) -> EvalPl
 
 def _engine(config: EvalConfig, model_path: Path) -> Any:
     if config.engine == "embedded":
-        from agentrl.rollout.embedded_engine import EmbeddedEngine
+        from agentrl.engines.embedded.engine import EmbeddedEngine
 
         return EmbeddedEngine(str(model_path))
-    from agentrl.rollout.sglang_engine import SGLangEngine, SGLangEngineConfig
+    from agentrl.engines.sglang.engine import SGLangEngine, SGLangEngineConfig
 
     async def start() -> Any:
         sglang = SGLangEngineConfig(
@@ -253,7 +253,7 @@ def run_eval(config: EvalConfig, plan: EvalPlan | None = None) -> tuple[list[Env
     from tqdm import tqdm
 
     from agentrl.models import resolve_model
-    from agentrl.trainer.rollout_manager import GenerationSettings, RolloutManager
+    from agentrl.rollout.driver import GenerationSettings, RolloutManager
 
     plan = plan or make_plan(config)
     model_path = resolve_model(plan.model)

@@ -3,11 +3,11 @@
 Three actors, one process each, so that a run scales from a laptop to a cluster without code changes:
 
 * :class:`TrainerWorker` holds the training backend (torch or Megatron): train steps, weights, checkpoints.
-* :class:`~agentrl.trainer.engine_actors.EngineWorker` holds an :class:`~agentrl.rollout.embedded_engine.EmbeddedEngine` and serves
+* :class:`~agentrl.engines.remote.EngineWorker` holds an :class:`~agentrl.engines.embedded.engine.EmbeddedEngine` and serves
   ``generate`` concurrently (an async actor, so concurrent requests batch inside the engine).
   SGLang engines need no actor: their servers are already processes, driven over HTTP by the
   rollout manager.
-* :class:`~agentrl.trainer.rollout_manager.RolloutManager` runs the multi-turn controller over envs.
+* :class:`~agentrl.rollout.driver.RolloutManager` runs the multi-turn controller over envs.
 
 Actors are created with ``max_restarts=0`` on purpose (RELIABILITY F24): a restarted trainer would
 have lost its optimizer state, so a dead actor must surface as an exception in the driver, which
@@ -29,15 +29,15 @@ from typing import Any
 import torch
 
 from agentrl.errors import ConfigError
-from agentrl.rollout.trajectory import Trajectory
-from agentrl.trainer.engine_actors import (
+from agentrl.types import Trajectory
+from agentrl.engines.remote import (
     EngineWorker,
     RemoteEngine,
     RemoteEngines,
     set_threads,
     start_sglang_engine,
 )
-from agentrl.trainer.placement import (
+from agentrl.run.placement import (
     PlacedActors,
     TrainerGroup,
     create_placement_group,
@@ -45,7 +45,7 @@ from agentrl.trainer.placement import (
     start_engines,
     start_trainer_ranks,
 )
-from agentrl.trainer.train_config import TrainConfig
+from agentrl.run.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -162,32 +162,32 @@ class TrainerWorker:
         return load_latest(Path(root), self.backend)
 
     def placement_info(self) -> dict[str, Any]:
-        from agentrl.trainer.placement import where_am_i
+        from agentrl.run.placement import where_am_i
 
         return where_am_i()
 
     def weight_group_address(self) -> tuple[str, int, str]:
         """Host, free port and backend of the weight-broadcast group this rank (0) will host."""
-        from agentrl.trainer.placement import rendezvous_address
-        from agentrl.trainer.weight_broadcast import default_backend
+        from agentrl.run.placement import rendezvous_address
+        from agentrl.engines.weight_transport import default_backend
 
         return (*rendezvous_address(), default_backend())
 
     def join_weight_group(self, address: str, port: int, world_size: int, backend: str) -> None:
         """Rank 0 of the trainer becomes rank 0 of the group the engines receive weights on."""
-        from agentrl.trainer.weight_broadcast import join_weight_group
+        from agentrl.engines.weight_transport import join_weight_group
 
         self._weight_group = join_weight_group(address, port, rank=0, world_size=world_size, backend=backend)
 
     def weight_metas(self) -> list[Any]:
-        from agentrl.trainer.weight_broadcast import tensor_metas
+        from agentrl.engines.weight_transport import tensor_metas
 
         return tensor_metas(self.backend.hf_state_dict())
 
     def broadcast_weights(self) -> float:
         """Send the HF-named weights over the weight group (rank 0); other ranks only help gather
         TP shards. Seconds taken."""
-        from agentrl.trainer.weight_broadcast import send_weights
+        from agentrl.engines.weight_transport import send_weights
 
         named = self.backend.hf_state_dict()
         group = getattr(self, "_weight_group", None)
@@ -231,7 +231,7 @@ def create_actors(config: TrainConfig, model_path: Path, env_factory: Any, log_d
     """Start Ray (if needed) and the actors ``config`` calls for; write their pids to ``actors.json``."""
     import ray
 
-    from agentrl.trainer.rollout_manager import RolloutManager, env_specs
+    from agentrl.rollout.driver import RolloutManager, env_specs
 
     init_ray(config)
     options = {"num_cpus": 0, "max_restarts": 0}

@@ -1,4 +1,4 @@
-"""`SGLangEngine`: the production :class:`~agentrl.rollout.engine.Engine`, SGLang servers over HTTP.
+"""`SGLangEngine`: the production :class:`~agentrl.engines.base.Engine`, SGLang servers over HTTP.
 
 It either launches ``num_servers`` SGLang servers (each its own process group, in SGLang's own venv) or
 connects to running servers / a router given by URL, and speaks SGLang's native API with httpx.
@@ -33,11 +33,11 @@ from typing import Any
 import httpx
 
 from agentrl.errors import EngineError
-from agentrl.rollout import sglang_protocol as proto
-from agentrl.rollout.engine import GenerateOutput, SamplingParams
-from agentrl.rollout.sglang_config import SGLangEngineConfig
-from agentrl.rollout.sglang_health import _TRANSIENT, ServerHealth, _Server, _ServerFailed
-from agentrl.rollout.sglang_launcher import (
+from agentrl.engines.sglang import protocol as proto
+from agentrl.engines.base import GenerateOutput, SamplingParams
+from agentrl.engines.sglang.config import SGLangEngineConfig
+from agentrl.engines.sglang.health import _TRANSIENT, ServerHealth, _Server, _ServerFailed
+from agentrl.engines.sglang.launcher import (
     SGLangServerProcess,
     agentrl_cache_dir,
     find_sglang_python,
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 
 class SGLangEngine(ServerHealth):
-    """SGLang servers behind the :class:`~agentrl.rollout.engine.Engine` protocol."""
+    """SGLang servers behind the :class:`~agentrl.engines.base.Engine` protocol."""
 
     def __init__(self, config: SGLangEngineConfig) -> None:
         self.config = config

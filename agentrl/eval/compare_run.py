@@ -1,6 +1,6 @@
 """Evaluating a finished training run the way it evaluated itself (``agentrl eval --run RUN``).
 
-A run's ``config.json`` (the resolved :class:`~agentrl.trainer.train_config.TrainConfig`) fixes what its
+A run's ``config.json`` (the resolved :class:`~agentrl.run.train_config.TrainConfig`) fixes what its
 in-training evaluation ran: the env or suite with its kwargs, the eval split, the first
 ``eval_episodes`` task keys (interleaved across suite entries), the turn and token budgets, greedy
 decoding. :func:`plan_from_run` turns that into an :class:`EvalPlan` for the run's exported policy
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from agentrl.errors import ConfigError
-from agentrl.rollout.trajectory import Trajectory, load_jsonl
-from agentrl.trainer.rollout_manager import EnvSpec, env_specs
+from agentrl.types import Trajectory, load_jsonl
+from agentrl.rollout.driver import EnvSpec, env_specs
 
 RUN_DECIDES = frozenset(
     {"env", "suite", "split", "episodes", "max_turns", "max_new_tokens", "max_context", "seed"}
@@ -181,7 +181,7 @@ def comparison_lines(
 
 def run_comparison(run_dir: Path, plan: EvalPlan, trajectories: Sequence[Trajectory]) -> dict[str, Any]:
     """This evaluation next to the run's own last one: metrics, episode agreement, Markdown lines."""
-    from agentrl.trainer.metrics import rollout_metrics
+    from agentrl.run.metrics import rollout_metrics
 
     measured = {
         k: v for k, v in rollout_metrics(trajectories, prefix="").items() if not k.startswith("status_")

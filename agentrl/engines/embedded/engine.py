@@ -3,7 +3,7 @@
 Why: laptops, CI and single small GPUs have no SGLang; RL still needs many concurrent episodes, so
 this engine batches them continuously: a worker thread decodes all running requests together, one
 token per step, and between two steps admits whatever requests have arrived (each prefilled alone,
-then joining the batch; see `agentrl.rollout.kv_cache`) and retires finished rows at once (their
+then joining the batch; see `agentrl.engines.embedded.kv_cache`) and retires finished rows at once (their
 futures resolve and the cache shrinks). A prefix store keeps the KV of each session's last turn and
 of recent prompts, so a multi-turn episode prefills only its new observation ids and the samples of a
 group share their prompt's prefill. The event loop only enqueues and awaits futures, so envs keep
@@ -32,9 +32,9 @@ from typing import Any, Literal
 import torch
 
 from agentrl.errors import ConfigError, EngineError
-from agentrl.rollout.engine import GenerateOutput, SamplingParams
-from agentrl.rollout.kv_cache import KV, DecodeBatch, GrowingLayer, PrefixStore, cache_kv, make_cache
-from agentrl.rollout.sampling import hits_stop_string, sample_tokens
+from agentrl.engines.base import GenerateOutput, SamplingParams
+from agentrl.engines.embedded.kv_cache import KV, DecodeBatch, GrowingLayer, PrefixStore, cache_kv, make_cache
+from agentrl.engines.embedded.sampling import hits_stop_string, sample_tokens
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from agentrl.errors import EngineError
-from agentrl.rollout.engine import GenerateOutput, SamplingParams
+from agentrl.engines.base import GenerateOutput, SamplingParams
 
 PauseMode = Literal["abort", "retract", "in_place"]
 """``/pause_generation`` modes: abort in-flight requests, retract them to the queue, or freeze them."""

@@ -1,4 +1,4 @@
-"""Server health for :class:`~agentrl.rollout.sglang_engine.SGLangEngine`: probes, dead-marking, restarts.
+"""Server health for :class:`~agentrl.engines.sglang.engine.SGLangEngine`: probes, dead-marking, restarts.
 
 Kept apart from request routing: the engine mixes :class:`ServerHealth` in, and this module owns what
 "alive" means (``/health_generate`` answers, the process runs), when a server is given up on
@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 
 from agentrl.errors import EngineError
-from agentrl.rollout.sglang_config import SGLangEngineConfig
-from agentrl.rollout.sglang_launcher import SGLangServerProcess
+from agentrl.engines.sglang.config import SGLangEngineConfig
+from agentrl.engines.sglang.launcher import SGLangServerProcess
 
 log = logging.getLogger(__name__)
 

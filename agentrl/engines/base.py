@@ -1,7 +1,7 @@
 """The inference-engine protocol: token ids in, token ids and logprobs out.
 
-Implementations: :class:`agentrl.rollout.sglang_engine.SGLangEngine` (SGLang servers over HTTP) and
-:class:`agentrl.rollout.embedded_engine.EmbeddedEngine` (in-process transformers model, the CPU default).
+Implementations: :class:`agentrl.engines.sglang.engine.SGLangEngine` (SGLang servers over HTTP) and
+:class:`agentrl.engines.embedded.engine.EmbeddedEngine` (in-process transformers model, the CPU default).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from agentrl.errors import ConfigError
-from agentrl.trainer.train_config import TrainConfig
+from agentrl.run.train_config import TrainConfig
 
 Placement = Literal["colocated", "disaggregated"]
 

@@ -1,0 +1,1 @@
+"""Inference engines behind one protocol: the embedded engine, SGLang, their Ray stand-ins, memory release and weight transport."""

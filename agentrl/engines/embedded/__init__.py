@@ -1,0 +1,1 @@
+"""The embedded engine: in-process generation on transformers models (CPU and CUDA)."""

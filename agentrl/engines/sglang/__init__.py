@@ -1,0 +1,1 @@
+"""SGLang: launching servers, the native HTTP protocol, health checks and restarts."""

@@ -1,0 +1,1 @@
+"""A training run: the loop, Ray actors, placement, task sampling and metrics."""
