@@ -8,12 +8,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from agentrl.envs.base import Task, ToolEnv, TurnResult
-from agentrl.types import Message
 from agentrl.errors import ConfigError
 from agentrl.tools.parsers import HermesParser, ParseError, TagParser
 from agentrl.tools.python_tool import make_python_tool
 from agentrl.tools.sandbox.base import Sandbox
 from agentrl.tools.schema import Tool
+from agentrl.types import Message
 
 TRAIN_GENERATORS = (
     "gsm_symbolic", "basic_arithmetic", "chain_sum", "leg_counting", "products", "decimal_arithmetic",

@@ -5,29 +5,36 @@
   is off because ``agentrl envs check`` runs the full checker on demand.
 * :func:`make` accepts a full id or a short name (``search``, ``python-tool``) that resolves to the
   latest version; an unknown name raises :class:`~agentrl.errors.EnvNotFoundError` with "did you mean".
-* Plugins: installed distributions declare entry points in the group ``agentrl.envs``. They are loaded
-  lazily (on the first lookup) so importing agentrl stays cheap. An entry point is either a callable
-  that calls :func:`register`, or an env class, registered under the entry point's name.
+* :func:`check_env_kwargs` checks constructor keyword arguments against the env's signature without
+  building the env, so a command can reject a typo before it starts Ray or loads a model; :func:`make`
+  runs the same check, so a bad keyword is a :class:`~agentrl.errors.ConfigError`, not a ``TypeError``.
+* Plugins: installed distributions declare entry points in the group ``agentrl.envs``; ``import agentrl``
+  loads them (see docs/envs.md). An entry point named like an id (``mylab/Echo-v0 = "mylab:EchoEnv"``)
+  is registered under that id with its value as a string entry point, without importing the plugin; any
+  other entry point is a callable, imported and called, that calls :func:`register` itself. A plugin
+  that fails is skipped with a warning that names it, and listed in :data:`plugin_errors`.
 
-Built-in envs are a flat list of string entry points, so nothing heavy is imported until ``make``.
+Built-in envs are a flat list of string entry points, so nothing heavy is imported until ``make``:
+``import agentrl`` registers them with Gymnasium, after which ``gymnasium.make("agentrl/Search-v0")``
+works as with any Gymnasium plugin package.
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
-import logging
+import inspect
 import re
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
 import gymnasium as gym
+from gymnasium.envs.registration import load_env_creator
 
 from agentrl.errors import ConfigError, EnvNotFoundError
-
-log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "agentrl.envs"
 _ID = re.compile(r"^(?:(?P<ns>[\w.-]+)/)?(?P<name>[\w.:-]+?)-v(?P<version>\d+)$")
@@ -35,7 +42,11 @@ _ID = re.compile(r"^(?:(?P<ns>[\w.-]+)/)?(?P<name>[\w.:-]+?)-v(?P<version>\d+)$"
 BUILTINS: tuple[tuple[str, str], ...] = (
     ("agentrl/Search-v0", "agentrl.envs.search:SearchEnv"),
     ("agentrl/PythonTool-v0", "agentrl.envs.python_tool:PythonToolEnv"),
+    ("agentrl/Calculator-v0", "agentrl.envs.example:CalculatorEnv"),
 )
+"""Built-in envs as (id, ``"module:Class"``); registered when this module is imported."""
+MAKE_KWARGS = frozenset({"max_episode_steps", "disable_env_checker"})
+"""Keywords that ``gymnasium.make`` consumes itself; they are not constructor arguments."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +96,11 @@ def _source(source: str) -> Iterator[None]:
 
 
 def load_plugins(*, reload: bool = False) -> None:
-    """Load every ``agentrl.envs`` entry point once; a broken plugin is logged and skipped."""
+    """Register every ``agentrl.envs`` entry point once; a broken plugin is skipped with a warning.
+
+    ``import agentrl`` calls this. An entry point whose name is an env id is registered lazily (its
+    module is imported by ``make``); any other entry point is loaded and called.
+    """
     global _plugins_loaded
     if _plugins_loaded and not reload:
         return
@@ -94,15 +109,23 @@ def load_plugins(*, reload: bool = False) -> None:
         dist = ep.dist.name if ep.dist is not None else "unknown"
         with _source(f"plugin:{dist}"):
             try:
-                target = ep.load()
-                if isinstance(target, type):
+                if _ID.match(ep.name) and "/" in ep.name:
+                    if ":" not in ep.value:
+                        raise ConfigError(f"entry point value {ep.value!r} must look like 'module:Class'")
                     if ep.name not in gym.registry:
                         register(ep.name, ep.value)
+                    else:
+                        _sources.setdefault(ep.name, _current_source[-1])
                 else:
-                    target()
+                    ep.load()()
             except Exception as e:
                 plugin_errors[f"{dist}:{ep.name}"] = f"{type(e).__name__}: {e}"
-                log.warning("agentrl env plugin %s:%s failed to load: %s", dist, ep.name, e)
+                warnings.warn(
+                    f"agentrl env plugin {ep.name!r} of distribution {dist!r} failed to load and is skipped "
+                    f"({ep.name} = {ep.value}): {type(e).__name__}: {e}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
 
 
 def registered() -> list[EnvInfo]:
@@ -169,15 +192,86 @@ def _not_found_message(name: str) -> str:
     )
 
 
+def env_constructor(name_or_id: str) -> Any:
+    """The class (or factory) that ``make(name_or_id)`` calls, imported but not called.
+
+    Raises :class:`ConfigError` naming the env and its source when the entry point cannot be imported
+    (a plugin whose module is missing, a typo in ``"module:Class"``).
+    """
+    env_id = resolve(name_or_id)
+    entry_point = gym.spec(env_id).entry_point
+    if not isinstance(entry_point, str):
+        return entry_point
+    try:
+        return load_env_creator(entry_point)
+    except Exception as e:
+        raise ConfigError(
+            f"env {env_id} ({_sources.get(env_id, 'user')}) cannot be imported from {entry_point!r}: "
+            f"{type(e).__name__}: {e}. Is the package that provides it installed in this environment?"
+        ) from e
+
+
+def check_env_kwargs(env: str, kwargs: Mapping[str, Any]) -> None:
+    """Check constructor keyword arguments ``kwargs`` of ``env`` (id or short name) without building it.
+
+    The env's class is imported and its signature read; nothing is constructed, so a command can call
+    this before it starts Ray or loads a model. A constructor that takes ``**kwargs`` accepts anything.
+
+    Raises:
+        EnvNotFoundError: ``env`` names no registered env (with "did you mean").
+        ConfigError: a key is not a constructor argument (the message names it and lists the accepted
+            ones), a required argument is missing, or the env cannot be imported.
+
+    Example::
+
+        >>> check_env_kwargs("search", {"max_turn": 3})
+        Traceback (most recent call last):
+        ...
+        agentrl.errors.ConfigError: env agentrl/Search-v0 has no keyword argument 'max_turn' (did you mean 'max_turns'?); ...
+    """
+    env_id = resolve(env)
+    constructor = env_constructor(env_id)
+    try:
+        params = list(inspect.signature(constructor).parameters.values())
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to check against
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    accepted = [p.name for p in named]
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown:
+        hints = [
+            f"{k!r} (did you mean {close[0]!r}?)"
+            if (close := difflib.get_close_matches(k, accepted, n=1))
+            else repr(k)
+            for k in unknown
+        ]
+        plural = "s" if len(unknown) > 1 else ""
+        raise ConfigError(
+            f"env {env_id} has no keyword argument{plural} {', '.join(hints)}; "
+            f"it accepts: {', '.join(accepted) or 'none'}."
+        )
+    given = {**gym.spec(env_id).kwargs, **kwargs}
+    missing = [p.name for p in named if p.default is p.empty and p.name not in given]
+    if missing:
+        raise ConfigError(f"env {env_id} needs the keyword argument(s) {', '.join(map(repr, missing))}.")
+
+
 def make(name_or_id: str, **kwargs: Any) -> gym.Env:
     """Create the env ``name_or_id`` (full id or short name) with constructor ``kwargs``.
+
+    The keywords are checked first (:func:`check_env_kwargs`), so a typo raises :class:`ConfigError`
+    that names it; ``max_episode_steps`` and ``disable_env_checker`` go to ``gymnasium.make``.
 
     Example::
 
         env = agentrl.make("python-tool", split="test", sandbox="local")
         messages, info = env.reset(seed=0)
     """
-    return gym.make(resolve(name_or_id), **kwargs)
+    env_id = resolve(name_or_id)
+    check_env_kwargs(env_id, {k: v for k, v in kwargs.items() if k not in MAKE_KWARGS})
+    return gym.make(env_id, **kwargs)
 
 
 def _register_builtins() -> None:

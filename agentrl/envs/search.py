@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from agentrl.envs.base import Task, ToolEnv, TurnResult
-from agentrl.types import Message
 from agentrl.errors import ConfigError
 from agentrl.tools.parsers import ParseError, TagParser
 from agentrl.tools.retrieval.base import Retriever, format_docs
+from agentrl.types import Message
 
 PROMPT = (
     "Answer the given question. You must conduct reasoning inside <think> and </think> first every time "

@@ -9,7 +9,6 @@ from gymnasium import spaces
 
 from agentrl.types import Message
 
-
 ROLES = ("system", "user", "assistant", "tool")
 
 

@@ -16,7 +16,9 @@ Files are looked up in this order: a path given directly, the directories in ``$
 (``os.pathsep``-separated), then the ``envs_registry`` folder packaged inside agentrl (a symlink to the
 repository's ``envs_registry/``, so editable and wheel installs find the same files). A bad file raises
 :class:`~agentrl.errors.SuiteError` naming the file and the offending field, e.g.
-``suite.yaml: entries[1].episodes must be a positive integer, got 0``.
+``suite.yaml: entries[1].episodes must be a positive integer, got 0``. Each entry's ``kwargs`` are
+checked against its env's constructor when the file is loaded, so a typo is reported then, not when
+the first episode starts.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from agentrl.errors import EnvNotFoundError, SuiteError
+from agentrl.errors import ConfigError, EnvNotFoundError, SuiteError
 
 PACKAGED_DIR = Path(__file__).resolve().parent.parent / "envs_registry"
 _TOP_KEYS = {"name", "version", "description", "entries"}
@@ -168,6 +170,13 @@ def _parse_entry(raw: Any, where: str, path: Path | None, resolve_envs: bool) ->
         raise _fail(path, f"{where}.kwargs", f"must be a mapping of argument names to values, got {kwargs!r}")
     if "split" in kwargs:
         raise _fail(path, f"{where}.kwargs.split", "is not allowed: use the entry's own 'split' field")
+    if resolve_envs:
+        from agentrl.envs.registry import check_env_kwargs
+
+        try:
+            check_env_kwargs(env, kwargs)
+        except ConfigError as e:
+            raise _fail(path, f"{where}.kwargs", f"do not fit the env: {e}") from e
     split = raw.get("split", "train")
     if not isinstance(split, str) or not split:
         raise _fail(path, f"{where}.split", f"must be a non-empty string, got {split!r}")

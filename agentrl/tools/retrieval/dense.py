@@ -11,19 +11,15 @@ added automatically when the encoder's name contains ``e5``.
 
 from __future__ import annotations
 
-import importlib.util
-import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from agentrl.errors import ConfigError
 from agentrl.tools.retrieval import index as index_mod
 from agentrl.tools.retrieval.base import Doc, Retriever, read_corpus
-from agentrl.tools.retrieval.encoder import PACKAGED_ENCODER, Encoder, EncoderSpec, passage_text
+from agentrl.tools.retrieval.encoder import Encoder, EncoderSpec
+
 
 class DenseRetriever(Retriever):
     """Top-k by cosine similarity between the query and passage embeddings (exact search).

