@@ -17,11 +17,14 @@ The fallback system-prompt format (:func:`tools_system_prompt`)::
     </tools>
 
     To call a function, write a JSON object with its name and arguments between <tool_call> and
-    </tool_call> tags, one call per block:
+    </tool_call> tags, one call per block, for example:
     <tool_call>
-    {"name": "<function name>", "arguments": {<arguments as a JSON object>}}
+    {"name": "python", "arguments": {"code": "..."}}
     </tool_call>
     Each result comes back in a message from the `tool` role.
+
+The example is a real call of the first tool, built from its schema (:func:`example_call`), because a
+small model copies a placeholder such as ``{<arguments as a JSON object>}`` verbatim.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from agentrl.types import Message
 from agentrl.tools.schema import JSONSchema, Tool
+from agentrl.types import Message
 
 _PROBE_MESSAGES: list[Message] = [{"role": "user", "content": "ping"}]
 _PROBE_TOOL: JSONSchema = {
@@ -62,16 +65,61 @@ def template_uses_tools(tokenizer: Any) -> bool:
     return _uses_tools_cache[template]
 
 
+_EXAMPLE_VALUES: dict[str, Any] = {
+    "string": "...",
+    "integer": 1,
+    "number": 1,
+    "boolean": True,
+    "array": [],
+    "object": {},
+    "null": None,
+}
+
+
+def example_value(schema: JSONSchema) -> Any:
+    """A value that fits ``schema``: its first enum value, else a plain value of its (first) type."""
+    if schema.get("enum"):
+        return schema["enum"][0]
+    if "anyOf" in schema:
+        options = [s for s in schema["anyOf"] if s.get("type") != "null"] or schema["anyOf"]
+        return example_value(options[0]) if options else "..."
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), kind[0] if kind else None)
+    if kind == "array" and isinstance(schema.get("items"), dict):
+        return [example_value(schema["items"])]
+    return _EXAMPLE_VALUES.get(str(kind), "...")
+
+
+def example_call(schema: JSONSchema) -> str:
+    """A JSON tool call of the tool ``schema`` with example values for its required arguments.
+
+    Example::
+
+        >>> example_call({"type": "function", "function": {"name": "add", "parameters": {"type": "object",
+        ...     "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a"]}}})
+        '{"name": "add", "arguments": {"a": 1}}'
+    """
+    function = schema.get("function", schema)
+    parameters = function.get("parameters") or {}
+    properties: dict[str, JSONSchema] = parameters.get("properties") or {}
+    required = [k for k in parameters.get("required", []) if k in properties]
+    arguments = {k: example_value(properties[k]) for k in required}
+    return json.dumps({"name": function.get("name", ""), "arguments": arguments}, ensure_ascii=False)
+
+
 def tools_system_prompt(tools: Sequence[Tool | JSONSchema]) -> str:
-    """The documented fallback block that lists ``tools`` and teaches the ``<tool_call>`` convention."""
-    lines = "\n".join(json.dumps(s, ensure_ascii=False) for s in schemas(tools))
+    """The documented fallback block that lists ``tools`` and teaches the ``<tool_call>`` convention
+    with an example call of the first tool."""
+    tool_schemas = schemas(tools)
+    lines = "\n".join(json.dumps(s, ensure_ascii=False) for s in tool_schemas)
     return (
         "# Tools\n\n"
         "You may call functions to help with the task. Their JSON schemas, one per line:\n"
         f"<tools>\n{lines}\n</tools>\n\n"
         "To call a function, write a JSON object with its name and arguments between <tool_call> and\n"
-        "</tool_call> tags, one call per block:\n"
-        '<tool_call>\n{"name": "<function name>", "arguments": {<arguments as a JSON object>}}\n</tool_call>\n'
+        "</tool_call> tags, one call per block, for example:\n"
+        f"<tool_call>\n{example_call(tool_schemas[0]) if tool_schemas else '{}'}\n</tool_call>\n"
         "Each result comes back in a message from the `tool` role."
     )
 

@@ -10,8 +10,15 @@ from typing import Any
 
 import pytest
 
-from agentrl.tools import tool
-from agentrl.tools.render import prepare_chat, render_prompt, template_uses_tools
+from agentrl.envs.example import calculator
+from agentrl.tools import HermesParser, ToolCall, tool
+from agentrl.tools.render import (
+    example_call,
+    prepare_chat,
+    render_prompt,
+    template_uses_tools,
+    tools_system_prompt,
+)
 
 # Newlines are jinja expressions because transformers renders templates with trim_blocks/lstrip_blocks.
 NATIVE_TEMPLATE = (
@@ -65,8 +72,8 @@ def test_smollm2_template_ignores_tools_so_the_system_prompt_carries_them(smollm
         "You may call functions to help with the task. Their JSON schemas, one per line:\n"
         f"<tools>\n{SCHEMA_LINE}\n</tools>\n\n"
         "To call a function, write a JSON object with its name and arguments between <tool_call> and\n"
-        "</tool_call> tags, one call per block:\n"
-        '<tool_call>\n{"name": "<function name>", "arguments": {<arguments as a JSON object>}}\n</tool_call>\n'
+        "</tool_call> tags, one call per block, for example:\n"
+        '<tool_call>\n{"name": "python", "arguments": {"code": "..."}}\n</tool_call>\n'
         "Each result comes back in a message from the `tool` role.<|im_end|>\n"
         "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
     )
@@ -105,3 +112,33 @@ def test_no_tools_renders_the_plain_conversation(smollm2: Any) -> None:
     assert render_prompt(smollm2, MESSAGES, [], add_generation_prompt=False) == (
         "<|im_start|>system\nSolve it.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
     )
+
+
+@tool
+def lookup(
+    query: str, limit: int, scale: float, exact: bool, tags: list[str], page: int | None, note: str = ""
+) -> str:
+    """Look something up."""
+    return query
+
+
+def test_example_call_is_a_valid_call_of_the_first_tool() -> None:
+    # Values by JSON type: string "...", integer and number 1, boolean true, an array of one example item,
+    # an Optional's non-null type, an enum's first value; optional arguments are left out.
+    assert example_call(lookup.schema) == (
+        '{"name": "lookup", "arguments": {"query": "...", "limit": 1, "scale": 1, "exact": true, '
+        '"tags": ["..."], "page": 1}}'
+    )
+    assert (
+        example_call(calculator.schema) == '{"name": "calculator", "arguments": {"a": 1, "op": "+", "b": 1}}'
+    )
+    block = tools_system_prompt([calculator, python])
+    assert (
+        '<tool_call>\n{"name": "calculator", "arguments": {"a": 1, "op": "+", "b": 1}}\n</tool_call>' in block
+    )
+    assert "<function name>" not in block and "<arguments" not in block
+    for t in (lookup, calculator, python):  # what a model copies is accepted by the parser
+        text = f"<tool_call>\n{example_call(t.schema)}\n</tool_call>"
+        calls = HermesParser([t]).parse(text)
+        assert isinstance(calls, list) and len(calls) == 1 and isinstance(calls[0], ToolCall)
+        assert calls[0].name == t.name
