@@ -12,7 +12,7 @@ never appear in training, for the held-out suite.
 Regenerate (needs the Debian packages; the packaged output is committed, so users never need them)::
 
     apt-get install -y wordnet-base dict-elements
-    pip install 'agentrl[search]'
+    pip install 'agentrl-gym[search]'
     python -m agentrl.envs.search_data.build            # rewrites agentrl/envs/search_data/*.gz
 """
 

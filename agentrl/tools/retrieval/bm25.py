@@ -32,7 +32,7 @@ def _import_bm25s() -> Any:
     try:
         import bm25s
     except ImportError as e:
-        raise ConfigError("the BM25 retriever needs bm25s: pip install 'agentrl[search]'") from e
+        raise ConfigError("the BM25 retriever needs bm25s: pip install 'agentrl-gym[search]'") from e
     return bm25s
 
 

