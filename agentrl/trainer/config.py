@@ -28,7 +28,7 @@ class AlgorithmConfig:
     """``grpo``: (r - group mean) / (group std + eps); ``dr_grpo``: r - group mean (no std division);
     ``rloo``: r - mean of the other samples of the group; ``reinforce_plus_plus_baseline``: r - group
     mean, then normalised by the std over the whole batch."""
-    adv_eps: float = 1e-6
+    adv_eps: float = field(default=1e-6, metadata={"rare": True})
     """Added to the std before dividing, so a group of equal rewards gives 0, not NaN."""
     policy_loss: PolicyLoss = "ppo"
     """``ppo``: token-level clipped ratio; ``gspo``: one ratio per sequence, the geometric mean of its
@@ -38,28 +38,31 @@ class AlgorithmConfig:
     clip_eps_high: float = 0.28
     """The ratio is clipped from above at ``1 + clip_eps_high`` (DAPO's clip-higher: > low keeps
     exploration alive)."""
-    dual_clip_c: float | None = 3.0
+    dual_clip_c: float | None = field(default=3.0, metadata={"rare": True})
     """Dual clip: for negative advantages the loss is capped at ``-c * A`` so a huge ratio cannot blow
     it up (must be > 1). ``None`` turns it off."""
-    loss_agg_mode: LossAggMode = "token-mean"
+    loss_agg_mode: LossAggMode = field(default="token-mean", metadata={"rare": True})
     """``token-mean``: mean over every trained token of the batch; ``seq-mean-token-mean``: mean over
     sequences of each one's token mean (GRPO paper); ``seq-mean-token-sum``: mean over sequences of
     token sums; ``seq-mean-token-sum-norm``: token sums divided by the constant ``loss_norm_tokens``
     (Dr.GRPO), so no length bias."""
-    loss_norm_tokens: int | None = None
+    loss_norm_tokens: int | None = field(default=None, metadata={"rare": True})
     """The constant normaliser of ``seq-mean-token-sum-norm`` (Dr.GRPO uses the max response length).
     ``None``: the longest trained-token count of the batch."""
     kl_coef: float = 0.0
     """Weight of the KL(policy || reference) term added to the loss. 0 skips the reference model
     entirely (no memory, no forward pass). Search-R1 uses 0.001."""
-    kl_estimator: KLEstimator = "low_var_kl"
+    ref_model: str | None = None
+    """The KL term's reference model: an HF folder of the policy's architecture. ``None``: the initial
+    policy (the ``--model`` weights), frozen. Only read when ``kl_coef > 0``."""
+    kl_estimator: KLEstimator = field(default="low_var_kl", metadata={"rare": True})
     """Per-token KL estimator (Schulman): ``k1`` = log r, ``k2`` = (log r)^2 / 2, ``k3`` =
     exp(-log r) + log r - 1, ``low_var_kl`` = k3 clamped as verl does (for numerical safety)."""
     tis_cap: float | None = None
     """Truncated importance sampling: weight each token's loss by min(exp(old - rollout logprob),
     cap), correcting for the engine's sampling differing from the trainer's. ``None`` turns it off;
     2.0 is the usual cap."""
-    entropy_coef: float = 0.0
+    entropy_coef: float = field(default=0.0, metadata={"rare": True})
     """Weight of an entropy bonus (subtracted from the loss). Entropy is always logged as a metric."""
 
     def __post_init__(self) -> None:
@@ -84,22 +87,22 @@ class OptimizerConfig:
 
     lr: float = 1e-6
     """Peak learning rate (Search-R1: 1e-6; tiny models on CPU learn faster with ~1e-5)."""
-    weight_decay: float = 0.0
+    weight_decay: float = field(default=0.0, metadata={"rare": True})
     """Decoupled weight decay of AdamW."""
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"rare": True})
     """AdamW betas."""
-    eps: float = 1e-8
+    eps: float = field(default=1e-8, metadata={"rare": True})
     """AdamW epsilon."""
     warmup_steps: int = 0
     """Optimizer steps over which the lr ramps linearly from lr/warmup_steps up to lr."""
     lr_decay_style: LRDecayStyle = "constant"
     """After warmup: constant at lr, or a linear / cosine decay from lr to min_lr over lr_decay_steps."""
-    min_lr: float = 0.0
+    min_lr: float = field(default=0.0, metadata={"rare": True})
     """Where linear / cosine decay ends (and stays)."""
-    lr_decay_steps: int = 0
+    lr_decay_steps: int = field(default=0, metadata={"rare": True})
     """Optimizer steps of the decay after warmup; 0: the run's whole budget (num_rollouts x
     steps_per_rollout, minus warmup). Rollouts skipped for lack of signal take no optimizer step."""
-    max_grad_norm: float | None = 1.0
+    max_grad_norm: float | None = field(default=1.0, metadata={"rare": True})
     """Clip the global gradient norm to this; ``None`` disables clipping (the norm is still logged)."""
 
     def __post_init__(self) -> None:
@@ -128,13 +131,9 @@ class OptimizerConfig:
 
 
 @dataclass(frozen=True)
-class TorchBackendConfig:
-    """The plain-torch training backend: an HF transformers model on CPU or one GPU."""
+class TorchOptions:
+    """Settings of the plain-torch backend of its own (a run's algorithm, optimizer and seed are shared)."""
 
-    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
-    """Advantage / loss / KL settings."""
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    """Optimizer and lr schedule."""
     device: str = "auto"
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     bf16: bool = True
@@ -144,6 +143,20 @@ class TorchBackendConfig:
     micro_batch_tokens: int = 4096
     """Token budget of one micro-batch (padded length x sequences); gradients accumulate over
     micro-batches. A sequence longer than the budget gets a micro-batch of its own."""
+
+    def __post_init__(self) -> None:
+        if self.micro_batch_tokens <= 0:
+            raise ConfigError(f"micro_batch_tokens={self.micro_batch_tokens} must be > 0 (try 4096)")
+
+
+@dataclass(frozen=True)
+class TorchBackendConfig(TorchOptions):
+    """The plain-torch training backend: an HF transformers model on CPU or one GPU."""
+
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    """Advantage / loss / KL settings."""
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    """Optimizer and lr schedule."""
     seed: int = 0
     """Seed of torch's RNG at construction (dropout, if the model has any)."""
 

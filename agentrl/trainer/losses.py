@@ -135,7 +135,8 @@ class PolicyLossOutput:
     """0-dim detached tensors on the loss's device (no host sync until the caller asks):
     ``pg_loss``, ``clip_frac``, ``dual_clip_frac``, ``ppo_kl``, ``ratio_mean``/``_max``/``_min`` (NaN
     max/min without a masked token), and when given ``kl``, ``entropy``, ``tis_mean``,
-    ``train_rollout_logprob_abs_diff``. Combine micro-batches with
+    ``train_rollout_logprob_abs_diff`` and its ``_max`` (the trainer's logprobs before the update
+    against the engine's: the off-policy gap of the kernels, in nats). Combine micro-batches with
     :class:`agentrl.trainer.step_metrics.StepMetrics`."""
 
     def floats(self) -> dict[str, float]:
@@ -191,8 +192,11 @@ def policy_loss(
             loss = loss - config.entropy_coef * aggregate_loss(entropy, mask_f, mode, **denominators)
         metrics["entropy"] = _masked_mean(entropy, mask_f)
     if rollout_logprobs is not None:
-        metrics["train_rollout_logprob_abs_diff"] = _masked_mean(
-            (old_logprobs - rollout_logprobs).abs(), mask_f
+        gap = (old_logprobs - rollout_logprobs).detach().abs()  # (B, T)
+        metrics["train_rollout_logprob_abs_diff"] = _masked_mean(gap, mask_f)
+        nan = torch.full((), math.nan, dtype=gap.dtype, device=gap.device)
+        metrics["train_rollout_logprob_abs_diff_max"] = torch.where(
+            mask_f.bool().any(), torch.where(mask_f.bool(), gap, -math.inf).amax(), nan
         )
 
     metrics["pg_loss"] = pg_loss.detach()

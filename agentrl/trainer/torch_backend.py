@@ -69,17 +69,20 @@ def _pad(tensors: list[torch.Tensor], device: torch.device, value: float = 0.0) 
 
 
 class TorchBackend:
-    """A trainable HF causal LM (and a frozen reference copy when ``kl_coef > 0``).
+    """A trainable HF causal LM (and a frozen reference model when ``kl_coef > 0``).
 
     Dropout is switched off: the trainer's logprobs must equal those the engine sampled from, and
-    dropout would make every recompute differ. The reference model is the weights at construction,
-    so a resumed run must construct the backend from the same initial model before :meth:`load`.
+    dropout would make every recompute differ. The reference model is ``algorithm.ref_model`` or else
+    the initial weights: a copy of the policy at construction when ``kl_coef > 0``, otherwise loaded
+    from ``model_path`` on first use (a config switched to KL later). A resumed run constructs the
+    backend from the same initial model before :meth:`load`, so it gets the same reference.
     """
 
     def __init__(self, model_path: str | Path, config: TorchBackendConfig | None = None) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.config = config or TorchBackendConfig()
+        self.model_path = Path(model_path)
         self.device = _resolve_device(self.config.device)
         torch.manual_seed(self.config.seed)
         self.model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
@@ -99,13 +102,31 @@ class TorchBackend:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.ref_model: torch.nn.Module | None = None
         if self.config.algorithm.kl_coef > 0:
-            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+            self.ref_model = self._build_reference(copy_policy=True)
         opt = self.config.optimizer
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: opt.lr_at(s) / opt.lr)
         self.step = 0
+
+    def _build_reference(self, *, copy_policy: bool) -> torch.nn.Module:
+        """The frozen reference: ``algorithm.ref_model``, else a copy of the (untrained) policy or the
+        initial weights read again from ``model_path``."""
+        from transformers import AutoModelForCausalLM
+
+        path = self.config.algorithm.ref_model
+        if path is None and copy_policy:
+            ref: torch.nn.Module = copy.deepcopy(self.model)
+        else:
+            loaded: Any = AutoModelForCausalLM.from_pretrained(path or self.model_path, dtype=torch.float32)
+            ref = loaded.to(self.device)
+        return ref.eval().requires_grad_(False)
+
+    def _reference(self) -> torch.nn.Module:
+        if self.ref_model is None:
+            self.ref_model = self._build_reference(copy_policy=False)
+        return self.ref_model
 
     def _autocast(self) -> AbstractContextManager[object]:
         if self.autocast_bf16:
@@ -163,10 +184,8 @@ class TorchBackend:
         return self._logprobs_with(self.model, input_ids)
 
     def ref_logprobs(self, input_ids: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per-token logprobs under the frozen reference model (needs ``kl_coef > 0``)."""
-        if self.ref_model is None:
-            raise ConfigError("no reference model: it is only built when algorithm.kl_coef > 0")
-        return self._logprobs_with(self.ref_model, input_ids)
+        """Per-token logprobs under the frozen reference model, like :meth:`logprobs`."""
+        return self._logprobs_with(self._reference(), input_ids)
 
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
         """One AdamW step over ``batch``; gradients accumulate over token-budget micro-batches.
@@ -214,10 +233,8 @@ class TorchBackend:
         mask = to_device(host_mask, self.device)
         ref = None if batch.ref_logprobs is None else pick(batch.ref_logprobs)
         if algo.kl_coef > 0 and ref is None:
-            if self.ref_model is None:
-                raise ConfigError("kl_coef > 0 but the backend was built without a reference model")
             with torch.no_grad():
-                ref, _ = self._forward(self.ref_model, ids, first=first)
+                ref, _ = self._forward(self._reference(), ids, first=first)
         lp, entropy = self._forward(self.model, ids, entropy_mask=mask, first=first)
         old = lp.detach() if batch.old_logprobs is None else pick(batch.old_logprobs)
         out = policy_loss(

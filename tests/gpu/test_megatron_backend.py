@@ -227,10 +227,14 @@ def _host_syncs(fn: Any) -> int:
 
 
 def test_train_step_syncs_do_not_grow_with_micro_batches(setup) -> None:
-    """Metrics stay on the GPU and copies are queued, so more micro-batches add no host waits."""
+    """Metrics stay on the GPU and copies are queued, so more micro-batches add no host waits; with KL
+    on, the reference pass that fills in the batch's reference logprobs copies them once as well."""
     from agentrl.trainer.backend import TrainBatch
+    from agentrl.trainer.config import AlgorithmConfig
 
     shape, _, hf, backend = setup
+    algo = AlgorithmConfig(kl_coef=0.001, kl_estimator="low_var_kl")
+    backend.cfg = replace(backend.cfg, algorithm=algo)
     ids = _sequences(hf.config.vocab_size, [500] * 8, seed=5)
     masks = [torch.cat([torch.zeros(100), torch.ones(400)]) for _ in ids]
     advs = [m * (1.0 if i % 2 else -1.0) for i, m in enumerate(masks)]
@@ -244,6 +248,7 @@ def test_train_step_syncs_do_not_grow_with_micro_batches(setup) -> None:
         steps: dict[str, Any] = {}
         counts[budget] = _host_syncs(lambda: steps.update(backend.train_step(batch)))  # noqa: B023
         counts[f"mbs_{budget}"] = steps["num_micro_batches"]
+    assert steps["kl"] >= 0.0 and backend.ref is not None  # the reference model served the KL term
     record("train_step_host_syncs", shape=shape, **{str(k): v for k, v in counts.items()})
     extra_mbs = counts["mbs_512"] - counts["mbs_4096"]
     assert extra_mbs >= 6, counts

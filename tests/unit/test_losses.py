@@ -160,6 +160,7 @@ def test_truncated_importance_sampling() -> None:
     assert out.floats()["tis_mean"] == pytest.approx(3.5 / 3, abs=1e-6)
     # |old - rollout| mean = (0 + ln 3 + ln 2) / 3 = (1.098612 + 0.693147) / 3 = 0.597253.
     assert out.floats()["train_rollout_logprob_abs_diff"] == pytest.approx(0.597253, abs=1e-6)
+    assert out.floats()["train_rollout_logprob_abs_diff_max"] == pytest.approx(1.098612, abs=1e-6)
     with pytest.raises(ConfigError, match="rollout logprobs"):
         policy_loss(lp, old, torch.ones(1, 3), torch.ones(1, 3), AlgorithmConfig(tis_cap=2.0))
 

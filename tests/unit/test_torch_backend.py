@@ -3,6 +3,7 @@ accumulation invariance, exact save/load, HF export."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,48 @@ def test_reference_model_and_kl(model_dir: Path) -> None:
     fresh = TorchBackend(model_dir, _config()).logprobs(batch.input_ids)
     for a, b in zip(ref, fresh, strict=True):
         torch.testing.assert_close(a, b)  # the reference stays the initial weights
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3", "low_var_kl"])
+def test_ref_model_path_gives_the_kl_of_every_estimator(
+    model_dir: Path, tmp_path_factory: pytest.TempPathFactory, estimator: str
+) -> None:
+    """``ref_model``: another folder's weights are the reference; the step's ``kl`` metric equals the
+    estimator's formula (written out here) over the two models' logprobs."""
+    other = make_tiny_gpt2(tmp_path_factory.mktemp("other") / "gpt2", seed=7)
+    algo = AlgorithmConfig(kl_coef=0.1, kl_estimator=estimator, ref_model=str(other))  # type: ignore[arg-type]
+    backend = TorchBackend(model_dir, _config(algorithm=algo))
+    batch = _batch(backend, [1.0, -1.0, 0.0])
+    policy = backend.logprobs(batch.input_ids)
+    ref = TorchBackend(other, _config()).logprobs(batch.input_ids)
+    for a, b in zip(backend.ref_logprobs(batch.input_ids), ref, strict=True):
+        torch.testing.assert_close(a, b)
+    d = torch.cat([(p - r)[m.bool()] for p, r, m in zip(policy, ref, batch.loss_mask, strict=True)]).double()
+    formula = {
+        "k1": d,
+        "k2": d**2 / 2,
+        "k3": torch.exp(-d) + d - 1,
+        "low_var_kl": (torch.exp(-d) + d - 1).clamp(-10, 10),
+    }[estimator]
+    assert float(d.abs().mean()) > 0.01  # the two models differ, so each estimator is tested
+    assert backend.train_step(batch)["kl"] == pytest.approx(float(formula.mean()), rel=1e-4, abs=1e-6)
+
+
+def test_reference_built_on_first_use_is_the_initial_model(model_dir: Path) -> None:
+    """A backend built without KL that is switched to KL after training still takes the initial
+    weights (read again from its folder), not the trained policy, as the reference."""
+    backend = TorchBackend(model_dir, _config())
+    batch = _batch(backend, [1.0, -1.0, 0.0])
+    initial = backend.logprobs(batch.input_ids)
+    backend.train_step(batch)
+    trained = backend.logprobs(batch.input_ids)
+    assert backend.ref_model is None
+    backend.config = replace(backend.config, algorithm=AlgorithmConfig(kl_coef=0.1, kl_estimator="k1"))
+    metrics = backend.train_step(batch)
+    for a, b in zip(backend.ref_logprobs(batch.input_ids), initial, strict=True):
+        torch.testing.assert_close(a, b)
+    d = torch.cat([(t - i)[m.bool()] for t, i, m in zip(trained, initial, batch.loss_mask, strict=True)])
+    assert metrics["kl"] == pytest.approx(float(d.mean()), rel=1e-4)  # k1 of the trained vs initial model
 
 
 def test_save_load_resumes_exactly(model_dir: Path, tmp_path: Path) -> None:

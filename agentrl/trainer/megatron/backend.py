@@ -5,11 +5,16 @@ run Megatron's forward-backward schedule (pipelined when PP > 1) whose last stag
 straight into the sampled tokens' logprobs (:mod:`.logprobs`), compute the same policy loss as the
 torch backend (:func:`agentrl.trainer.losses.policy_loss`, with the batch's global denominators), and
 step Megatron's (distributed) optimizer. Weights come from and go back to HF safetensors folders.
+
+With ``kl_coef > 0`` a frozen reference model (:mod:`.reference`: the initial policy, or
+``algorithm.ref_model``) gives the KL term's logprobs through the same packed forward, in a
+forward-only pass before the step's forward-backward, as slime and verl do.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,12 +43,18 @@ from agentrl.trainer.megatron.hf_weights import Layout
 from agentrl.trainer.megatron.logprobs import token_logprobs
 from agentrl.trainer.megatron.model import build_gpt_model
 from agentrl.trainer.megatron.packing import PackedMicroBatch, balance_across_ranks, pack, pack_by_budget
+from agentrl.trainer.megatron.reference import ReferenceModel, should_offload
 from agentrl.trainer.megatron.step_loss import GlobalDenominators, micro_batch_loss
 from agentrl.trainer.step_metrics import StepMetrics, finish_totals, merge_totals
 
 
 class MegatronBackend:
-    """Policy on megatron-core: logprobs, train steps, HF weights in and out, exact save/load."""
+    """Policy on megatron-core: logprobs, train steps, HF weights in and out, exact save/load.
+
+    The reference model (KL) is built with the backend when ``kl_coef > 0``, else on first use (a
+    config switched to KL later), in both cases from the initial weights' folder: a resumed run, which
+    constructs the backend from the same ``model_path`` and then calls :meth:`load`, gets the same one.
+    """
 
     def __init__(self, model_path: str | Path, cfg: MegatronBackendConfig) -> None:
         self.cfg = cfg
@@ -53,12 +64,15 @@ class MegatronBackend:
         self.layout = Layout.from_hf_config(self.hf_config)
         self.models = self._build_models()
         self.optimizer = self._build_optimizer()
+        self.ref: ReferenceModel | None = None
+        if cfg.algorithm.kl_coef > 0:
+            self.ref = self._build_reference()
         self.steps_done = 0
         self._last_metrics: dict[str, float] = {}
 
     # ----------------------------------------------------------------------------------------- setup
-    def _build_models(self) -> list[Any]:
-        """Model chunks (several with virtual pipeline stages), HF weights loaded, wrapped in Megatron DDP."""
+    def _build_chunks(self, folder: Path) -> list[Any]:
+        """Model chunks (several with virtual pipeline stages) with the HF weights of ``folder``."""
         vpp = self.cfg.parallel.virtual_pipeline_model_parallel_size or 1
         chunks = []
         for stage in range(vpp):
@@ -72,7 +86,12 @@ class MegatronBackend:
                 vp_stage=stage if vpp > 1 else None,
             )
             chunks.append(model.cuda())
-        hf_io.load_hf_weights(chunks, self.model_path, self.layout)
+        hf_io.load_hf_weights(chunks, folder, self.layout)
+        return chunks
+
+    def _build_models(self) -> list[Any]:
+        """The policy's chunks, wrapped in Megatron DDP."""
+        chunks = self._build_chunks(self.model_path)
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=self.cfg.grad_reduce_in_fp32,
             use_distributed_optimizer=self.cfg.use_distributed_optimizer,
@@ -109,6 +128,14 @@ class MegatronBackend:
         config.grad_scale_func = optimizer.scale_loss
         config.finalize_model_grads_func = finalize_model_grads
         return optimizer
+
+    def _build_reference(self) -> ReferenceModel:
+        """The frozen reference: ``algorithm.ref_model`` or the initial policy, on the GPU or the host."""
+        ref_path = self.cfg.algorithm.ref_model
+        chunks = self._build_chunks(Path(ref_path) if ref_path else self.model_path)
+        weight_bytes = sum(p.numel() * p.element_size() for m in chunks for p in m.parameters())
+        offload = should_offload(self.cfg.ref_offload, weight_bytes, torch.cuda.mem_get_info()[0])
+        return ReferenceModel(chunks, offload=offload)
 
     # ------------------------------------------------------------------------------------ forward
     def _output_processor(
@@ -175,9 +202,13 @@ class MegatronBackend:
         bins = pack_by_budget(mine, lengths, self.cfg.micro_batch_tokens)
         return [pack(input_ids, b, pad_to=pad_to) for b in bins]
 
-    def _run(self, mbs: list[PackedMicroBatch], step_fn: Any, forward_only: bool) -> list[Any]:
+    def _run(
+        self, mbs: list[PackedMicroBatch], step_fn: Any, forward_only: bool, models: list[Any] | None = None
+    ) -> list[Any]:
+        """Megatron's forward(-backward) schedule over ``mbs`` on ``models`` (default: the policy)."""
+        models = self.models if models is None else models
         data = iter(mbs)
-        vpp = len(self.models)
+        vpp = len(models)
 
         def forward_step(data_iterator: Any, model: torch.nn.Module) -> tuple[torch.Tensor, Any]:
             mb = next(data_iterator)
@@ -186,7 +217,7 @@ class MegatronBackend:
         return get_forward_backward_func()(
             forward_step_func=forward_step,
             data_iterator=[data] * vpp if vpp > 1 else data,
-            model=self.models if vpp > 1 else self.models[0],
+            model=models if vpp > 1 else models[0],
             num_microbatches=len(mbs),
             seq_length=max(mb.num_tokens for mb in mbs),
             micro_batch_size=1,
@@ -194,26 +225,47 @@ class MegatronBackend:
         )
 
     # ------------------------------------------------------------------------------- public API
-    @torch.no_grad()
     def logprobs(self, input_ids: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per-token logprobs of every sequence (entry 0 = 0.0), fp32 on CPU, on every rank."""
         for m in self.models:
             m.eval()
+        return self._logprobs_with(self.models, input_ids)
+
+    def ref_logprobs(self, input_ids: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per-token logprobs under the frozen reference model, like :meth:`logprobs`."""
+        if self.ref is None:
+            self.ref = self._build_reference()
+        with self.ref.resident() as chunks:
+            return self._logprobs_with(chunks, input_ids)
+
+    @torch.no_grad()
+    def _logprobs_with(self, models: list[Any], input_ids: list[torch.Tensor]) -> list[torch.Tensor]:
+        """A forward-only pass of ``models``; the micro-batches' logprobs stay on the GPU until one copy
+        to the host at the end (no host wait per micro-batch)."""
         mbs = self._micro_batches(input_ids)
-        results: dict[int, torch.Tensor] = {}
+        outputs: list[tuple[PackedMicroBatch, torch.Tensor]] = []
 
         def collect(mb: PackedMicroBatch, output: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-            for i, lp in zip(mb.seq_indices, mb.unpack(output[0].float().cpu()), strict=True):
-                results[i] = lp
+            outputs.append((mb, output[0].float()))
             return output.new_zeros(()), {}
 
         if mbs:
-            self._run(mbs, collect, forward_only=True)
+            self._run(mbs, collect, forward_only=True, models=models)
+        results: dict[int, torch.Tensor] = {}
+        if outputs:  # the last pipeline stage only
+            host = torch.cat([lp for _, lp in outputs]).cpu().split([mb.num_tokens for mb, _ in outputs])
+            for (mb, _), lp in zip(outputs, host, strict=True):
+                results.update(zip(mb.seq_indices, mb.unpack(lp), strict=True))
         gathered = _share(results)
         return [gathered[i] for i in range(len(input_ids))]
 
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
-        """One optimizer step over ``batch``; every rank passes the same batch and gets the same metrics."""
+        """One optimizer step over ``batch``; every rank passes the same batch and gets the same metrics.
+
+        With ``kl_coef > 0`` and no ``ref_logprobs`` in the batch, the reference model computes them
+        first (a forward-only pass over the same micro-batches)."""
+        if self.cfg.algorithm.kl_coef > 0 and batch.ref_logprobs is None:
+            batch = replace(batch, ref_logprobs=self.ref_logprobs(batch.input_ids))
         for m in self.models:
             m.train()
             m.zero_grad_buffer()
@@ -253,7 +305,9 @@ class MegatronBackend:
         hf_io.export_hf_folder(self.models, self.layout, self.hf_config, Path(path))
         if dist.get_rank() == 0:
             for f in self.model_path.glob("*"):
-                if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "generation_config")):
+                if f.name.startswith(
+                    ("tokenizer", "special_tokens", "vocab", "merges", "generation_config", "chat_template")
+                ):
                     (Path(path) / f.name).write_bytes(f.read_bytes())
 
     def save(self, path: Path) -> None:

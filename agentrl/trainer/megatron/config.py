@@ -70,12 +70,18 @@ class MegatronBackendConfig:
     """Shard fp32 master weights and Adam state over data-parallel ranks (ZeRO-1)."""
     grad_reduce_in_fp32: bool = True
     """All-reduce gradients in fp32 (exact accumulation over micro-batches and ranks)."""
+    ref_offload: Literal["auto", "always", "never"] = "auto"
+    """Where the KL reference model's bf16 weights wait between reference passes: ``always`` in pinned
+    host memory (copied in for each pass), ``never`` on the GPU, ``auto`` on the host when they exceed
+    a tenth of the GPU memory free once the policy and its optimizer are built."""
     seed: int = 1234
     """Seed of Megatron's model-parallel RNG (initialisation of weights not loaded from HF)."""
 
     def __post_init__(self) -> None:
         if self.micro_batch_tokens <= 0 or self.logprob_chunk_tokens <= 0:
             raise ConfigError("micro_batch_tokens and logprob_chunk_tokens must be > 0 (try 8192 and 1024)")
+        if self.ref_offload not in ("auto", "always", "never"):
+            raise ConfigError(f"ref_offload={self.ref_offload!r}: choose auto, always or never")
         if self.parallel.context_parallel_size > 1 and self.attention_backend != "te":
             raise ConfigError("--context-parallel-size > 1 needs attention_backend='te' (Transformer Engine)")
 
