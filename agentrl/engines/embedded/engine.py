@@ -27,43 +27,18 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from agentrl.errors import ConfigError, EngineError
 from agentrl.engines.base import GenerateOutput, SamplingParams
+from agentrl.engines.embedded.config import EmbeddedEngineConfig
+from agentrl.engines.embedded.cuda_batcher import make_fast_path
 from agentrl.engines.embedded.kv_cache import KV, DecodeBatch, GrowingLayer, PrefixStore, cache_kv, make_cache
 from agentrl.engines.embedded.sampling import hits_stop_string, sample_tokens
+from agentrl.errors import ConfigError, EngineError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EmbeddedEngineConfig:
-    """How the in-process engine loads and batches."""
-
-    device: str = "auto"
-    """``"auto"`` (one CUDA GPU if present, else CPU), ``"cpu"`` or ``"cuda:N"``."""
-    dtype: str = "auto"
-    """``"auto"`` (float32 on CPU, bfloat16 on GPU), ``"float32"``, ``"bfloat16"`` or ``"float16"``."""
-    max_batch_size: int = 64
-    """Most requests decoded together."""
-    batch_wait_ms: float = 5.0
-    """When idle, how long the worker waits for more requests after the first one before it starts
-    decoding (later ones join the running batch at the next step anyway)."""
-    seed: int = 0
-    """Seed of the engine's sampler for requests without their own ``seed``."""
-    logprobs: Literal["sampling", "original"] = "original"
-    """``"original"``: of the raw logits (the Engine contract); ``"sampling"``: after temperature
-    (SGLang's default without ``SGLANG_RETURN_ORIGINAL_LOGPROB``)."""
-    prefix_cache_mb: int = 1024
-    """Memory for the KV of finished turns and prompts (least recently used dropped first): the next
-    turn of an episode and the other samples of a group prefill only the ids it does not cover.
-    SmolLM2-135M in float32 takes 46 KB per token. 0 turns the prefix cache off."""
-    num_threads: int | None = None
-    """CPU threads of the worker's torch ops; ``None``: half the cores, at most 8. Oversubscribing a
-    busy machine makes OpenMP threads spin: measured 40x slower with 2 threads on 2 shared cores."""
 
 
 @dataclass(eq=False)
@@ -170,6 +145,8 @@ class EmbeddedEngine:
         self._admitting.set()
         self._closed = threading.Event()
         self._model_lock = threading.Lock()
+        self._cuda = make_fast_path(self)
+        self._running = self._cuda.rows if self._cuda is not None else self._running
         self._worker = threading.Thread(target=self._work, name="agentrl-embedded-engine", daemon=True)
         self._worker.start()
 
@@ -238,18 +215,30 @@ class EmbeddedEngine:
                 if not self._admitting.is_set():  # paused since they were gathered: admit on resume
                     self._held, fresh = fresh + self._held, []
                 try:
-                    self._admit_all(fresh)
-                    if self._running:
-                        self._decode_step()
+                    self._step(fresh)
                 except Exception as e:  # a model error fails these requests, not the engine
                     log.exception("embedded engine step failed")
                     for req in [*fresh, *self._running]:
                         req.resolve("abort", self.weight_version, EngineError(f"embedded engine failed: {e}"))
-                    self._running, self._batch = [], DecodeBatch()
+                    self._running.clear()
+                    self._batch = DecodeBatch()
+                    if self._cuda is not None:
+                        self._cuda.reset()
         for req in [*self._running, *self._held]:
             req.resolve("abort", self.weight_version)
         while not self._queue.empty():
             self._queue.get_nowait().resolve("abort", self.weight_version)
+
+    def _step(self, fresh: list[_Request]) -> None:
+        """Admit ``fresh`` and decode one token of every running request (fast path or transformers)."""
+        if self._cuda is not None:
+            self._held = self._cuda.admit(fresh) + self._held
+            if self._running:
+                self._cuda.step()
+            return
+        self._admit_all(fresh)
+        if self._running:
+            self._decode_step()
 
     def _gather(self, *, block: bool) -> list[_Request]:
         """New requests to admit: wait for some when nothing runs, else take what is queued."""
@@ -322,7 +311,7 @@ class EmbeddedEngine:
                 if r.session_id is not None and r.finish_reason != "abort":
                     self._prefixes.store(r.key, r.input_ids + r.output_ids[:-1], self._batch.row(i))
         if done:
-            self._running = [rows[i] for i in self._batch.remove(done)]
+            self._running[:] = [rows[i] for i in self._batch.remove(done)]
 
     def _count(self, **amounts: float) -> None:
         for name, amount in amounts.items():
@@ -381,6 +370,8 @@ class EmbeddedEngine:
                 )
             self.weight_version = int(version)
             self._prefixes.clear()  # KV computed by the old weights
+            if self._cuda is not None:
+                self._cuda.weights_changed()
 
 
 def _read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:

@@ -1,0 +1,77 @@
+"""Attention over the slot cache: one query per row (decode) and padded chunks of new ids (prefill).
+
+Why two kernels' worth of code: a decode step has one query per row and a length bucket of keys, so
+two batched matrix products with grouped-query heads folded into the query dimension read each row's
+keys and values exactly once (no repeated K/V heads) and need no fused kernel; the mask cuts each row
+at its real length. Prefill has many queries per row and runs once per admission, outside the graphs,
+so it uses PyTorch's SDPA with an explicit causal-with-offset mask (rows may start from a cached prefix).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def masked_softmax(scores: torch.Tensor, lengths: torch.Tensor, scale: float) -> torch.Tensor:
+    """Softmax over keys ``[0, lengths[b])`` of each row, in float32.
+
+    Args:
+        scores: (B, Hkv, G, L) raw ``q . k`` products.
+        lengths: (B,) int64, valid keys of each row (at least 1).
+    Returns:
+        (B, Hkv, G, L) float32 attention weights.
+    """
+    columns = torch.arange(scores.shape[-1], device=scores.device)  # (L,)
+    valid = columns < lengths.view(-1, 1, 1, 1)  # (B, 1, 1, L)
+    s = (scores.float() * scale).masked_fill(~valid, float("-inf"))
+    return torch.softmax(s, dim=-1)
+
+
+def decode_attention(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    lengths: torch.Tensor,
+    scale: float,
+    softmax: object = masked_softmax,
+) -> torch.Tensor:
+    """One query per row against its cached keys.
+
+    Args:
+        q: (B, Hq, D).
+        keys, values: (B, Hkv, L, D) slices of the slot cache (strided views, not copies).
+        lengths: (B,) valid keys per row.
+        softmax: :func:`masked_softmax` or a compiled version of it.
+    Returns:
+        (B, Hq * D) attention output, in ``q``'s dtype.
+    """
+    b, hq, d = q.shape
+    hkv = keys.shape[1]
+    qg = q.view(b, hkv, hq // hkv, d)  # (B, Hkv, G, D): a KV head's query heads share its keys
+    weights = softmax(torch.matmul(qg, keys.transpose(-1, -2)), lengths, scale)  # type: ignore[operator]
+    return torch.matmul(weights.to(q.dtype), values).reshape(b, hq * d)
+
+
+def prefill_attention(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Queries of new ids (padded to ``T`` per row) against each row's keys up to their own position.
+
+    Args:
+        q: (n, T, Hq, D).
+        keys, values: (n, Hkv, L, D), the rows' slots cut at the longest row's end.
+        positions: (n, T) position of each query (padding queries may hold any position).
+    Returns:
+        (n * T, Hq * D).
+    """
+    n, t, hq, d = q.shape
+    group = hq // keys.shape[1]
+    k = keys.repeat_interleave(group, dim=1)  # (n, Hq, L, D)
+    v = values.repeat_interleave(group, dim=1)
+    columns = torch.arange(keys.shape[2], device=q.device)
+    mask = (columns.view(1, 1, -1) <= positions.unsqueeze(-1)).unsqueeze(1)  # (n, 1, T, L)
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k, v, attn_mask=mask, scale=scale
+    )  # (n, Hq, T, D)
+    return out.transpose(1, 2).reshape(n * t, hq * d)

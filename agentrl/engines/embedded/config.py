@@ -1,0 +1,46 @@
+"""`EmbeddedEngineConfig`: how the in-process engine loads, batches and which path it runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class EmbeddedEngineConfig:
+    """How the in-process engine loads and batches."""
+
+    device: str = "auto"
+    """``"auto"`` (one CUDA GPU if present, else CPU), ``"cpu"`` or ``"cuda:N"``."""
+    dtype: str = "auto"
+    """``"auto"`` (float32 on CPU, bfloat16 on GPU), ``"float32"``, ``"bfloat16"`` or ``"float16"``."""
+    max_batch_size: int = 64
+    """Most requests decoded together."""
+    batch_wait_ms: float = 5.0
+    """When idle, how long the worker waits for more requests after the first one before it starts
+    decoding (later ones join the running batch at the next step anyway)."""
+    seed: int = 0
+    """Seed of the engine's sampler for requests without their own ``seed``."""
+    logprobs: Literal["sampling", "original"] = "original"
+    """``"original"``: of the raw logits (the Engine contract); ``"sampling"``: after temperature
+    (SGLang's default without ``SGLANG_RETURN_ORIGINAL_LOGPROB``)."""
+    prefix_cache_mb: int = 1024
+    """Memory for the KV of finished turns and prompts (least recently used dropped first): the next
+    turn of an episode and the other samples of a group prefill only the ids it does not cover.
+    SmolLM2-135M in float32 takes 46 KB per token. 0 turns the prefix cache off."""
+    fast_path: bool | None = None
+    """The compiled, graph-captured path (:mod:`agentrl.engines.embedded.cuda_runner`): ``None`` uses it
+    on CUDA for the Llama family (Llama, Qwen2, Qwen3) and the transformers path otherwise; ``True``
+    forces it (on the CPU it runs eagerly: for tests); ``False`` keeps the transformers path."""
+    mem_fraction_static: float = 0.85
+    """Fast path: weights plus KV cache take at most this fraction of the GPU's memory (as SGLang's
+    option of that name); the KV slots not needed by running rows hold the prefix cache."""
+    max_seq_len: int = 8192
+    """Fast path: the most tokens (prompt plus output) of one request; longer prompts are refused."""
+    cuda_graphs: bool = True
+    """Fast path: capture decode steps as CUDA graphs (off: eager launches, for debugging)."""
+    compile: bool = True
+    """Fast path: ``torch.compile`` the norms, RoPE, SwiGLU and masked softmax into fused kernels."""
+    num_threads: int | None = None
+    """CPU threads of the worker's torch ops; ``None``: half the cores, at most 8. Oversubscribing a
+    busy machine makes OpenMP threads spin: measured 40x slower with 2 threads on 2 shared cores."""

@@ -1,0 +1,157 @@
+"""The embedded engine's fast path (slot cache, batched prefill, device sampling), run eagerly on CPU.
+
+The CUDA graphs and compiled kernels are checked on the GPU machine (tests/gpu/test_engine_cuda.py);
+here the same scheduling and math run in float32 against independent references: a teacher-forced
+transformers forward of the same ids, and the transformers path of the same engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from agentrl.engines.base import SamplingParams
+from agentrl.engines.embedded.device_sampling import hash_uniforms
+from agentrl.engines.embedded.engine import EmbeddedEngine, EmbeddedEngineConfig
+from agentrl.models import make_tiny_gpt2
+
+TINY = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=128,
+    max_position_embeddings=512,
+)
+
+
+def tiny_model(folder: Path, model_type: str, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """A random float32 decoder of ``model_type`` with the tiny GPT-2's tokenizer."""
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    extra = {"head_dim": 16} if model_type == "qwen3" else {}
+    cfg = AutoConfig.for_model(
+        model_type, vocab_size=len(tok), eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), **TINY, **extra
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    with torch.no_grad():  # random-init biases are zero: make q/k/v biases matter
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_gpt2(tmp_path_factory.mktemp("tok") / "tiny")
+
+
+def engine(folder: Path, **overrides: Any) -> EmbeddedEngine:
+    cfg = dict(device="cpu", fast_path=True, max_batch_size=8, max_seq_len=256, batch_wait_ms=20)
+    return EmbeddedEngine(folder, EmbeddedEngineConfig(**{**cfg, **overrides}))  # type: ignore[arg-type]
+
+
+def teacher_forced(folder: Path, ids: list[int], n_out: int) -> list[float]:
+    """log_softmax of an unbatched transformers forward at each of the last ``n_out`` ids."""
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    return [float(logp[t - 1, ids[t]]) for t in range(len(ids) - n_out, len(ids))]
+
+
+def prompts(n: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        torch.randint(5, vocab, (int(torch.randint(3, 40, (1,), generator=g)),), generator=g).tolist()
+        for _ in range(n)
+    ]
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "qwen3"])
+def test_logprobs_match_teacher_forced_transformers(tmp_path: Path, tok_dir: Path, model_type: str) -> None:
+    folder = tiny_model(tmp_path / model_type, model_type, tok_dir)
+    eng = engine(folder)
+    assert eng._cuda is not None
+    sp = SamplingParams(max_new_tokens=12, temperature=1.0, ignore_eos=True)
+
+    async def run() -> list[Any]:
+        return await asyncio.gather(*(eng.generate(p, sp) for p in prompts(6, len(eng.tokenizer))))
+
+    outs = asyncio.run(run())
+    for p, out in zip(prompts(6, len(eng.tokenizer)), outs, strict=True):
+        assert len(out.output_ids) == 12 and out.finish_reason == "length"
+        ref = teacher_forced(folder, p + out.output_ids, 12)
+        assert max(abs(a - b) for a, b in zip(out.logprobs, ref, strict=True)) < 1e-4
+    asyncio.run(eng.close())
+
+
+def test_greedy_matches_transformers_path_and_prefix_reuse_is_exact(tmp_path: Path, tok_dir: Path) -> None:
+    folder = tiny_model(tmp_path / "m", "qwen2", tok_dir)
+    fast, slow = engine(folder), engine(folder, fast_path=False)
+    sp = SamplingParams(max_new_tokens=10, temperature=0.0, ignore_eos=True)
+    first, follow = prompts(4, len(fast.tokenizer)), prompts(4, len(fast.tokenizer), seed=1)
+
+    async def episode(e: EmbeddedEngine, i: int) -> tuple[list[int], int]:
+        a = await e.generate(first[i], sp, session_id=f"s{i}")
+        b = await e.generate(first[i] + a.output_ids + follow[i], sp, session_id=f"s{i}")
+        return a.output_ids + b.output_ids, int(b.meta["cached_tokens"])
+
+    async def run(e: EmbeddedEngine) -> list[tuple[list[int], int]]:
+        return await asyncio.gather(*(episode(e, i) for i in range(4)))
+
+    got, want = asyncio.run(run(fast)), asyncio.run(run(slow))
+    assert [ids for ids, _ in got] == [ids for ids, _ in want]
+    # the second turn reuses the first turn's prompt and all its fed outputs (the last id was never fed)
+    assert [cached for _, cached in got] == [len(first[i]) + 9 for i in range(4)]
+    asyncio.run(fast.close())
+    asyncio.run(slow.close())
+
+
+def test_stops_lengths_seeds_and_weight_updates(tmp_path: Path, tok_dir: Path) -> None:
+    folder = tiny_model(tmp_path / "m", "llama", tok_dir)
+    eng = engine(folder)
+    p = prompts(1, len(eng.tokenizer))[0]
+
+    async def run() -> None:
+        greedy = await eng.generate(p, SamplingParams(max_new_tokens=5, temperature=0.0, ignore_eos=True))
+        stop = greedy.output_ids[2]
+        cut = await eng.generate(p, SamplingParams(max_new_tokens=5, temperature=0.0, stop_token_ids=(stop,)))
+        assert (
+            cut.finish_reason == "stop"
+            and cut.output_ids == greedy.output_ids[: greedy.output_ids.index(stop) + 1]
+        )
+        one = await eng.generate(p, SamplingParams(max_new_tokens=1, ignore_eos=True))
+        assert len(one.output_ids) == 1 and one.finish_reason == "length"
+        seeded = SamplingParams(max_new_tokens=8, seed=7, ignore_eos=True, top_k=20, top_p=0.9)
+        alone = await eng.generate(p, seeded)
+        crowd = await asyncio.gather(
+            *(eng.generate(q, seeded) for q in [p, *prompts(5, len(eng.tokenizer), 3)])
+        )
+        assert crowd[0].output_ids == alone.output_ids  # the seed alone decides, not the batch
+
+        other = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=torch.float32)
+        await eng.update_weights(other.state_dict(), version=3)
+        out = await eng.generate(p, SamplingParams(max_new_tokens=6, ignore_eos=True))
+        other.save_pretrained(tmp_path / "new")
+        AutoTokenizer.from_pretrained(folder).save_pretrained(tmp_path / "new")
+        ref = teacher_forced(tmp_path / "new", p + out.output_ids, 6)
+        assert out.weight_version == 3
+        assert max(abs(a - b) for a, b in zip(out.logprobs, ref, strict=True)) < 1e-4
+
+    asyncio.run(run())
+    asyncio.run(eng.close())
+
+
+def test_hash_uniforms_are_uniform_and_depend_on_seed_and_step() -> None:
+    seeds = torch.arange(20000) * 7919
+    u = hash_uniforms(seeds, torch.zeros_like(seeds))
+    assert float(u.min()) >= 0 and float(u.max()) < 1
+    assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.var()) - 1 / 12) < 0.003
+    assert not torch.equal(u, hash_uniforms(seeds, torch.ones_like(seeds)))
