@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "make": "agentrl.envs.registry",
     "register": "agentrl.envs.registry",
+    "check_env_kwargs": "agentrl.envs.registry",
     "load_suite": "agentrl.envs.suites",
     "list_suites": "agentrl.envs.suites",
 }

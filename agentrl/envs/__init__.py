@@ -1,7 +1,15 @@
 """Environments: the ToolEnv base class, the registry and env suites."""
 
 from agentrl.envs.base import Task, ToolEnv, TurnResult
-from agentrl.envs.registry import EnvInfo, load_plugins, make, register, registered, resolve
+from agentrl.envs.registry import (
+    EnvInfo,
+    check_env_kwargs,
+    load_plugins,
+    make,
+    register,
+    registered,
+    resolve,
+)
 from agentrl.envs.spaces import Message, MessagesSpace, TextSpace
 from agentrl.envs.suites import EnvSuite, SuiteEntry, list_suites, load_suite
 
@@ -15,6 +23,7 @@ __all__ = [
     "TextSpace",
     "ToolEnv",
     "TurnResult",
+    "check_env_kwargs",
     "list_suites",
     "load_plugins",
     "load_suite",
