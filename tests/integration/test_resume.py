@@ -1,4 +1,4 @@
-"""Exact resume (RELIABILITY E23): 4 rollouts straight == 2 rollouts, SIGKILL, resume, 2 more.
+"""Exact resume (docs/reliability.md E23): 4 rollouts straight == 2 rollouts, SIGKILL, resume, 2 more.
 
 Both legs run ``agentrl train`` as a real process on a tiny GPT-2 and the tiny letter env. The first
 leg is killed with SIGKILL as soon as its step-2 checkpoint is committed. Compared: the task ids and

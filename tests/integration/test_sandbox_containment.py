@@ -1,4 +1,4 @@
-"""RELIABILITY.md A (containment), each property against the real Docker engine and the built image.
+"""docs/reliability.md A (containment), each property against the real Docker engine and the built image.
 
 Limits are small here so that each escape attempt hits them quickly; the defaults are the same
 mechanisms with larger numbers. Every test also checks that the sandbox (or the next one) still works:

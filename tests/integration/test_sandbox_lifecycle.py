@@ -1,4 +1,4 @@
-"""RELIABILITY.md B (lifecycle) against the real Docker engine: labels and reaping, TTL, bounded
+"""docs/reliability.md B (lifecycle) against the real Docker engine: labels and reaping, TTL, bounded
 teardown, no shared state, a sandbox dying mid-episode, and the pool cap."""
 
 from __future__ import annotations

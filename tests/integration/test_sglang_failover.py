@@ -1,4 +1,4 @@
-"""A real SGLang server killed mid-rollout (RELIABILITY.md D.20): nothing lost, restart, then budget.
+"""A real SGLang server killed mid-rollout (docs/reliability.md D20): nothing lost, restart, then budget.
 
 Two launched servers, restart budget 1. Phase 1: SIGKILL server 0 while requests are in flight on
 it; every request still returns (retried on server 1, or aborted) and none is served by the dead one.

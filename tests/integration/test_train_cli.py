@@ -1,5 +1,5 @@
 """`agentrl train` as a user runs it: a tiny two-rollout run on the Search env, its files, `--resume`,
-and a killed trainer actor making the run exit non-zero instead of hanging (RELIABILITY F24)."""
+and a killed trainer actor making the run exit non-zero instead of hanging (docs/reliability.md F24)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Request ``{"queries": [...], "topk": k, "return_scores": true}``; answer ``{"result": [[{"document":
 {"id", "contents", ...}, "score": s}, ...], ...]}`` (one list per query; without scores, the documents
-themselves). Every call is bounded (RELIABILITY.md D.21): a timeout per attempt, retries with
+themselves). Every call is bounded (docs/reliability.md D21): a timeout per attempt, retries with
 exponential backoff on connection errors, timeouts and 5xx/429 answers, and a cap on calls in flight.
 """
 

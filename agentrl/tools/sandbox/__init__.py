@@ -6,7 +6,7 @@
         result = sb.run_python("print(6 * 7)")
         assert result.stdout == "42\\n"
 
-See docs/sandbox.md for the guarantees (RELIABILITY.md A and B) and how each is tested.
+See docs/sandbox.md for the guarantees (docs/reliability.md A and B) and how each is tested.
 """
 
 from __future__ import annotations

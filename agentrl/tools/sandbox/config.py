@@ -1,8 +1,8 @@
 """`SandboxConfig`: every limit a sandbox enforces. Limits come from here, never from the model.
 
-Why one frozen dataclass: the hardening promises of RELIABILITY.md (A1-A9) are only as good as the
+Why one frozen dataclass: the hardening promises of docs/reliability.md (A1-A9) are only as good as the
 values behind them, so they live in one reviewed place, are logged with the run config, and cannot be
-changed by a tool call. Unknown keys in a mapping are rejected rather than ignored (RELIABILITY A5).
+changed by a tool call. Unknown keys in a mapping are rejected rather than ignored (docs/reliability.md A5).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class SandboxConfig:
     image: str = DEFAULT_IMAGE
     """Docker image to run; `agentrl sandbox build` makes the default without any registry."""
     memory: str = "512m"
-    """cgroup memory limit; swap is set equal, so there is no swap (RELIABILITY A3)."""
+    """cgroup memory limit; swap is set equal, so there is no swap (docs/reliability.md A3)."""
     cpus: float = 1.0
     """CPU quota in cores (``--cpus``)."""
     pids_limit: int = 128
@@ -66,17 +66,17 @@ class SandboxConfig:
     shm_size: str = "16m"
     """Size of /dev/shm."""
     exec_timeout_s: float = 30.0
-    """Wall-clock limit of one call; a call may ask for less, never more (RELIABILITY A4, A5)."""
+    """Wall-clock limit of one call; a call may ask for less, never more (docs/reliability.md A4, A5)."""
     output_limit_bytes: int = 64 * 1024
     """Most bytes kept from each of stdout and stderr; a call that prints more is stopped."""
     file_limit_bytes: int = 16 * 1024 * 1024
     """Largest file `read_file` returns."""
     ttl_s: float = 3600.0
-    """Dead-man's switch: a container exits by itself this long after it started (RELIABILITY B11)."""
+    """Dead-man's switch: a container exits by itself this long after it started (docs/reliability.md B11)."""
     runtime: str = "runc"
     """OCI runtime: "runc", or "runsc" for gVisor where `agentrl sandbox doctor` reports it."""
     pool_size: int = 16
-    """Most sandboxes open at once in this process (RELIABILITY B15). Idle containers are light (two
+    """Most sandboxes open at once in this process (docs/reliability.md B15). Idle containers are light (two
     sleeping processes; memory and CPU are caps, not reservations), so the default is generous."""
     warm: int = 0
     """Containers the pool starts ahead of demand (each is used by one episode only)."""

@@ -1,4 +1,4 @@
-"""`DockerSandbox`: one hardened container per episode (RELIABILITY.md A1-A9, B10-B14).
+"""`DockerSandbox`: one hardened container per episode (docs/reliability.md A1-A9, B10-B14).
 
 The container's own processes (``--init`` and a ``sleep TTL`` dead-man's switch) run as an unprivileged
 keeper uid; model code runs as the ``sandbox`` uid through ``docker exec``. Because the two differ, a
@@ -49,7 +49,7 @@ class SandboxDiedError(SandboxError):
 
 
 def host_config(client: Any, config: SandboxConfig) -> Any:
-    """The hardened host configuration; every field here is a promise in RELIABILITY.md A."""
+    """The hardened host configuration; every field here is a promise in docs/reliability.md A."""
     home_opts = (
         f"rw,nosuid,nodev,size={parse_size(config.tmpfs_size)},uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700"
     )
@@ -270,7 +270,7 @@ class DockerSandbox(Sandbox):
             self._client.stop(self.id, timeout=max(0, int(self.config.stop_timeout_s)))
         except docker.errors.NotFound:
             return  # already auto-removed
-        except Exception as e:  # teardown must never raise into training (RELIABILITY B12)
+        except Exception as e:  # teardown must never raise into training (docs/reliability.md B12)
             log.debug("sandbox %s did not stop (%s); killing it", self.id[:12], e)
             self._quietly(lambda: self._client.kill(self.id))
         self._quietly(lambda: self._client.remove_container(self.id, force=True))

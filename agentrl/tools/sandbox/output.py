@@ -1,9 +1,9 @@
 """Output of untrusted code: capped while it streams, then made into clean text.
 
 Why cap while streaming: a model can print gigabytes, or one line with no newline; buffering it first
-would put the controller's memory in the model's hands (RELIABILITY A7). Why sanitise: the text goes
+would put the controller's memory in the model's hands (docs/reliability.md A7). Why sanitise: the text goes
 into a prompt, a JSON log and a tokenizer, so NUL bytes, invalid UTF-8 and terminal escapes must become
-a plain, valid string (RELIABILITY A8).
+a plain, valid string (docs/reliability.md A8).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """`SandboxPool`: caps how many sandboxes exist at once, optionally keeping a few started ahead.
 
-Why a cap: 64 concurrent episodes on a 2-core machine must not mean 64 containers (RELIABILITY B15).
+Why a cap: 64 concurrent episodes on a 2-core machine must not mean 64 containers (docs/reliability.md B15).
 Why warm spares are single-use: a container serves exactly one episode, then is destroyed, so episodes
-share no files, /dev/shm or background processes (RELIABILITY B13); warming only hides the start
+share no files, /dev/shm or background processes (docs/reliability.md B13); warming only hides the start
 latency. Spares count against the cap.
 """
 

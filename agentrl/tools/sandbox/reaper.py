@@ -1,10 +1,10 @@
-"""Labels that say who owns a sandbox container, and reaping the ones whose owner died (RELIABILITY B10).
+"""Labels that say who owns a sandbox container; reaping those whose owner died (docs/reliability.md B10).
 
 A controller killed with SIGKILL cannot clean up. Each container therefore records its owner (host,
 pid and the pid's start time, so a recycled pid is not mistaken for the owner); the next start reaps
 containers whose owner is gone. Several runs may share one engine (two trainings, a test session), so
 containers of live owners are left alone. Containers owned by another host are reaped only once their
-TTL has long passed (they should have exited by themselves; RELIABILITY B11).
+TTL has long passed (they should have exited by themselves; docs/reliability.md B11).
 """
 
 from __future__ import annotations
