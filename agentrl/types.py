@@ -93,8 +93,17 @@ def save_jsonl(trajectories: Iterable[Trajectory], path: str | Path, *, append: 
 
 
 def load_jsonl(path: str | Path) -> Iterator[Trajectory]:
-    """Read trajectories written by :func:`save_jsonl`."""
+    """Read trajectories written by :func:`save_jsonl`; a corrupt record raises ``ValueError`` naming the
+    file and the line."""
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield Trajectory.from_dict(json.loads(line))
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise TypeError(f"expected a JSON object, got {type(record).__name__}")
+                trajectory = Trajectory.from_dict(record)
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{n}: not a trajectory record ({type(e).__name__}: {e})") from e
+            yield trajectory

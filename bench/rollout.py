@@ -22,12 +22,11 @@ from typing import Any
 
 from transformers import AutoTokenizer
 
+from agentrl.engines.base import GenerateOutput, SamplingParams
 from agentrl.envs.base import Task, ToolEnv, TurnResult
-from agentrl.types import Message
 from agentrl.models import resolve_model
 from agentrl.rollout.controller import RolloutConfig, RolloutController
-from agentrl.engines.base import GenerateOutput, SamplingParams
-from agentrl.rollout.groups import run_groups
+from agentrl.types import Message
 
 
 class EchoEnv(ToolEnv):
@@ -76,7 +75,7 @@ class InstantEngine:
 
 def bench_overhead(tokenizer: Any, turns: int = 8, episodes: int = 30) -> float:
     """Mean wall time per turn of sequential episodes with an instant engine and env (ms)."""
-    controller = RolloutController(InstantEngine(tokenizer), tokenizer, RolloutConfig(max_total_tokens=32768))
+    controller = RolloutController(InstantEngine(tokenizer), tokenizer, RolloutConfig(max_context=32768))
     env = EchoEnv(turns)
 
     async def main() -> float:
@@ -92,18 +91,24 @@ def bench_overhead(tokenizer: Any, turns: int = 8, episodes: int = 30) -> float:
 
 def bench_concurrent(tokenizer: Any, concurrent: int = 256, turns: int = 4) -> float:
     """Episodes per second with ``concurrent`` episodes in flight (instant engine and env)."""
-    controller = RolloutController(InstantEngine(tokenizer), tokenizer, RolloutConfig(concurrency=concurrent))
+    from agentrl.rollout.driver import EnvSpec, GenerationSettings, RolloutManager
 
-    async def main() -> float:
+    manager = RolloutManager(
+        InstantEngine(tokenizer),
+        tokenizer.name_or_path,
+        [EnvSpec("echo", "train")],
+        rollout=RolloutConfig(max_concurrency=concurrent),
+        seed=0,
+        env_factory=lambda **kw: EchoEnv(turns),
+    )
+    try:
         started = time.perf_counter()
-        groups = await run_groups(
-            controller, lambda: EchoEnv(turns), ["bench"] * (concurrent // 8), n_samples=8
-        )
-        n = sum(len(g) for g in groups)
-        assert all(t.status.value == "completed" for g in groups for t in g)
-        return n / (time.perf_counter() - started)
-
-    return asyncio.run(main())
+        trajectories = manager.generate(["0:bench"] * (concurrent // 8), GenerationSettings(8, 1.0))
+        elapsed = time.perf_counter() - started
+    finally:
+        manager.close()
+    assert all(t.status.value == "completed" for t in trajectories)
+    return len(trajectories) / elapsed
 
 
 def _engine(model: str) -> Any:

@@ -12,12 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from agentrl.envs.base import Task, ToolEnv, TurnResult
-from agentrl.types import Message
 from agentrl.engines.base import GenerateOutput, SamplingParams
-from agentrl.types import Trajectory
+from agentrl.envs.base import Task, ToolEnv, TurnResult
 from agentrl.tools import Tool, tool
 from agentrl.tools.render import render_prompt
+from agentrl.types import Message, Trajectory
 
 
 @tool
@@ -47,13 +46,19 @@ class ScriptedEnv(ToolEnv):
     stop_strings: ClassVar[tuple[str, ...]] = ("</call>",)
 
     def __init__(
-        self, script: Sequence[ScriptTurn], *, inline: bool = False, with_tools: bool = True, **kw: Any
+        self,
+        script: Sequence[ScriptTurn],
+        *,
+        inline: bool = False,
+        with_tools: bool = True,
+        num_tasks: int = 1,
+        **kw: Any,
     ):
         self.script = list(script)
         self.with_tools = with_tools
         self.received: list[str] = []
         self.observation_format = "inline" if inline else "chat"  # type: ignore[misc]
-        tasks = [Task(id="t0", prompt="What is the answer?", answer="42")]
+        tasks = [Task(id=f"t{i}", prompt="What is the answer?", answer="42") for i in range(num_tasks)]
         super().__init__(tasks=tasks, max_turns=kw.pop("max_turns", len(self.script)), **kw)
 
     @property
@@ -162,3 +167,27 @@ def check_trajectory(traj: Trajectory, env: ScriptedEnv, tokenizer: Any) -> None
     assert isinstance(full, str) and full.startswith(decoded), (decoded, full)
     assert full[len(decoded) :] in ("", "\n", tokenizer.eos_token + "\n")
     assert traj.messages[0]["role"] == "system" and traj.messages[1:] == messages[1:]
+
+
+def run_with_driver(
+    engine: Any,
+    model_dir: Any,
+    factory: Any,
+    keys: Sequence[str],
+    n_samples: int,
+    config: Any = None,
+) -> list[list[Any]]:
+    """Episodes through the one rollout driver (as train, eval and ``agentrl rollout`` run them): one
+    group of ``n_samples`` per key, in key order. ``factory(**kwargs)`` builds the env."""
+    from agentrl.rollout.controller import RolloutConfig
+    from agentrl.rollout.driver import EnvSpec, GenerationSettings, RolloutManager
+
+    config = config or RolloutConfig()
+    manager = RolloutManager(
+        engine, model_dir, [EnvSpec("scripted", "train")], rollout=config, seed=0, env_factory=factory
+    )
+    try:
+        out = manager.generate(keys, GenerationSettings(n_samples, config.temperature, config.top_p))
+    finally:
+        manager.close()
+    return [out[i : i + n_samples] for i in range(0, len(out), n_samples)]

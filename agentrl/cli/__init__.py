@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--help-all" in argv:  # every flag, the rare ones included (plain --help lists the common ones)
+        from agentrl.cli import dataclass_args
+
+        dataclass_args.SHOW_RARE = True
+        argv = [a if a != "--help-all" else "--help" for a in argv]
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # A subcommand may accept flags it does not know under a prefix (``train``: ``--sglang-*`` pass

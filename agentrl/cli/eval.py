@@ -3,7 +3,7 @@
 Examples::
 
     agentrl eval --suite search-heldout --model runs/20250101-120000/hf_model
-    agentrl eval --suite none --env search --split test --episodes 50 --samples-per-task 4
+    agentrl eval --suite none --env search --split test --episodes 50 --n-samples-per-prompt 4
     agentrl eval --run runs/20250101-120000      # repeat a training run's own evaluation on its hf_model
 """
 
@@ -13,7 +13,12 @@ import argparse
 import sys
 from typing import Any
 
-from agentrl.cli.dataclass_args import add_dataclass_args, build_dataclass, compact_help_formatter
+from agentrl.cli.dataclass_args import (
+    add_dataclass_args,
+    build_dataclass,
+    compact_help_formatter,
+    given_fields,
+)
 from agentrl.errors import AgentRLError
 
 
@@ -32,12 +37,22 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from agentrl.cli.checks import check_env_inputs, check_model
     from agentrl.eval.evaluate import EvalConfig, make_plan, run_eval
 
-    given = frozenset(".".join(leaf.path) for leaf in args.config_spec if hasattr(args, leaf.dest))
+    given = given_fields(args.config_spec, args)
     try:
         config = build_dataclass(EvalConfig, args.config_spec, args)
-        _, paths = run_eval(config, make_plan(config, given))
+        if config.n_samples_per_prompt > 1 and "rollout.temperature" not in given:
+            # pass@k over identical greedy samples would mean nothing: sample unless told otherwise
+            config = dataclasses.replace(config, rollout=dataclasses.replace(config.rollout, temperature=1.0))
+        plan = make_plan(config, given)
+        for spec in plan.specs:
+            check_env_inputs(spec.env, None, spec.kwargs)
+        check_model(plan.model)
+        _, paths = run_eval(config, plan)
     except AgentRLError as e:
         print(f"agentrl eval: {e}", file=sys.stderr)
         return 2

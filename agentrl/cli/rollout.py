@@ -1,124 +1,139 @@
 """`agentrl rollout`: run episodes of an env with a model and write the trajectories as JSONL.
 
-For debugging an env or a prompt, and for collecting data; no training. Look at the result with
-``agentrl view``.
+For debugging an env or a prompt, and for collecting data; no training. It drives episodes through the
+same driver as training and evaluation. Look at the result with ``agentrl view``.
 
 Examples::
 
-    agentrl rollout --env search --model smollm2-135m --n 4 --num-tasks 8 --out search.jsonl
-    agentrl rollout --env search --model ./my-hf-model --engine sglang --sglang-url http://127.0.0.1:30000
+    agentrl rollout --env search --model smollm2-135m --n-samples-per-prompt 4 --num-tasks 8 --out search.jsonl
+    agentrl rollout --env search --model ./my-hf-model --engine sglang --sglang-urls http://127.0.0.1:30000
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
+import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
+
+from agentrl.cli.dataclass_args import add_dataclass_args, build_dataclass, compact_help_formatter
+from agentrl.engines.config import EngineConfig
+from agentrl.errors import AgentRLError, ConfigError
+from agentrl.rollout.controller import RolloutConfig
 
 log = logging.getLogger(__name__)
 
 
+def _rollout_defaults() -> RolloutConfig:
+    return RolloutConfig(max_new_tokens=256, max_context=4096, max_concurrency=32)
+
+
+@dataclass(frozen=True)
+class RolloutCommandConfig:
+    """What ``agentrl rollout`` runs; its flags are generated from these fields."""
+
+    env: str = field(default="search", metadata={"group": "task"})
+    """Env name or id, e.g. search or agentrl/Search-v0."""
+    env_kwargs: dict[str, Any] | None = field(default=None, metadata={"group": "task"})
+    """Env constructor kwargs as JSON, e.g. '{"hops": 1}'."""
+    split: str = field(default="train", metadata={"group": "task"})
+    """Task split of the env."""
+    tasks: tuple[str, ...] = field(default=(), metadata={"group": "task"})
+    """Task ids to run (default: the first --num-tasks of the split)."""
+    num_tasks: int = field(default=4, metadata={"group": "task"})
+    """How many tasks when --tasks is not given."""
+    model: str = field(default="smollm2-135m", metadata={"group": "model"})
+    """Policy: a local HF folder or an alias (smollm2-135m, tiny-gpt2)."""
+    n_samples_per_prompt: int = field(default=4, metadata={"group": "task"})
+    """Episodes per task (one group per task)."""
+    rollout: RolloutConfig = field(default_factory=_rollout_defaults, metadata={"group": "episode"})
+    """Turn limit, token budgets, sampling and concurrency."""
+    inference: EngineConfig = field(default_factory=EngineConfig, metadata={"group": "engine"})
+    """The inference engine (embedded or SGLang)."""
+    seed: int = 0
+    """Sampling seed."""
+    out: str = "rollouts.jsonl"
+    """Output JSONL file of trajectories."""
+    progress: bool = True
+    """Show a progress bar of finished episodes (on stderr)."""
+
+    def __post_init__(self) -> None:
+        if self.n_samples_per_prompt < 1 or self.num_tasks < 1:
+            raise ConfigError(
+                f"--n-samples-per-prompt={self.n_samples_per_prompt} and --num-tasks={self.num_tasks} "
+                "must be >= 1"
+            )
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "rollout", help="run episodes of an env with a model, write trajectories (JSONL)"
+    parser = subparsers.add_parser(
+        "rollout",
+        help="run episodes of an env with a model, write trajectories (JSONL)",
+        description=__doc__,
+        usage="agentrl rollout [options]",
+        formatter_class=compact_help_formatter,
     )
-    p.add_argument("--env", required=True, help="env name or id, e.g. search or agentrl/Search-v0")
-    p.add_argument("--model", default="smollm2-135m", help="HF folder or alias (smollm2-135m, tiny-gpt2)")
-    p.add_argument("--out", required=True, help="output JSONL file")
-    p.add_argument("--n", type=int, default=4, help="samples per task (one group per task)")
-    p.add_argument("--tasks", default=None, help="comma-separated task ids (default: the first --num-tasks)")
-    p.add_argument("--num-tasks", type=int, default=4, help="how many tasks when --tasks is not given")
-    p.add_argument("--split", default="train", help="task split of the env")
-    p.add_argument("--max-turns", type=int, default=None, help="turn limit passed to the env")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="sampled tokens per turn")
-    p.add_argument("--max-total-tokens", type=int, default=4096, help="context budget per episode")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--concurrency", type=int, default=32, help="episodes in flight")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar of finished groups")
-    p.add_argument("--engine", choices=("embedded", "sglang"), default="embedded")
-    p.add_argument("--device", default="auto", help="embedded engine device: auto, cpu, cuda:0")
-    p.add_argument("--sglang-url", action="append", default=[], help="running SGLang server (repeatable)")
-    p.add_argument("--sglang-python", default=None, help="Python of SGLang's venv, to launch a server")
-    p.set_defaults(func=run)
-
-
-def _engine(args: argparse.Namespace, model_dir: Any) -> Any:
-    if args.engine == "embedded":
-        from agentrl.engines.embedded.engine import EmbeddedEngine, EmbeddedEngineConfig
-
-        return EmbeddedEngine(model_dir, EmbeddedEngineConfig(device=args.device, seed=args.seed))
-    from agentrl.engines.sglang.engine import SGLangEngine, SGLangEngineConfig
-
-    return SGLangEngine(
-        SGLangEngineConfig(
-            model_path=str(model_dir), server_urls=tuple(args.sglang_url), python=args.sglang_python
-        )
-    )
-
-
-def _task_ids(env: Any, args: argparse.Namespace) -> list[str]:
-    if args.tasks:
-        return [t.strip() for t in args.tasks.split(",") if t.strip()]
-    return [t.id for t in env.unwrapped.tasks[: args.num_tasks]]
+    spec = add_dataclass_args(parser, RolloutCommandConfig)
+    parser.set_defaults(func=run, config_spec=spec)
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-    from transformers import AutoTokenizer
+    from agentrl.cli.checks import check_env_inputs, check_model, check_output_file
 
-    import agentrl.envs as envs
-    from agentrl.models import resolve_model
-    from agentrl.rollout.controller import RolloutConfig, RolloutController
-    from agentrl.rollout.groups import run_groups
+    try:
+        config: RolloutCommandConfig = build_dataclass(RolloutCommandConfig, args.config_spec, args)
+        check_env_inputs(config.env, None, config.env_kwargs)
+        model_dir = check_model(config.model)
+        check_output_file(config.out, "--out")
+        trajectories, elapsed = collect(config, model_dir)
+    except AgentRLError as e:
+        print(f"agentrl rollout: {e}", file=sys.stderr)
+        return 2
+    print(_summary(trajectories, elapsed, config.out))
+    return 0
+
+
+def collect(config: RolloutCommandConfig, model_dir: Any) -> tuple[list[Any], float]:
+    """Run the episodes of ``config`` through the rollout driver and save them; (trajectories, seconds)."""
+    import functools
+
+    from tqdm import tqdm
+
+    from agentrl.engines.factory import start_engine
+    from agentrl.rollout.driver import EnvSpec, GenerationSettings, RolloutManager
     from agentrl.types import save_jsonl
 
-    env_kwargs: dict[str, Any] = {"split": args.split}
-    if args.max_turns is not None:
-        env_kwargs["max_turns"] = args.max_turns
-    env_id = envs.resolve(args.env)
-    probe = envs.make(env_id, **env_kwargs)
-    task_ids = _task_ids(probe, args)
-    model_dir = resolve_model(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    config = RolloutConfig(
-        max_new_tokens=args.max_new_tokens,
-        max_total_tokens=args.max_total_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        concurrency=args.concurrency,
-        seed=args.seed,
-    )
-    log.info("rollout: env=%s model=%s tasks=%d n=%d %s", env_id, model_dir, len(task_ids), args.n, config)
-    pool = [probe]
-
-    def factory() -> Any:
-        return pool.pop() if pool else envs.make(env_id, **env_kwargs)
-
-    async def main() -> list[list[Any]]:
-        engine = _engine(args, model_dir)
-        try:
-            controller = RolloutController(engine, tokenizer, config)
-            with tqdm(total=len(task_ids), desc="rollout", unit="group", disable=args.no_progress) as bar:
-                return await run_groups(
-                    controller, factory, task_ids, args.n, env_id=env_id, on_group=lambda _: bar.update(1)
+    spec = EnvSpec(config.env, config.split, dict(config.env_kwargs or {}))
+    engine = functools.partial(start_engine, config.inference, model_dir, seed=config.seed)
+    manager = RolloutManager(engine, model_dir, [spec], rollout=config.rollout, seed=config.seed)
+    try:
+        available = manager.task_keys("train")
+        if config.tasks:
+            known = {k.split(":", 1)[1] for k in available}
+            unknown = [t for t in config.tasks if t not in known]
+            if unknown:
+                raise ConfigError(
+                    f"--tasks: no task {', '.join(map(repr, unknown))} in split {config.split!r} of "
+                    f"{config.env} (it has {len(known)}, e.g. {', '.join(sorted(known)[:3])})"
                 )
-        finally:
-            await engine.close()
-
-    started = time.perf_counter()
-    groups = asyncio.run(main())
-    elapsed = time.perf_counter() - started
-    trajectories = [t for g in groups for t in g]
-    for t in trajectories:
-        t.metrics["model"] = str(model_dir)  # lets `agentrl view` find the tokenizer
-    save_jsonl(trajectories, args.out)
-    print(_summary(trajectories, elapsed, args.out))
-    return 0
+            keys = [f"0:{t}" for t in config.tasks]
+        else:
+            keys = available[: config.num_tasks]
+        n, r = config.n_samples_per_prompt, config.rollout
+        log.info("rollout: env=%s model=%s tasks=%d n=%d %s", config.env, model_dir, len(keys), n, r)
+        started = time.perf_counter()
+        settings = GenerationSettings(n, r.temperature, r.top_p)
+        total = len(keys) * n
+        with tqdm(total=total, desc="rollout", unit="episode", disable=not config.progress) as bar:
+            trajectories = manager.generate(keys, settings, on_episode=lambda _: bar.update(1))
+        elapsed = time.perf_counter() - started
+    finally:
+        manager.close()
+    save_jsonl(trajectories, config.out)
+    return trajectories, elapsed
 
 
 def _summary(trajectories: list[Any], elapsed: float, out: str) -> str:

@@ -6,6 +6,9 @@ torch backend) and prints a summary of what improved::
     agentrl train --env search --max-turns 5
     agentrl train --env search --save ckpt/ --resume            # continue a run exactly
     agentrl train --engine sglang --sglang-mem-fraction-static 0.5 --model /models/Qwen2.5-3B
+    agentrl train --config runs/20250101-120000/config.json --num-rollouts 4   # a logged config, changed
+
+Rarely changed settings are not listed here: ``agentrl train --help-all`` shows every flag.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def add_parser(subparsers: Any) -> None:
         usage="agentrl train [options] [--sglang-ARG VALUE ...]",
         formatter_class=compact_help_formatter,
     )
-    spec = add_dataclass_args(parser, TrainConfig, skip=TrainConfig.CLI_SKIP)
+    spec = add_dataclass_args(parser, TrainConfig)
     parser.set_defaults(func=run, config_spec=spec, passthrough_prefix=SGLANG_PREFIX)
 
 
@@ -45,23 +48,41 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig that ``args`` describe, with ``--sglang-*`` pass-through flags folded in."""
     config: TrainConfig = build_dataclass(TrainConfig, args.config_spec, args)
     extra = sglang_passthrough(list(getattr(args, "passthrough", []) or []))
-    return dataclasses.replace(config, sglang_args=config.sglang_args + extra) if extra else config
+    if not extra:
+        return config
+    inference = dataclasses.replace(config.inference, sglang_args=config.inference.sglang_args + extra)
+    return dataclasses.replace(config, inference=inference)
+
+
+def check_inputs(config: TrainConfig) -> None:
+    """Everything a user can get wrong, before Ray or a model starts (see agentrl.cli.checks)."""
+    from agentrl.cli.checks import check_env_inputs, check_model, check_trajectory_file
+
+    if config.debug_train_only:
+        check_trajectory_file(config.debug_train_only, "--debug-train-only")
+    else:
+        check_env_inputs(config.env, config.suite, config.env_kwargs)
+    check_model(config.model)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
+        check_inputs(config)
     except AgentRLError as e:
         print(f"agentrl train: {e}", file=sys.stderr)
         return 2
-    from ray.exceptions import RayActorError
+    from ray.exceptions import RayActorError, RayTaskError
 
     from agentrl.run.loop import train
 
     try:
         result = train(config)
     except AgentRLError as e:
-        print(f"agentrl train: {e}", file=sys.stderr)
+        # Raised inside an actor, Ray re-raises it as a RayTaskError that is also an AgentRLError, its
+        # text a remote traceback: a user error is shown as the message it carries.
+        cause = e.cause if isinstance(e, RayTaskError) else e
+        print(f"agentrl train: {cause}", file=sys.stderr)
         return 2
     except RayActorError as e:
         print(

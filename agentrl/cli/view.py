@@ -1,7 +1,8 @@
 """`agentrl view FILE.jsonl -o page.html`: one self-contained HTML page of trajectories, token by token.
 
-The tokenizer comes from ``--model``, else from the ``model`` that ``agentrl rollout`` recorded in each
-trajectory's metrics; without one, token ids are shown instead of text.
+The tokenizer comes from ``--model``, else from the ``model`` the rollout driver records in every
+trajectory's metrics (training dumps, eval episodes, `agentrl rollout` output); without one, token ids
+are shown instead of text.
 
 Example::
 
@@ -12,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
+
+from agentrl.errors import AgentRLError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +31,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agentrl.types import load_jsonl
-    from agentrl.rollout.view import render_html
+    try:
+        return _run(args)
+    except AgentRLError as e:
+        print(f"agentrl view: {e}", file=sys.stderr)
+        return 2
 
-    trajectories = [t for _, t in zip(range(args.limit), load_jsonl(args.file), strict=False)]
+
+def _run(args: argparse.Namespace) -> int:
+    from agentrl.rollout.view import render_html
+    from agentrl.types import load_jsonl
+
+    source = Path(args.file)
+    if not source.is_file():
+        raise ConfigError(
+            f"{args.file}: no such file (give a trajectories JSONL: agentrl rollout --out, "
+            "a run's rollouts/step_N.jsonl or an eval's episodes.jsonl)"
+        )
+    try:
+        trajectories = [t for _, t in zip(range(args.limit), load_jsonl(source), strict=False)]
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(str(e)) from e
     model = args.model or next((t.metrics.get("model") for t in trajectories if t.metrics.get("model")), None)
     tokenizer = None
     if model:
@@ -41,9 +62,7 @@ def run(args: argparse.Namespace) -> int:
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
     else:
         log.warning("no --model given and none recorded in %s: showing token ids", args.file)
-    out = Path(args.out or Path(args.file).with_suffix(".html"))
-    out.write_text(
-        render_html(trajectories, tokenizer, title=f"agentrl · {Path(args.file).name}"), encoding="utf-8"
-    )
+    out = Path(args.out or source.with_suffix(".html"))
+    out.write_text(render_html(trajectories, tokenizer, title=f"agentrl · {source.name}"), encoding="utf-8")
     print(f"wrote {out} ({len(trajectories)} episodes)")
     return 0

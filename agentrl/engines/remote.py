@@ -1,6 +1,6 @@
-"""Engine-side Ray actors: the embedded engine's host actor, the driver-side handles the rollout manager
-calls ``generate`` on (one engine, or several spread by session), and the SGLang start-up run inside
-the rollout manager (SGLang servers are processes already and need no actor of their own).
+"""Engine-side Ray stand-ins: the embedded engine's host actor, and the handles that speak the Engine
+protocol over it (one engine, or several spread by session). SGLang servers are processes already and
+need no actor of their own (:func:`agentrl.engines.factory.start_engine` starts them).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any
 import torch
 
 from agentrl.engines.base import GenerateOutput, SamplingParams
-from agentrl.run.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +25,29 @@ def set_threads(num_cpus: int | None) -> None:
     torch.set_num_threads(max(1, num_cpus or os.cpu_count() or 1))
 
 
+def where_am_i() -> dict[str, Any]:
+    """Inside an actor: its placement group, the resources Ray assigned it, the GPUs it sees."""
+    import ray
+
+    from agentrl.engines.weight_transport import NCCL_SAFE_ENV
+
+    context = ray.get_runtime_context()
+    return {
+        "placement_group": context.get_placement_group_id(),
+        "resources": context.get_assigned_resources(),
+        "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+        "env": {k: os.environ.get(k) for k in (*NCCL_SAFE_ENV, "CUDA_VISIBLE_DEVICES", "RANK", "WORLD_SIZE")},
+    }
+
+
 class EngineWorker:
     """Hosts an embedded engine; ``generate`` calls from the rollout manager run concurrently here."""
 
-    def __init__(self, model_path: str, num_cpus: int | None, seed: int) -> None:
+    def __init__(self, model_path: str, num_cpus: int | None, seed: int, device: str = "auto") -> None:
         from agentrl.engines.embedded.engine import EmbeddedEngine, EmbeddedEngineConfig
 
         set_threads(num_cpus)
-        self.engine = EmbeddedEngine(model_path, EmbeddedEngineConfig(seed=seed))
+        self.engine = EmbeddedEngine(model_path, EmbeddedEngineConfig(device=device, seed=seed))
 
     async def generate(
         self, input_ids: list[int], sampling: SamplingParams, session_id: str | None = None
@@ -59,8 +73,6 @@ class EngineWorker:
         await self.engine.close()
 
     def placement_info(self) -> dict[str, Any]:
-        from agentrl.run.placement import where_am_i
-
         return where_am_i()
 
     def model_device(self) -> str:
@@ -180,26 +192,3 @@ class RemoteEngines:
 
     async def resume_memory(self) -> None:
         await asyncio.gather(*(e.resume_memory() for e in self.engines))
-
-
-async def start_sglang_engine(config: TrainConfig, model_path: str, log_dir: str) -> Any:
-    """Launch (or connect to) the SGLang servers of ``config``; called inside the rollout manager."""
-    from agentrl.engines.sglang.engine import SGLangEngine, SGLangEngineConfig
-
-    engine_config = SGLangEngineConfig(
-        model_path=model_path,
-        server_urls=tuple(config.sglang_urls),
-        num_servers=config.num_engines,
-        python=config.sglang_python,
-        sglang_args=_sglang_args(config),
-        log_dir=log_dir,
-    )
-    return await SGLangEngine(engine_config).start()
-
-
-def _sglang_args(config: TrainConfig) -> tuple[str, ...]:
-    """Colocated GPU runs release SGLang's memory around train steps, which needs its memory saver."""
-    args = tuple(config.sglang_args)
-    if config.num_gpus and config.placement == "colocated" and "--enable-memory-saver" not in args:
-        args += ("--enable-memory-saver",)
-    return args

@@ -27,6 +27,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+NCCL_SAFE_ENV: dict[str, str] = {
+    "NCCL_NVLS_ENABLE": "0",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+    "NVSHMEM_DISABLE_NVLS": "1",
+}
+"""Set in every process agentrl starts on GPUs (actors, servers, benchmark workers): NCCL's NVLink
+multicast (NVLS) can take a shared host's GPUs out of service."""
+
 DEFAULT_GROUP = "weight_update_group"
 """SGLang's default ``group_name`` of ``/init_weights_update_group``."""
 

@@ -17,11 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from agentrl.errors import ConfigError
-from agentrl.types import Trajectory, load_jsonl
 from agentrl.rollout.driver import EnvSpec, env_specs
+from agentrl.types import Trajectory, load_jsonl
 
 RUN_DECIDES = frozenset(
-    {"env", "suite", "split", "episodes", "max_turns", "max_new_tokens", "max_context", "seed"}
+    {
+        "env",
+        "suite",
+        "split",
+        "episodes",
+        "rollout.max_turns",
+        "rollout.max_new_tokens",
+        "rollout.max_context",
+        "seed",
+    }
 )
 """EvalConfig fields that ``--run`` takes from the run's config; giving one of them too is an error
 (``env_kwargs`` is not among them: it overrides single kwargs of the run's, e.g. a retriever URL)."""
@@ -36,7 +45,8 @@ class EvalPlan:
     specs: list[EnvSpec]
     first_tasks: int = 0
     """Evaluate only the first N task keys (training's ``--eval-episodes``); 0: every key of the specs."""
-    max_turns: int = 5
+    max_turns: int | None = None
+    """The turn limit; ``None``: the suite's or the env's own (see :meth:`EnvSpec.turn_limit`)."""
     max_new_tokens: int = 256
     max_context: int = 2048
     seed: int = 0
@@ -91,9 +101,10 @@ def plan_from_run(
     with ``env_kwargs`` (if any) overriding single kwargs of the run's."""
     root = Path(run_dir)
     config = _read_json(root / "config.json", "a training run's resolved config")
-    missing = [
-        k for k in ("env", "eval_split", "eval_episodes", "max_turns", "max_new_tokens") if k not in config
-    ]
+    # Runs before the configs were composed logged the episode budgets at the top level.
+    rollout = config.get("rollout") if isinstance(config.get("rollout"), dict) else config
+    missing = [k for k in ("env", "eval_split", "eval_episodes") if k not in config]
+    missing += [k for k in ("max_turns", "max_new_tokens") if k not in rollout]
     if missing:
         raise ConfigError(f"{root / 'config.json'} lacks {missing}: it was not written by `agentrl train`")
     if int(config["eval_episodes"]) == 0:
@@ -116,9 +127,9 @@ def plan_from_run(
         model=model,
         specs=specs,
         first_tasks=int(config["eval_episodes"]),
-        max_turns=int(config["max_turns"]),
-        max_new_tokens=int(config["max_new_tokens"]),
-        max_context=int(config.get("max_context", 2048)),
+        max_turns=None if rollout["max_turns"] is None else int(rollout["max_turns"]),
+        max_new_tokens=int(rollout["max_new_tokens"]),
+        max_context=int(rollout.get("max_context", 2048)),
         seed=int(config.get("seed", 0)),
         reference=run_reference(root),
     )

@@ -7,17 +7,21 @@ turns and the pass@k curve).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from agentrl.engines.config import EngineConfig
 from agentrl.errors import ConfigError
-from agentrl.types import Trajectory, save_jsonl
 from agentrl.eval.compare_run import RUN_DECIDES, EvalPlan, plan_from_run, run_comparison
+from agentrl.rollout.controller import RolloutConfig
+from agentrl.types import Trajectory, save_jsonl
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -147,44 +151,37 @@ def write_report(reports: Sequence[EnvReport], out_dir: Path, meta: dict[str, An
     return paths
 
 
+def _eval_rollout() -> RolloutConfig:
+    return RolloutConfig(max_new_tokens=256, max_context=2048, temperature=0.0)
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """What ``agentrl eval`` runs; its flags are generated from these fields."""
 
-    suite: str | None = "search-heldout"
+    suite: str | None = field(default="search-heldout", metadata={"group": "task"})
     """Suite to evaluate on (a name in envs_registry/ or a YAML path); none: use --env."""
-    env: str = "search"
+    env: str = field(default="search", metadata={"group": "task"})
     """Single env to evaluate on when --suite none."""
-    split: str = "test"
+    env_kwargs: dict[str, Any] | None = field(default=None, metadata={"group": "task"})
+    """Env constructor kwargs as JSON, applied to every suite entry over its own (e.g. a retriever URL)."""
+    split: str = field(default="test", metadata={"group": "task"})
     """Split for --env (suite entries carry their own)."""
-    episodes: int = 0
+    episodes: int = field(default=0, metadata={"group": "task"})
     """Tasks per env (0: what the suite says; for --env: 100)."""
-    model: str = "smollm2-135m"
+    model: str = field(default="smollm2-135m", metadata={"group": "model"})
     """Policy: a local HF folder (e.g. a run's hf_model/) or an alias."""
-    engine: Literal["embedded", "sglang"] = "embedded"
-    """Inference engine."""
-    samples_per_task: int = 1
+    n_samples_per_prompt: int = field(default=1, metadata={"group": "task"})
     """Samples per task; pass@k is reported for k = 1, 2, 4 and so on up to this."""
-    temperature: float | None = None
-    """Sampling temperature (default: 0, greedy, with one sample; 1.0 with several)."""
-    max_turns: int = 5
-    """Agent turns per episode (suite kwargs may set their own)."""
-    max_new_tokens: int = 256
-    """Sampled tokens per turn at most."""
-    max_context: int = 2048
-    """Token budget of an episode."""
-    max_concurrency: int = 64
-    """Episodes in flight at once."""
+    rollout: RolloutConfig = field(default_factory=_eval_rollout, metadata={"group": "episode"})
+    """Turn limit, token budgets, sampling (greedy by default; 1.0 when several samples and no
+    --temperature) and concurrency."""
+    inference: EngineConfig = field(default_factory=EngineConfig, metadata={"group": "engine"})
+    """The inference engine (embedded or SGLang)."""
     seed: int = 0
     """Sampling seed."""
     out: str = "eval_report"
-    """Folder for report.json, report.md and the plots."""
-    sglang_python: str | None = None
-    """Python of the SGLang venv (--engine sglang)."""
-    sglang_urls: tuple[str, ...] = ()
-    """Running SGLang servers to use instead of launching one."""
-    env_kwargs: dict[str, Any] | None = None
-    """Env constructor kwargs as JSON, applied to every suite entry over its own (e.g. a retriever URL)."""
+    """Folder for report.json, report.md, the plots and episodes.jsonl."""
     progress: bool = True
     """Show a progress bar of finished episodes (on stderr)."""
     run: str | None = None
@@ -194,8 +191,10 @@ class EvalConfig:
     retrieval server is gone)."""
 
     def __post_init__(self) -> None:
-        if self.samples_per_task < 1 or self.episodes < 0:
-            raise ConfigError(f"--samples-per-task={self.samples_per_task} must be >= 1, --episodes >= 0")
+        if self.n_samples_per_prompt < 1 or self.episodes < 0:
+            raise ConfigError(
+                f"--n-samples-per-prompt={self.n_samples_per_prompt} must be >= 1, --episodes >= 0"
+            )
 
 
 def plan_from_flags(config: EvalConfig) -> EvalPlan:
@@ -208,12 +207,13 @@ def plan_from_flags(config: EvalConfig) -> EvalPlan:
         specs = [EnvSpec(config.env, config.split, dict(config.env_kwargs or {}), config.episodes or 100)]
     if config.episodes:
         specs = [EnvSpec(s.env, s.split, s.kwargs, config.episodes) for s in specs]
+    r = config.rollout
     return EvalPlan(
         model=config.model,
         specs=specs,
-        max_turns=config.max_turns,
-        max_new_tokens=config.max_new_tokens,
-        max_context=config.max_context,
+        max_turns=r.max_turns,
+        max_new_tokens=r.max_new_tokens,
+        max_context=r.max_context,
         seed=config.seed,
     )
 
@@ -232,55 +232,34 @@ def make_plan(config: EvalConfig, given: frozenset[str] = frozenset()) -> EvalPl
     return plan_from_run(config.run, config.model if "model" in given else None, config.env_kwargs)
 
 
-def _engine(config: EvalConfig, model_path: Path) -> Any:
-    if config.engine == "embedded":
-        from agentrl.engines.embedded.engine import EmbeddedEngine
-
-        return EmbeddedEngine(str(model_path))
-    from agentrl.engines.sglang.engine import SGLangEngine, SGLangEngineConfig
-
-    async def start() -> Any:
-        sglang = SGLangEngineConfig(
-            model_path=str(model_path), server_urls=config.sglang_urls, python=config.sglang_python
-        )
-        return await SGLangEngine(sglang).start()
-
-    return start
-
-
 def run_eval(config: EvalConfig, plan: EvalPlan | None = None) -> tuple[list[EnvReport], dict[str, Path]]:
     """Evaluate on every env of the plan (default: ``make_plan(config)``); write and return the report."""
     from tqdm import tqdm
 
+    from agentrl.engines.factory import start_engine
     from agentrl.models import resolve_model
     from agentrl.rollout.driver import GenerationSettings, RolloutManager
 
     plan = plan or make_plan(config)
     model_path = resolve_model(plan.model)
-    manager = RolloutManager(
-        _engine(config, model_path),
-        model_path,
-        [],
-        eval_specs=plan.specs,
+    rollout = dataclasses.replace(
+        config.rollout,
         max_turns=plan.max_turns,
         max_new_tokens=plan.max_new_tokens,
         max_context=plan.max_context,
-        max_concurrency=config.max_concurrency,
-        seed=plan.seed,
     )
-    n = config.samples_per_task
-    temperature = config.temperature if config.temperature is not None else (0.0 if n == 1 else 1.0)
+    engine = functools.partial(start_engine, config.inference, model_path, seed=plan.seed)
+    manager = RolloutManager(engine, model_path, [], eval_specs=plan.specs, rollout=rollout, seed=plan.seed)
+    n = config.n_samples_per_prompt
     try:
         keys = manager.task_keys("eval")
         if plan.first_tasks:
             keys = keys[: plan.first_tasks]
-        settings = GenerationSettings(n_samples=n, temperature=temperature)
+        settings = GenerationSettings(n_samples=n, temperature=rollout.temperature, top_p=rollout.top_p)
         with tqdm(total=len(keys) * n, desc="eval", unit="episode", disable=not config.progress) as bar:
             trajectories = manager.generate(keys, settings, on_episode=lambda _: bar.update(1))
     finally:
         manager.close()
-    for t in trajectories:
-        t.metrics["model"] = str(model_path)  # lets `agentrl view` find the tokenizer
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= n]
     reports = []
     for i, spec in enumerate(plan.specs):
@@ -288,8 +267,8 @@ def run_eval(config: EvalConfig, plan: EvalPlan | None = None) -> tuple[list[Env
         if mine or not plan.first_tasks:
             reports.append(summarize_env(spec.env, spec.split, mine, ks))
     source = f"the evaluation of run {config.run}" if config.run else (config.suite or config.env)
-    meta: dict[str, Any] = {"suite": source, "model": plan.model, "samples_per_task": n}
-    meta["temperature"] = temperature
+    meta: dict[str, Any] = {"suite": source, "model": plan.model, "n_samples_per_prompt": n}
+    meta["temperature"] = rollout.temperature
     if config.run is not None:
         meta["run"] = run_comparison(Path(config.run), plan, trajectories)
     paths = write_report(reports, Path(config.out), meta)

@@ -12,8 +12,8 @@ One episode (:meth:`RolloutController.run_episode`)::
     until terminated (COMPLETED) / truncated or out of budget (TRUNCATED) / engine abort (ABORTED)
 
 A bad episode is data, not a crash: an exception from the env, its sandbox or the engine ends that
-episode with ``Status.FAILED`` and the error text; the batch goes on. Groups, pooling and the dynamic
-filter live in :mod:`agentrl.rollout.groups`.
+episode with ``Status.FAILED`` and the error text; the batch goes on. Groups, env pooling and the dynamic
+filter live in the one driver, :mod:`agentrl.rollout.driver`.
 """
 
 from __future__ import annotations
@@ -25,14 +25,13 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from agentrl.types import Message
-from agentrl.errors import ConfigError
 from agentrl.engines.base import Engine, GenerateOutput, SamplingParams
+from agentrl.errors import ConfigError
 from agentrl.rollout.tokenize import Conversation
-from agentrl.types import Status, Trajectory
+from agentrl.types import Message, Status, Trajectory
 
 log = logging.getLogger(__name__)
 
@@ -45,30 +44,34 @@ class RolloutConfig:
 
     max_new_tokens: int = 512
     """Per-turn cap on sampled tokens (clamped further to what the budgets have left)."""
-    max_total_tokens: int = 4096
+    max_context: int = 4096
     """Context budget: prompt + response ids of one episode never exceed it (else TRUNCATED)."""
-    max_response_tokens: int | None = None
+    max_response_tokens: int | None = field(default=None, metadata={"rare": True})
     """Optional budget on response ids (sampled + observation) per episode; ``None`` = no extra cap."""
     max_turns: int | None = None
-    """Safety cap on agent turns when the env sets none itself (envs normally truncate on ``max_turns``)."""
+    """Turn limit. The driver builds each env with it (a user's value wins over a suite's, which wins over
+    the env's default); the controller enforces the env's own ``max_turns`` and uses this only for an env
+    that has none."""
     temperature: float = 1.0
     """Sampling temperature (0 = greedy)."""
-    top_p: float = 1.0
+    top_p: float = field(default=1.0, metadata={"rare": True})
     """Nucleus sampling threshold."""
-    top_k: int = -1
+    top_k: int = field(default=-1, metadata={"rare": True})
     """Top-k sampling (-1 = off)."""
-    stop_token_ids: tuple[int, ...] = ()
+    stop_token_ids: tuple[int, ...] = field(default=(), metadata={"rare": True})
     """Stop token ids besides the model's EOS."""
-    concurrency: int = 64
+    max_concurrency: int = 64
     """Most episodes in flight at once (each holds an env instance and an engine request)."""
-    seed: int | None = None
+    seed: int | None = field(default=None, metadata={"cli": False})
     """Base sampling seed; episode ``i`` of a group samples with ``seed + i`` when set."""
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1 or self.max_total_tokens < 2:
-            raise ConfigError("max_new_tokens must be >= 1 and max_total_tokens >= 2")
-        if self.concurrency < 1:
-            raise ConfigError(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.max_new_tokens < 1 or self.max_context < 2:
+            raise ConfigError("max_new_tokens must be >= 1 and max_context >= 2")
+        if self.max_turns is not None and self.max_turns < 1:
+            raise ConfigError(f"max_turns must be >= 1 (or unset: the env decides), got {self.max_turns}")
+        if self.max_concurrency < 1:
+            raise ConfigError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ConfigError("temperature must be >= 0 and top_p in (0, 1]")
 
@@ -94,13 +97,13 @@ class RolloutController:
         self.engine = engine
         self.tokenizer = tokenizer
         self.config = config or RolloutConfig()
-        self.semaphore = asyncio.Semaphore(self.config.concurrency)
+        self.semaphore = asyncio.Semaphore(self.config.max_concurrency)
         # Env work (build, reset, step, close) runs on the controller's own threads, one per episode
         # slot, not on asyncio's default pool (min(32, cpus + 4) threads): an env may block for long,
         # e.g. waiting for a container from a full sandbox pool, and with more such waiters than
         # default threads the episodes that hold containers could never step again.
         self.env_threads = ThreadPoolExecutor(
-            max_workers=self.config.concurrency + 2, thread_name_prefix="agentrl-env"
+            max_workers=self.config.max_concurrency + 2, thread_name_prefix="agentrl-env"
         )
 
     async def in_env_thread(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -157,12 +160,15 @@ class RolloutController:
         conv = Conversation.start(self.tokenizer, messages, info.get("tools") or None)
         traj.prompt_ids = conv.prompt_ids
         traj.messages = conv.transcript()
-        if len(conv.prompt_ids) >= self.config.max_total_tokens:
-            raise _EpisodeEnd(Status.TRUNCATED, "prompt does not fit max_total_tokens")
+        if len(conv.prompt_ids) >= self.config.max_context:
+            raise _EpisodeEnd(Status.TRUNCATED, "prompt does not fit max_context")
         stop = tuple(info.get("stop") or ())
         inline = info.get("observation_format", "chat") == "inline"
         session = f"{traj.group_id}/{traj.sample_index}"
         versions: list[int] = []
+        # One owner of the turn limit: an env that truncates on its own max_turns (every ToolEnv) decides;
+        # config.max_turns only caps envs that set none. The driver builds envs with the resolved limit.
+        limit = getattr(env.unwrapped, "max_turns", None) or self.config.max_turns
         try:
             while True:
                 out = await self._generate(traj, stop, session, seed)
@@ -176,7 +182,7 @@ class RolloutController:
                 if done:
                     return
                 self._append_observation(traj, conv, observation, inline, turn)
-                if self.config.max_turns is not None and len(traj.turns) >= self.config.max_turns:
+                if limit is not None and len(traj.turns) >= limit:
                     raise _EpisodeEnd(Status.TRUNCATED, "max_turns reached")
         finally:
             traj.messages = conv.transcript()
@@ -184,7 +190,7 @@ class RolloutController:
             self._summarise(traj)
 
     def _budget(self, traj: Trajectory) -> int:
-        left = self.config.max_total_tokens - traj.num_tokens
+        left = self.config.max_context - traj.num_tokens
         if self.config.max_response_tokens is not None:
             left = min(left, self.config.max_response_tokens - len(traj.response_ids))
         return left

@@ -1,17 +1,26 @@
-"""The rollout manager: which envs and tasks a run uses, and generating groups of episodes on them.
+"""The one rollout driver: which envs and tasks a command uses, and generating groups of episodes on them.
 
-It is a plain class (the train loop wraps it in a Ray actor; ``agentrl eval`` uses it in-process). Task
-keys are ``"<entry>:<task id>"`` strings, ``<entry>`` being the index of the env spec (one for ``--env``,
-one per suite entry), so one :class:`~agentrl.run.task_sampler.TaskSampler` orders tasks across a
-whole suite.
+Training (inside a Ray actor), ``agentrl eval`` and ``agentrl rollout`` all call
+:meth:`RolloutManager.generate`, so the debugging command exercises the training path and failures are
+handled once: an env that cannot be built, or an episode that fails, becomes a FAILED trajectory with
+the error (never a crash of the batch), and an env whose episode FAILED is closed and replaced, since it
+may hold a dead sandbox.
 
-Sampling seeds are a pure function of (run seed, step, task key, sample index): a resumed run samples
-exactly what an uninterrupted one would have, whatever the batching inside the engine.
+Task keys are ``"<entry>:<task id>"`` strings, ``<entry>`` being the index of the env spec (one for
+``--env``, one per suite entry), so one task sampler orders tasks across a whole suite. Sampling seeds are
+a pure function of (run seed, step, task key, sample index): a resumed run samples exactly what an
+uninterrupted one would have, whatever the batching inside the engine.
+
+The turn limit has one owner: :meth:`EnvSpec.turn_limit` (a user's ``--max-turns`` wins over the suite's
+``max_turns`` kwarg, which wins over the env's default); the env is built with it and the controller
+enforces the env's own limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import hashlib
 import os
 from collections.abc import Awaitable, Callable, Sequence
@@ -19,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentrl.errors import ConfigError
 from agentrl.engines.base import Engine
-from agentrl.types import Trajectory
+from agentrl.errors import ConfigError
+from agentrl.rollout.controller import RolloutConfig, RolloutController
+from agentrl.types import Status, Trajectory
 
 EnvFactory = Callable[..., Any]
 """Builds an env from keyword arguments (``split``, ``max_turns``, the spec's kwargs); tests pass a class."""
@@ -36,13 +46,22 @@ class EnvSpec:
     split: str
     """Task split."""
     kwargs: dict[str, Any] = field(default_factory=dict)
-    """Constructor arguments besides ``split`` and ``max_turns``."""
+    """Constructor arguments besides ``split`` (a suite's ``max_turns`` among them)."""
     episodes: int = 0
     """Episodes to evaluate on this env (suites); 0: the caller decides."""
 
-    def make(self, max_turns: int, factory: EnvFactory | None = None) -> Any:
-        """Create the env (through ``agentrl.make`` unless a ``factory`` is given)."""
-        kwargs = {"split": self.split, "max_turns": max_turns, **self.kwargs}
+    def turn_limit(self, user: int | None) -> int | None:
+        """The turn limit of this env: the user's, else the spec's (suite) kwarg, else ``None`` (the env's
+        own default)."""
+        return user if user is not None else self.kwargs.get("max_turns")
+
+    def make(self, max_turns: int | None, factory: EnvFactory | None = None) -> Any:
+        """Create the env (through ``agentrl.make`` unless a ``factory`` is given) with the resolved turn
+        limit."""
+        kwargs = {"split": self.split, **self.kwargs}
+        limit = self.turn_limit(max_turns)
+        if limit is not None:
+            kwargs["max_turns"] = limit
         if factory is not None:
             return factory(**kwargs)
         from agentrl.envs.registry import make
@@ -82,8 +101,57 @@ class GenerationSettings:
     """The rollout step (part of the sampling seed, recorded as the weight version)."""
 
 
+def has_signal(group: Sequence[Trajectory]) -> bool:
+    """True when the group's trainable episodes have at least two distinct rewards."""
+    return len({t.reward for t in group if t.trainable}) > 1
+
+
+def keep_informative_groups(
+    trajectories: list[Trajectory], groups: int, dynamic_filter: bool
+) -> list[Trajectory]:
+    """The first ``groups`` groups, skipping (with ``dynamic_filter``, DAPO's dynamic sampling) those
+    whose rewards all agree: every GRPO advantage of such a group is zero."""
+    by_group: dict[str, list[Trajectory]] = {}
+    for t in trajectories:
+        by_group.setdefault(t.group_id, []).append(t)
+    kept = [g for g in by_group.values() if not dynamic_filter or has_signal(g)][:groups]
+    return [t for g in kept for t in g]
+
+
+class EnvPool:
+    """Env instances of one spec reused across episodes: at most one per concurrent slot, created on
+    demand on the controller's env threads (envs can be costly to build: an index, a sandbox)."""
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self.build = build
+        self.idle: list[Any] = []
+
+    async def acquire(self, controller: RolloutController) -> Any:
+        return self.idle.pop() if self.idle else await controller.in_env_thread(self.build)
+
+    async def release(self, controller: RolloutController, env: Any, *, broken: bool) -> None:
+        if broken:
+            await controller.in_env_thread(_close_quietly, env)
+        else:
+            self.idle.append(env)
+
+    def close(self) -> None:
+        envs, self.idle = self.idle, []
+        for env in envs:
+            _close_quietly(env)
+
+
+def _close_quietly(env: Any) -> None:
+    with contextlib.suppress(Exception):  # closing must never take the batch down
+        env.close()
+
+
 class RolloutManager:
-    """Runs groups of multi-turn episodes over the envs of a run with one engine."""
+    """Runs groups of multi-turn episodes over the envs of a command with one engine.
+
+    A plain class: the train loop wraps it in a Ray actor; ``agentrl eval`` and ``agentrl rollout`` use
+    it in-process.
+    """
 
     def __init__(
         self,
@@ -92,10 +160,7 @@ class RolloutManager:
         specs: Sequence[EnvSpec],
         *,
         eval_specs: Sequence[EnvSpec] = (),
-        max_turns: int,
-        max_new_tokens: int,
-        max_context: int,
-        max_concurrency: int,
+        rollout: RolloutConfig,
         seed: int,
         env_factory: EnvFactory | None = None,
     ) -> None:
@@ -108,23 +173,22 @@ class RolloutManager:
         self.engine: Engine = (
             engine if isinstance(engine, Engine) else self._loop.run_until_complete(engine())
         )
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        self.model_path = str(model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.specs = [*specs, *eval_specs]
         self._groups = {"train": range(len(specs)), "eval": range(len(specs), len(self.specs))}
-        self.max_turns = max_turns
-        self.max_new_tokens = max_new_tokens
-        self.max_context = max_context
-        self.max_concurrency = max_concurrency
+        self.rollout = rollout
         self.seed = seed
         self.env_factory = env_factory
-        self._envs: dict[int, list[Any]] = {}
+        self._pools = [EnvPool(self._builder(i)) for i in range(len(self.specs))]
         self.version = 0
+
+    def _builder(self, entry: int) -> Callable[[], Any]:
+        spec = self.specs[entry]
+        return lambda: spec.make(self.rollout.max_turns, self.env_factory)
 
     def pid(self) -> int:
         return os.getpid()
-
-    def env_ids(self) -> list[str]:
-        return [s.env for s in self.specs]
 
     def task_keys(self, which: str = "train") -> list[str]:
         """Every task of the ``"train"`` or ``"eval"`` specs, as ``"<entry>:<task id>"`` in the envs'
@@ -132,10 +196,16 @@ class RolloutManager:
         per_entry: list[list[str]] = []
         for i in self._groups[which]:
             spec = self.specs[i]
-            env = spec.make(self.max_turns, self.env_factory)
+            try:
+                env = self._builder(i)()
+            except Exception as e:
+                raise ConfigError(
+                    f"env {spec.env!r} (split {spec.split!r}, kwargs {spec.kwargs}) could not be built to "
+                    f"list its tasks: {type(e).__name__}: {e}"
+                ) from e
             ids = [f"{i}:{t.id}" for t in env.unwrapped.tasks]
             per_entry.append(ids[: spec.episodes] if spec.episodes else ids)
-            env.close()
+            self._pools[i].idle.append(env)  # reused by the first episode
         if which == "train":
             return [k for ids in per_entry for k in ids]
         longest = max((len(ids) for ids in per_entry), default=0)
@@ -147,16 +217,10 @@ class RolloutManager:
         settings: GenerationSettings,
         on_episode: Callable[[Trajectory], None] | None = None,
     ) -> list[Trajectory]:
-        """``settings.n_samples`` episodes of each task key; every episode comes back, with a status.
-        ``on_episode`` (in-process callers only, e.g. a progress bar) is called as each one ends."""
+        """``settings.n_samples`` episodes of each task key, in key order; every episode comes back once,
+        with a status. ``on_episode`` (in-process callers only, e.g. a progress bar) is called as each
+        one ends."""
         return self._loop.run_until_complete(_generate(self, list(keys), settings, on_episode))
-
-    def _checkout(self, entry: int) -> Any:
-        pool = self._envs.setdefault(entry, [])
-        return pool.pop() if pool else self.specs[entry].make(self.max_turns, self.env_factory)
-
-    def _return(self, entry: int, env: Any) -> None:
-        self._envs[entry].append(env)
 
     def update_weights(self, source: Any, version: int) -> None:
         """Load new weights into the engine (a state dict, or an HF folder path for SGLang)."""
@@ -173,11 +237,22 @@ class RolloutManager:
         self._loop.run_until_complete(set_engine_memory(self.engine, action))  # type: ignore[arg-type]
 
     def close(self) -> None:
-        for pool in self._envs.values():
-            for env in pool:
-                env.close()
-        self._envs.clear()
+        for pool in self._pools:
+            pool.close()
         self._loop.run_until_complete(self.engine.close())
+
+
+def _failed(key: str, group_id: str, index: int, env_id: str, error: Exception) -> Trajectory:
+    return Trajectory(
+        prompt_ids=[],
+        status=Status.FAILED,
+        group_id=group_id,
+        task_id=key.split(":", 1)[1],
+        sample_index=index,
+        env_id=env_id,
+        error=f"{type(error).__name__}: {error}",
+        metrics={"failed_at": "env_construction"},
+    )
 
 
 # A module-level coroutine, not a method: Ray turns a class with any ``async def`` into an async actor,
@@ -188,37 +263,36 @@ async def _generate(
     settings: GenerationSettings,
     on_episode: Callable[[Trajectory], None] | None = None,
 ) -> list[Trajectory]:
-    from agentrl.rollout.controller import RolloutConfig, RolloutController
-
-    config = RolloutConfig(
-        max_turns=manager.max_turns,
-        max_new_tokens=manager.max_new_tokens,
-        max_total_tokens=manager.max_context,
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        concurrency=manager.max_concurrency,
-    )
+    config = dataclasses.replace(manager.rollout, temperature=settings.temperature, top_p=settings.top_p)
     controller = RolloutController(manager.engine, manager.tokenizer, config)
-    semaphore = asyncio.Semaphore(manager.max_concurrency)
 
     async def one(key: str, index: int) -> Trajectory:
-        entry, task_id = key.split(":", 1)
-        async with semaphore:
-            env = manager._checkout(int(entry))
+        entry = int(key.split(":", 1)[0])
+        spec, pool = manager.specs[entry], manager._pools[entry]
+        group_id = f"{settings.step}/{key}"
+        async with controller.semaphore:
             try:
+                env = await pool.acquire(controller)
+            except Exception as e:  # env construction failed: that episode fails, the others go on
+                trajectory = _failed(key, group_id, index, spec.env, e)
+            else:
                 trajectory = await controller.run_episode(
                     env,
-                    task_id=task_id,
-                    group_id=f"{settings.step}/{key}",
+                    task_id=key.split(":", 1)[1],
+                    group_id=group_id,
                     sample_index=index,
-                    env_id=manager.specs[int(entry)].env,
+                    env_id=spec.env,
                     seed=episode_seed(manager.seed, settings.step, key, index),
+                    bounded=False,
                 )
-            finally:
-                manager._return(int(entry), env)
+                await pool.release(controller, env, broken=trajectory.status is Status.FAILED)
+        trajectory.metrics["model"] = manager.model_path  # lets `agentrl view` find the tokenizer
         if on_episode is not None:
             on_episode(trajectory)
         return trajectory
 
-    jobs = [one(key, i) for key in keys for i in range(settings.n_samples)]
-    return list(await asyncio.gather(*jobs))
+    try:
+        jobs = [one(key, i) for key in keys for i in range(settings.n_samples)]
+        return list(await asyncio.gather(*jobs))
+    finally:
+        controller.env_threads.shutdown(wait=False)

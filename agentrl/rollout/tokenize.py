@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentrl.types import Message
 from agentrl.tools.render import prepare_chat
+from agentrl.types import Message
 
 _BASE: list[Message] = [{"role": "user", "content": "agentrl-base-user"}]
 _BASE_REPLY = "agentrl-base-reply"

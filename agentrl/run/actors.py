@@ -28,15 +28,9 @@ from typing import Any
 
 import torch
 
+from agentrl.engines.factory import start_engine
+from agentrl.engines.remote import EngineWorker, RemoteEngine, RemoteEngines, set_threads
 from agentrl.errors import ConfigError
-from agentrl.types import Trajectory
-from agentrl.engines.remote import (
-    EngineWorker,
-    RemoteEngine,
-    RemoteEngines,
-    set_threads,
-    start_sglang_engine,
-)
 from agentrl.run.placement import (
     PlacedActors,
     TrainerGroup,
@@ -46,6 +40,7 @@ from agentrl.run.placement import (
     start_trainer_ranks,
 )
 from agentrl.run.train_config import TrainConfig
+from agentrl.types import Trajectory
 
 log = logging.getLogger(__name__)
 
@@ -162,14 +157,14 @@ class TrainerWorker:
         return load_latest(Path(root), self.backend)
 
     def placement_info(self) -> dict[str, Any]:
-        from agentrl.run.placement import where_am_i
+        from agentrl.engines.remote import where_am_i
 
         return where_am_i()
 
     def weight_group_address(self) -> tuple[str, int, str]:
         """Host, free port and backend of the weight-broadcast group this rank (0) will host."""
-        from agentrl.run.placement import rendezvous_address
         from agentrl.engines.weight_transport import default_backend
+        from agentrl.run.placement import rendezvous_address
 
         return (*rendezvous_address(), default_backend())
 
@@ -247,15 +242,26 @@ def create_actors(config: TrainConfig, model_path: Path, env_factory: Any, log_d
     engines: list[Any] = []
     if not config.debug_train_only:
         engine: Any
-        if config.engine == "embedded" and plan:
-            engines = start_engines(EngineWorker, plan, group, str(model_path), config.num_cpus, config.seed)
+        inference = config.inference
+        if inference.engine == "embedded" and plan:
+            engines = start_engines(
+                EngineWorker, plan, group, str(model_path), config.num_cpus, config.seed, inference.device
+            )
             engine = RemoteEngines(engines)
-        elif config.engine == "embedded":
+        elif inference.engine == "embedded":
             worker = ray.remote(EngineWorker).options(max_concurrency=1024, **options)
-            engines = [worker.remote(str(model_path), config.num_cpus, config.seed)]
+            engines = [worker.remote(str(model_path), config.num_cpus, config.seed, inference.device)]
             engine = RemoteEngine(engines[0])
         else:
-            engine = functools.partial(start_sglang_engine, config, str(model_path), str(log_dir / "sglang"))
+            colocated_gpus = bool(config.placement.num_gpus) and config.placement.placement == "colocated"
+            engine = functools.partial(
+                start_engine,
+                inference,
+                str(model_path),
+                seed=config.seed,
+                log_dir=str(log_dir / "sglang"),
+                release_memory=colocated_gpus,
+            )
         rollout = (
             ray.remote(RolloutManager)
             .options(**options)
@@ -264,10 +270,7 @@ def create_actors(config: TrainConfig, model_path: Path, env_factory: Any, log_d
                 str(model_path),
                 env_specs(config.env, config.suite, "" if config.suite else config.split, config.env_kwargs),
                 eval_specs=env_specs(config.env, config.suite, config.eval_split, config.env_kwargs),
-                max_turns=config.max_turns,
-                max_new_tokens=config.max_new_tokens,
-                max_context=config.max_context,
-                max_concurrency=config.max_concurrency,
+                rollout=config.rollout,
                 seed=config.seed,
                 env_factory=env_factory,
             )

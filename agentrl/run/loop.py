@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from agentrl.run.metrics import dump_rollouts, plot_curves, read_metrics, summarize
 from agentrl.rollout.driver import EnvFactory
+from agentrl.run.metrics import dump_rollouts, plot_curves, read_metrics, summarize
 from agentrl.run.run import Run
 from agentrl.run.train_config import TrainConfig
 

@@ -16,7 +16,6 @@ symmetric memory and NVSHMEM.
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from collections.abc import Iterator
@@ -24,17 +23,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from agentrl.engines.weight_transport import NCCL_SAFE_ENV
 from agentrl.errors import ConfigError
 from agentrl.run.train_config import TrainConfig
 
 Placement = Literal["colocated", "disaggregated"]
-
-NCCL_SAFE_ENV: dict[str, str] = {
-    "NCCL_NVLS_ENABLE": "0",
-    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
-    "NVSHMEM_DISABLE_NVLS": "1",
-}
-"""Set in every process agentrl starts on GPUs (actors, servers, benchmark workers)."""
 
 
 @dataclass(frozen=True)
@@ -75,9 +68,10 @@ def plan_placement(mode: Placement, num_gpus: int, trainer_gpus: int | None = No
 
 def plan_for(config: TrainConfig) -> PlacementPlan | None:
     """The run's plan, or None on a run without GPUs (everything as plain actors)."""
-    if config.num_gpus == 0:
+    if config.placement.num_gpus == 0:
         return None
-    return plan_placement(config.placement, config.num_gpus, config.trainer_gpus)
+    p = config.placement
+    return plan_placement(p.placement, p.num_gpus, p.trainer_gpus)
 
 
 def create_placement_group(plan: PlacementPlan, *, timeout_s: float = 300.0) -> Any:
@@ -109,19 +103,6 @@ def bundle_options(group: Any, bundle: int, gpus: float, env: dict[str, str] | N
             placement_group=group, placement_group_bundle_index=bundle
         ),
         "runtime_env": {"env_vars": {**NCCL_SAFE_ENV, **(env or {})}},
-    }
-
-
-def where_am_i() -> dict[str, Any]:
-    """Inside an actor: its placement group, the resources Ray assigned it, the GPUs it sees."""
-    import ray
-
-    context = ray.get_runtime_context()
-    return {
-        "placement_group": context.get_placement_group_id(),
-        "resources": context.get_assigned_resources(),
-        "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-        "env": {k: os.environ.get(k) for k in (*NCCL_SAFE_ENV, "CUDA_VISIBLE_DEVICES", "RANK", "WORLD_SIZE")},
     }
 
 

@@ -7,7 +7,6 @@ and the metrics logger; :func:`agentrl.run.loop.train` only calls ``generate``, 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -17,29 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agentrl.cli.dataclass_args import config_to_dict
+from agentrl.config_io import config_to_dict
 from agentrl.errors import CheckpointError, ConfigError
-from agentrl.types import Trajectory, load_jsonl
+from agentrl.rollout.driver import EnvFactory, GenerationSettings, keep_informative_groups
 from agentrl.run.actors import Actors, create_actors
 from agentrl.run.metrics import MetricsLogger, dump_rollouts, rollout_metrics
-from agentrl.rollout.driver import EnvFactory, GenerationSettings
 from agentrl.run.task_sampler import TaskSampler
 from agentrl.run.train_config import TrainConfig
+from agentrl.types import Trajectory, load_jsonl
 
 log = logging.getLogger(__name__)
-
-
-def keep_informative_groups(
-    trajectories: list[Trajectory], groups: int, dynamic_filter: bool
-) -> list[Trajectory]:
-    """The first ``groups`` groups, skipping (with ``dynamic_filter``) those whose rewards all agree."""
-    by_group: dict[str, list[Trajectory]] = {}
-    for t in trajectories:
-        by_group.setdefault(t.group_id, []).append(t)
-    kept = [
-        g for g in by_group.values() if not dynamic_filter or len({t.reward for t in g if t.trainable}) > 1
-    ][:groups]
-    return [t for g in kept for t in g]
 
 
 @dataclass
@@ -59,7 +45,7 @@ class Run:
 
         log_dir = Path(config.log_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
         log_dir.mkdir(parents=True, exist_ok=True)
-        resolved = config_to_dict(dataclasses.replace(config, torch=config.torch_backend_config()))
+        resolved = config_to_dict(config)
         (log_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
         log.info("resolved config (also in %s): %s", log_dir / "config.json", json.dumps(resolved))
         model_path = resolve_model(config.model)
@@ -97,7 +83,7 @@ class Run:
             return replayed, rollout_metrics(replayed)
         assert self.sampler is not None
         n_prompts = math.ceil(c.rollout_batch_size * (c.over_sample if c.dynamic_filter else 1.0))
-        settings = GenerationSettings(c.n_samples_per_prompt, c.temperature, c.top_p, step)
+        settings = GenerationSettings(c.n_samples_per_prompt, c.rollout.temperature, c.rollout.top_p, step)
         keys = self.sampler.sample(n_prompts)
         trajectories = ray.get(self.actors.rollout.generate.remote(keys, settings))
         kept = keep_informative_groups(trajectories, c.rollout_batch_size, c.dynamic_filter)
@@ -153,7 +139,7 @@ class Run:
         if self.actors.placed is not None and self.actors.placed.metas:  # disaggregated: broadcast
             self.actors.placed.broadcast_weights(version)
             return
-        if self.config.engine == "embedded":
+        if self.config.inference.engine == "embedded":
             source: Any = self.actors.trainer.state_dict.remote()
         else:
             folder = self.log_dir / "weights" / f"v{version:06d}"

@@ -13,14 +13,13 @@ from typing import Any
 
 import pytest
 import torch
-from rollout_harness import ScriptedEnv, ScriptTurn, check_trajectory
+from rollout_harness import ScriptedEnv, ScriptTurn, check_trajectory, run_with_driver
 from transformers import AutoModelForCausalLM
 
-from agentrl.models import make_tiny_gpt2
-from agentrl.rollout.controller import RolloutConfig, RolloutController
-from agentrl.engines.embedded.engine import EmbeddedEngine, EmbeddedEngineConfig
 from agentrl.engines.base import SamplingParams
-from agentrl.rollout.groups import run_groups
+from agentrl.engines.embedded.engine import EmbeddedEngine, EmbeddedEngineConfig
+from agentrl.models import make_tiny_gpt2
+from agentrl.rollout.controller import RolloutConfig
 from agentrl.types import Status
 
 ENGINE_KINDS = ["embedded"]
@@ -217,22 +216,14 @@ def test_controller_invariants_with_real_engine(engine_kind: str, inline: bool, 
     eng = make_engine(engine_kind, model_dir)
     envs: list[ScriptedEnv] = []
 
-    def factory() -> ScriptedEnv:
-        envs.append(ScriptedEnv(script, inline=inline))
+    def factory(**kwargs: Any) -> ScriptedEnv:
+        envs.append(ScriptedEnv(script, inline=inline, num_tasks=2, **kwargs))
         return envs[-1]
 
     config = RolloutConfig(
-        max_new_tokens=24, max_total_tokens=1024, temperature=1.0, stop_token_ids=(), concurrency=4
+        max_new_tokens=24, max_context=1024, temperature=1.0, stop_token_ids=(), max_concurrency=4
     )
-
-    async def main() -> list[list[Any]]:
-        controller = RolloutController(eng, eng.tokenizer, config)
-        try:
-            return await run_groups(controller, factory, ["t0", "t0"], n_samples=3, env_id="scripted")
-        finally:
-            await eng.close()
-
-    groups = asyncio.run(main())
+    groups = run_with_driver(eng, model_dir, factory, ["0:t0", "0:t1"], 3, config)
     assert [len(g) for g in groups] == [3, 3] and len(envs) <= 4
     for group in groups:
         assert len({t.group_id for t in group}) == 1

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from agentrl.eval.evaluate import pass_at_k
 from agentrl.models import make_tiny_gpt2
 from agentrl.types import load_jsonl
-from agentrl.eval.evaluate import pass_at_k
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +36,11 @@ def test_eval_writes_json_markdown_and_a_plot_per_env(tiny_model: Path, tmp_path
     )
     out = tmp_path / "report"
     cmd = [sys.executable, "-m", "agentrl", "eval", "--suite", str(suite), "--model", str(tiny_model)]
-    cmd += ["--samples-per-task", "2", "--max-new-tokens", "12", "--out", str(out)]
+    cmd += ["--n-samples-per-prompt", "2", "--max-new-tokens", "12", "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
-    assert report["samples_per_task"] == 2 and report["temperature"] == 1.0
+    assert report["n_samples_per_prompt"] == 2 and report["temperature"] == 1.0
     envs = report["envs"]
     assert [(e["env"], e["split"], e["tasks"], e["episodes"]) for e in envs] == [
         ("agentrl/Search-v0", "test", 3, 6),

@@ -17,10 +17,11 @@ import ray
 import tiny_envs
 
 from agentrl.models import make_tiny_gpt2
-from agentrl.trainer.config import OptimizerConfig
+from agentrl.rollout.controller import RolloutConfig
 from agentrl.run.loop import train
 from agentrl.run.metrics import read_metrics
 from agentrl.run.train_config import TrainConfig
+from agentrl.trainer.config import OptimizerConfig
 
 ROLLOUTS = 10
 MARGIN = 0.05
@@ -47,9 +48,7 @@ def letter_share_curve(model: Path, log_dir: Path, sign: float) -> list[float]:
         n_samples_per_prompt=8,
         global_batch_size=64,
         num_rollouts=ROLLOUTS,
-        max_turns=1,
-        max_new_tokens=12,
-        max_context=256,
+        rollout=RolloutConfig(max_turns=1, max_new_tokens=12, max_context=256),
         eval_episodes=0,
         dump_interval=0,
         progress=False,

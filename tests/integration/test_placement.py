@@ -14,11 +14,11 @@ from typing import Any, ClassVar
 
 import pytest
 
+from agentrl.engines.base import SamplingParams
 from agentrl.errors import ConfigError
 from agentrl.models import make_tiny_gpt2
-from agentrl.engines.base import SamplingParams
 from agentrl.run.placement import NCCL_SAFE_ENV, PlacedActors, plan_placement
-from agentrl.run.train_config import TrainConfig
+from agentrl.run.train_config import PlacementConfig, TrainConfig
 
 ray = pytest.importorskip("ray")
 
@@ -53,17 +53,18 @@ def test_plans() -> None:
     with pytest.raises(ConfigError, match="trainer GPUs"):
         plan_placement("disaggregated", 2, trainer_gpus=2)
     with pytest.raises(ConfigError, match="num-gpus >= 2"):
-        TrainConfig(placement="disaggregated", num_gpus=1)
+        PlacementConfig(placement="disaggregated", num_gpus=1)
     with pytest.raises(ConfigError, match="--trainer-gpus must be 2"):
-        TrainConfig(placement="colocated", num_gpus=2, trainer_gpus=1)
+        PlacementConfig(placement="colocated", num_gpus=2, trainer_gpus=1)
 
 
 def _start(mode: str, tiny_model: Path) -> PlacedActors:
     from agentrl.run.actors import EngineWorker, TrainerWorker
     from agentrl.run.placement import create_placement_group, start_engines, start_trainer_ranks
 
-    config = TrainConfig(model=str(tiny_model), num_gpus=2, placement=mode, num_cpus=1)  # type: ignore[arg-type]
-    plan = plan_placement(config.placement, config.num_gpus, config.trainer_gpus)
+    placement = PlacementConfig(num_gpus=2, placement=mode)  # type: ignore[arg-type]
+    config = TrainConfig(model=str(tiny_model), placement=placement, num_cpus=1)
+    plan = plan_placement(placement.placement, placement.num_gpus, placement.trainer_gpus)
     group = create_placement_group(plan, timeout_s=60)
     trainers = start_trainer_ranks(TrainerWorker, plan, group, str(tiny_model), config)
     engines = start_engines(EngineWorker, plan, group, str(tiny_model), 1, 0)
@@ -168,8 +169,8 @@ class _RecordingSGLang(BaseHTTPRequestHandler):
 
 
 def test_sglang_release_and_resume_requests() -> None:
-    from agentrl.engines.sglang.engine import SGLangEngine, SGLangEngineConfig
     from agentrl.engines.memory import set_engine_memory
+    from agentrl.engines.sglang.engine import SGLangEngine, SGLangEngineConfig
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), _RecordingSGLang)
     threading.Thread(target=server.serve_forever, daemon=True).start()

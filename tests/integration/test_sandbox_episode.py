@@ -15,12 +15,12 @@ from rollout_harness import ScriptedEngine, ScriptTurn
 from transformers import AutoTokenizer
 
 import agentrl
+from agentrl.engines.base import GenerateOutput, SamplingParams
 from agentrl.models import resolve_model
 from agentrl.rollout.controller import RolloutConfig, RolloutController
-from agentrl.engines.base import GenerateOutput, SamplingParams
-from agentrl.types import Status
 from agentrl.tools.sandbox import SandboxConfig
 from agentrl.tools.sandbox.engine import connect
+from agentrl.types import Status
 
 
 def call(code: str) -> ScriptTurn:
@@ -51,7 +51,7 @@ def test_killed_container_fails_the_episode_and_the_next_one_runs() -> None:
         "python-tool", split="test", tasks_per_generator=2, sandbox_config=SandboxConfig(run_id=run_id)
     )
     script = [call("print('turn one')"), call("print('turn two')"), call("print('turn three')")]
-    config = RolloutConfig(max_new_tokens=200, max_total_tokens=8192)
+    config = RolloutConfig(max_new_tokens=200, max_context=8192)
     try:
         engine = KillingEngine(tokenizer, script, run_id, kill_before=1)
         failed = asyncio.run(RolloutController(engine, tokenizer, config).run_episode(env))

@@ -17,15 +17,14 @@ from typing import Any
 
 import pytest
 import torch
-from rollout_harness import ScriptedEnv, ScriptTurn, check_trajectory
+from rollout_harness import ScriptedEnv, ScriptTurn, check_trajectory, run_with_driver
 from test_sglang_engine import sglang_python_or_skip, sharpened_copy
 from transformers import AutoTokenizer, GPT2LMHeadModel
 
-from agentrl.models import make_tiny_gpt2
-from agentrl.rollout.controller import RolloutConfig, RolloutController
-from agentrl.rollout.groups import run_groups
 from agentrl.engines.sglang.engine import SGLangEngine, SGLangEngineConfig
 from agentrl.engines.sglang.launcher import CPU_SERVER_ARGS, SGLangServerProcess, free_port
+from agentrl.models import make_tiny_gpt2
+from agentrl.rollout.controller import RolloutConfig
 from agentrl.types import Status, Trajectory
 
 SCRIPT = [
@@ -77,21 +76,16 @@ def test_controller_multi_turn_episodes_on_sglang(
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     envs: list[ScriptedEnv] = []
 
-    def factory() -> ScriptedEnv:
-        envs.append(ScriptedEnv(SCRIPT, inline=inline))
+    def factory(**kwargs: Any) -> ScriptedEnv:
+        envs.append(ScriptedEnv(SCRIPT, inline=inline, num_tasks=2, **kwargs))
         return envs[-1]
 
-    config = RolloutConfig(max_new_tokens=24, max_total_tokens=1024, temperature=1.0, concurrency=4)
+    config = RolloutConfig(max_new_tokens=24, max_context=1024, temperature=1.0, max_concurrency=4)
 
-    async def main() -> list[list[Trajectory]]:
-        engine = await SGLangEngine(SGLangEngineConfig(server_urls=(server.url,))).start()
-        try:
-            controller = RolloutController(engine, tokenizer, config)
-            return await run_groups(controller, factory, ["t0", "t0"], n_samples=3, env_id="scripted")
-        finally:
-            await engine.close()
+    async def start() -> Any:
+        return await SGLangEngine(SGLangEngineConfig(server_urls=(server.url,))).start()
 
-    groups = asyncio.run(main())
+    groups = run_with_driver(start, model_dir, factory, ["0:t0", "0:t1"], 3, config)
     assert [len(g) for g in groups] == [3, 3]
     model = GPT2LMHeadModel.from_pretrained(model_dir, dtype=torch.float32).eval()
     for traj in (t for g in groups for t in g):

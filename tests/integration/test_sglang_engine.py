@@ -17,11 +17,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer, GPT2LMHeadModel
 
-from agentrl.errors import ConfigError
-from agentrl.models import make_tiny_gpt2
 from agentrl.engines.base import Engine, SamplingParams
 from agentrl.engines.sglang.engine import SGLangEngine, SGLangEngineConfig
 from agentrl.engines.sglang.launcher import CPU_SERVER_ARGS, find_sglang_python
+from agentrl.errors import ConfigError
+from agentrl.models import make_tiny_gpt2
 
 LOGPROB_TOL = 1e-3
 

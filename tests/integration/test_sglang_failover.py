@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from agentrl.errors import ConfigError, EngineError
-from agentrl.models import make_tiny_gpt2
 from agentrl.engines.base import GenerateOutput, SamplingParams
 from agentrl.engines.sglang.engine import SGLangEngine, SGLangEngineConfig
 from agentrl.engines.sglang.launcher import CPU_SERVER_ARGS, SGLangServerProcess, find_sglang_python
+from agentrl.errors import ConfigError, EngineError
+from agentrl.models import make_tiny_gpt2
 
 
 def _sigkill(process: SGLangServerProcess | None) -> None:

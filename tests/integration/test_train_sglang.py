@@ -11,13 +11,15 @@ import pytest
 import ray
 import tiny_envs
 
-from agentrl.models import make_tiny_gpt2
+from agentrl.engines.config import EngineConfig
 from agentrl.engines.sglang.launcher import CPU_SERVER_ARGS, find_sglang_python
-from agentrl.types import load_jsonl
-from agentrl.trainer.config import OptimizerConfig
+from agentrl.models import make_tiny_gpt2
+from agentrl.rollout.controller import RolloutConfig
 from agentrl.run.loop import train
 from agentrl.run.metrics import read_metrics
 from agentrl.run.train_config import TrainConfig
+from agentrl.trainer.config import OptimizerConfig
+from agentrl.types import load_jsonl
 
 
 def _sglang_python() -> str:
@@ -34,16 +36,12 @@ def test_two_rollouts_with_disk_weight_sync(tmp_path: Path) -> None:
     config = TrainConfig(
         env="letter",
         model=str(model),
-        engine="sglang",
-        sglang_python=python,
-        sglang_args=CPU_SERVER_ARGS,
+        inference=EngineConfig(engine="sglang", sglang_python=python, sglang_args=CPU_SERVER_ARGS),
         rollout_batch_size=4,
         n_samples_per_prompt=4,
         global_batch_size=16,
         num_rollouts=2,
-        max_turns=1,
-        max_new_tokens=8,
-        max_context=128,
+        rollout=RolloutConfig(max_turns=1, max_new_tokens=8, max_context=128),
         eval_episodes=0,
         progress=False,
         log_dir=str(tmp_path / "logs"),

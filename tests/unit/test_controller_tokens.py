@@ -23,8 +23,8 @@ from transformers import AutoTokenizer
 
 from agentrl.models import make_tiny_gpt2, resolve_model
 from agentrl.rollout.controller import RolloutConfig, RolloutController
-from agentrl.types import Status, Trajectory
 from agentrl.tools.render import render_prompt
+from agentrl.types import Status, Trajectory
 
 _TOKENIZERS: dict[str, Any] = {}
 
@@ -83,7 +83,7 @@ def check_scripted(traj: Trajectory, env: ScriptedEnv, engine: ScriptedEngine, t
 def test_tokens_match_template(tokenizer: Any, script: list[ScriptTurn], inline: bool, max_new: int) -> None:
     env = ScriptedEnv(script, inline=inline)
     engine = ScriptedEngine(tokenizer, script)
-    traj = run(env, engine, tokenizer, RolloutConfig(max_new_tokens=max_new, max_total_tokens=100_000))
+    traj = run(env, engine, tokenizer, RolloutConfig(max_new_tokens=max_new, max_context=100_000))
     check_scripted(traj, env, engine, tokenizer)
     assert traj.status in (Status.COMPLETED, Status.TRUNCATED)
     if traj.status is Status.COMPLETED:
@@ -104,7 +104,7 @@ def test_budget_never_exceeded(
     engine = ScriptedEngine(tokenizer, script)
     prompt_len = len(render_prompt(tokenizer, env.initial_messages(env.tasks[0]), [lookup], tokenize=True))
     budget = prompt_len + slack
-    traj = run(env, engine, tokenizer, RolloutConfig(max_new_tokens=max_new, max_total_tokens=budget))
+    traj = run(env, engine, tokenizer, RolloutConfig(max_new_tokens=max_new, max_context=budget))
     traj.check()
     assert traj.num_tokens <= budget
     assert traj.status in (Status.COMPLETED, Status.TRUNCATED)

@@ -18,6 +18,7 @@ LAYERS = {
     "types": 0,
     "errors": 0,
     "models": 1,
+    "config_io": 1,
     "tools": 1,
     "envs": 2,
     "engines": 3,

@@ -1,4 +1,5 @@
-"""Controller robustness and grouping: failures become data, every episode returns once, dynamic filter."""
+"""The controller and the one rollout driver: failures become data, every episode returns once, env pooling,
+the dynamic filter, one owner of the turn limit."""
 
 from __future__ import annotations
 
@@ -8,16 +9,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rollout_harness import ScriptedEngine, ScriptedEnv, ScriptTurn
+from rollout_harness import ScriptedEngine, ScriptedEnv, ScriptTurn, run_with_driver
 from transformers import AutoTokenizer
 
-from agentrl.envs.base import Task
+from agentrl.engines.base import GenerateOutput, SamplingParams
 from agentrl.errors import EngineError, SandboxError
 from agentrl.models import make_tiny_gpt2
 from agentrl.rollout.controller import RolloutConfig, RolloutController
-from agentrl.engines.base import GenerateOutput, SamplingParams
-from agentrl.rollout.groups import has_signal, run_groups, sample_groups
-from agentrl.types import Status
+from agentrl.rollout.driver import (
+    EnvSpec,
+    GenerationSettings,
+    RolloutManager,
+    has_signal,
+    keep_informative_groups,
+)
+from agentrl.types import Status, Trajectory
 
 SCRIPT = [
     ScriptTurn("look</call>", end="stop", observation=[{"role": "tool", "content": "found"}]),
@@ -26,8 +32,13 @@ SCRIPT = [
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return AutoTokenizer.from_pretrained(make_tiny_gpt2(tmp_path_factory.mktemp("m") / "tiny"))
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_gpt2(tmp_path_factory.mktemp("m") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def tok(model_dir: Path) -> Any:
+    return AutoTokenizer.from_pretrained(model_dir)
 
 
 class LoopingEngine(ScriptedEngine):
@@ -120,67 +131,109 @@ def test_turn_limit_truncates(tok: Any) -> None:
     assert traj.status is Status.TRUNCATED and len(traj.turns) == 1 and traj.trainable
 
 
-def test_groups_concurrency_pool_and_exactly_once(tok: Any) -> None:
+def test_groups_concurrency_pool_and_exactly_once(tok: Any, model_dir: Path) -> None:
     engine = LoopingEngine(tok, SCRIPT)
     made: list[ScriptedEnv] = []
 
-    def factory() -> ScriptedEnv:
-        made.append(ScriptedEnv(SCRIPT))
+    def factory(**kwargs: Any) -> ScriptedEnv:
+        made.append(ScriptedEnv(SCRIPT, num_tasks=16, **kwargs))
         return made[-1]
 
-    controller = RolloutController(engine, tok, RolloutConfig(concurrency=4))
-    finished: list[int] = []
-    groups = run(
-        run_groups(
-            controller,
-            factory,
-            ["t0"] * 16,
-            n_samples=4,
-            env_id="s",
-            on_group=lambda g: finished.append(len(g)),
-        )
-    )
+    keys = [f"0:t{i}" for i in range(16)]
+    groups = run_with_driver(engine, model_dir, factory, keys, 4, RolloutConfig(max_concurrency=4))
     assert len(groups) == 16 and all(len(g) == 4 for g in groups)
-    assert finished == [4] * 16  # the progress callback saw every group once, when it was whole
+    assert [g[0].task_id for g in groups] == [f"t{i}" for i in range(16)]  # key order kept
+    assert all(len({t.group_id for t in g}) == 1 for g in groups)
     assert engine.peak <= 4 and len(made) <= 4  # env instances are pooled per concurrent slot
     sessions = {(t.group_id, t.sample_index) for g in groups for t in g}
     assert len(sessions) == 64  # each dispatched episode came back exactly once
     assert all(t.status is Status.COMPLETED for g in groups for t in g)
+    assert all(t.metrics["model"] == str(model_dir) for g in groups for t in g)  # for `agentrl view`
 
 
-def test_failed_env_construction_is_an_episode_failure(tok: Any) -> None:
-    def factory() -> ScriptedEnv:
+def test_failed_env_construction_is_an_episode_failure(tok: Any, model_dir: Path) -> None:
+    def factory(**kwargs: Any) -> ScriptedEnv:
         raise SandboxError("docker is down")
 
-    controller = RolloutController(LoopingEngine(tok, SCRIPT), tok)
-    groups = run(run_groups(controller, factory, ["t0"], n_samples=3))
+    groups = run_with_driver(LoopingEngine(tok, SCRIPT), model_dir, factory, ["0:t0"], 3)
     assert [t.status for t in groups[0]] == [Status.FAILED] * 3
-    assert all("docker is down" in t.error for t in groups[0])
+    assert all(t.error == "SandboxError: docker is down" and t.task_id == "t0" for t in groups[0])
 
 
-def test_dynamic_filter_oversamples_and_keeps_everything(tok: Any) -> None:
-    tasks = [Task(id=i, prompt="q", answer="a") for i in ("same", "mixed")]
+def test_an_env_whose_episode_failed_is_closed_not_reused(tok: Any, model_dir: Path) -> None:
+    closed: list[int] = []
 
-    def factory() -> RewardEnv:
-        env = RewardEnv(SCRIPT)
-        env.tasks = tasks
-        env._index = {t.id: k for k, t in enumerate(tasks)}
-        return env
+    class Dying(ScriptedEnv):
+        def turn(self, text: str) -> Any:
+            raise SandboxError("container died")
 
-    controller = RolloutController(LoopingEngine(tok, SCRIPT), tok, RolloutConfig(concurrency=8))
-    order = ["same", "same", "mixed", "same", "mixed", "mixed", "mixed"]
-    batch = run(sample_groups(controller, factory, order, n_samples=2, num_groups=2, max_in_flight=2))
-    assert len(batch.groups) == 2 and all(has_signal(g) for g in batch.groups)
-    assert all(not has_signal(g) for g in batch.filtered)
-    assert {t.task_id for g in batch.filtered for t in g} == {"same"}
-    # Dispatch stopped once two informative groups were in: nothing was lost or dispatched past need.
-    assert batch.num_dispatched == 2 * (len(batch.groups) + len(batch.surplus) + len(batch.filtered))
-    assert batch.num_dispatched < 2 * len(order)
+        def close(self) -> None:
+            closed.append(id(self))
+
+    made: list[ScriptedEnv] = []
+
+    def factory(**kwargs: Any) -> ScriptedEnv:
+        made.append(Dying(SCRIPT, **kwargs))
+        return made[-1]
+
+    config = RolloutConfig(max_concurrency=1)
+    groups = run_with_driver(LoopingEngine(tok, SCRIPT), model_dir, factory, ["0:t0"], 3, config)
+    assert [t.status for t in groups[0]] == [Status.FAILED] * 3
+    assert len(made) == 3 and sorted(closed) == sorted(id(e) for e in made)  # one fresh env per episode
+
+
+def _traj(group: str, reward: float, status: Status = Status.COMPLETED) -> Trajectory:
+    return Trajectory(prompt_ids=[1], reward=reward, status=status, group_id=group)
+
+
+def test_dynamic_filter_keeps_the_first_informative_groups() -> None:
+    batch = [
+        *[_traj("a", 1.0), _traj("a", 1.0)],  # all agree: no signal
+        *[_traj("b", 0.0), _traj("b", 1.0)],
+        *[_traj("c", 0.5), _traj("c", 0.5, Status.FAILED)],  # one trainable reward only
+        *[_traj("d", 1.0), _traj("d", 0.0)],
+        *[_traj("e", 0.0), _traj("e", 0.2)],
+    ]
+    assert [t.group_id for t in keep_informative_groups(batch, 2, True)] == ["b", "b", "d", "d"]
+    assert [t.group_id for t in keep_informative_groups(batch, 2, False)] == ["a", "a", "b", "b"]
+    assert has_signal(batch[2:4]) and not has_signal(batch[4:6])
+
+
+def test_turn_limit_has_one_owner_the_user_then_the_suite_then_the_env(tok: Any, model_dir: Path) -> None:
+    long_script = [*SCRIPT[:1]] * 5 + SCRIPT[1:]  # answers on turn 6
+    suite_entry = EnvSpec("scripted", "train", {"max_turns": 4})
+    seen: dict[str, tuple[Status, int]] = {}
+    for label, spec, user in [
+        ("suite", suite_entry, None),
+        ("user below suite", suite_entry, 2),
+        ("user above suite", suite_entry, 5),
+        ("env default", EnvSpec("scripted", "train"), None),
+    ]:
+        manager = RolloutManager(
+            LoopingEngine(tok, long_script),
+            model_dir,
+            [spec],
+            rollout=RolloutConfig(max_turns=user),
+            seed=0,
+            env_factory=lambda **kw: ScriptedEnv(long_script, **kw),
+        )
+        try:
+            traj = manager.generate(["0:t0"], GenerationSettings(1, 1.0))[0]
+        finally:
+            manager.close()
+        seen[label] = (traj.status, len(traj.turns))
+    truncated = Status.TRUNCATED
+    assert seen == {
+        "suite": (truncated, 4),
+        "user below suite": (truncated, 2),
+        "user above suite": (truncated, 5),
+        "env default": (Status.COMPLETED, 6),  # ScriptedEnv's own limit is its script's length
+    }
 
 
 def test_rollout_config_validation() -> None:
     with pytest.raises(ValueError, match="concurrency"):
-        RolloutConfig(concurrency=0)
+        RolloutConfig(max_concurrency=0)
     with pytest.raises(ValueError, match="top_p"):
         RolloutConfig(top_p=0.0)
 
@@ -195,7 +248,7 @@ def test_trajectories_round_trip_jsonl(tok: Any, tmp_path: Path) -> None:
     assert next(load_jsonl(tmp_path / "t.jsonl")) == traj
 
 
-def test_env_steps_that_block_together_do_not_starve(tok: Any) -> None:
+def test_env_steps_that_block_together_do_not_starve(tok: Any, model_dir: Path) -> None:
     # 24 episodes whose env.step blocks until all 24 are inside step at once (like episodes waiting on
     # each other's sandboxes). asyncio's default thread pool has min(32, cpus + 4) threads, 6 on a
     # 2-core machine, so it would time the barrier out; the controller's own env threads must not.
@@ -207,7 +260,14 @@ def test_env_steps_that_block_together_do_not_starve(tok: Any) -> None:
             barrier.wait()
             return super().turn(text)
 
-    controller = RolloutController(LoopingEngine(tok, SCRIPT), tok, RolloutConfig(concurrency=n))
-    groups = run(run_groups(controller, lambda: Waiting(SCRIPT), ["t0"] * (n // 4), n_samples=4))
+    keys = [f"0:t{i}" for i in range(n // 4)]
+    groups = run_with_driver(
+        LoopingEngine(tok, SCRIPT),
+        model_dir,
+        lambda **kw: Waiting(SCRIPT, num_tasks=n // 4, **kw),
+        keys,
+        4,
+        RolloutConfig(max_concurrency=n),
+    )
     statuses = [t.status for g in groups for t in g]
     assert statuses == [Status.COMPLETED] * n, [t.error for g in groups for t in g if t.error][:1]

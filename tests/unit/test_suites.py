@@ -115,7 +115,7 @@ def test_packaged_dir_is_the_repo_folder_and_ships_in_the_wheel(tmp_path: Path) 
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(src)],
         check=True,
     )  # fmt: skip
-    (wheel,) = tmp_path.glob("agentrl-*.whl")
+    (wheel,) = tmp_path.glob("agentrl_gym-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "agentrl/envs_registry/python-heldout.yaml" in names
     assert "agentrl/envs_registry/python-train.yaml" in names

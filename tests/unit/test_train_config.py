@@ -10,18 +10,19 @@ import pytest
 
 from agentrl.cli.dataclass_args import add_dataclass_args, build_dataclass, compact_help_formatter, field_docs
 from agentrl.errors import CheckpointError, ConfigError
-from agentrl.types import Status, Trajectory
-from agentrl.trainer.config import OptimizerConfig
+from agentrl.rollout.controller import RolloutConfig
 from agentrl.run.metrics import read_metrics, rollout_metrics, summarize
 from agentrl.run.task_sampler import TaskSampler
 from agentrl.run.train_config import LAPTOP_LR, TrainConfig
+from agentrl.trainer.config import OptimizerConfig
+from agentrl.types import Status, Trajectory
 
 
 def _parser() -> tuple[argparse.ArgumentParser, list]:
     parser = argparse.ArgumentParser(
         prog="agentrl train", usage="%(prog)s [options]", formatter_class=compact_help_formatter
     )
-    return parser, add_dataclass_args(parser, TrainConfig, skip=TrainConfig.CLI_SKIP)
+    return parser, add_dataclass_args(parser, TrainConfig)
 
 
 def _parse(argv: list[str]) -> TrainConfig:
@@ -53,7 +54,7 @@ def test_valid_batch_shapes() -> None:
     "kwargs",
     [
         {"resume": True},
-        {"temperature": 0.0},
+        {"rollout": RolloutConfig(temperature=0.0)},
         {"num_rollouts": 0},
         {"eval_interval": -1},
         {"over_sample": 0.5},
@@ -74,6 +75,7 @@ def test_cli_flags_map_to_nested_fields_and_keep_parent_defaults() -> None:
     assert config.progress is False
     torch_config = config.torch_backend_config()
     assert torch_config.algorithm is config.algorithm and torch_config.seed == config.seed
+    assert torch_config.micro_batch_tokens == config.torch.micro_batch_tokens
 
 
 def test_cli_parses_tuples_dicts_and_literals() -> None:
@@ -93,8 +95,8 @@ def test_cli_parses_tuples_dicts_and_literals() -> None:
     )
     assert config.optimizer.betas == (0.9, 0.95)
     assert config.env_kwargs == {"hops": 1}
-    assert config.engine == "sglang"
-    assert config.sglang_urls == ("u1", "u2")
+    assert config.inference.engine == "sglang"
+    assert config.inference.sglang_urls == ("u1", "u2")
     parser, _ = _parser()
     with pytest.raises(SystemExit):
         parser.parse_args(["--engine", "vllm"])
@@ -114,17 +116,95 @@ def test_sglang_flags_pass_through_the_real_cli() -> None:
         ["train", "--engine", "sglang", "--sglang-mem-fraction-static", "0.5"]
     )
     args.passthrough = extra
-    assert config_from_args(args).sglang_args == ("--mem-fraction-static", "0.5")
+    assert config_from_args(args).inference.sglang_args == ("--mem-fraction-static", "0.5")
 
 
-def test_help_is_generated_from_docstrings_and_fits_two_screens() -> None:
+def _flags(text: str) -> list[str]:
+    return sorted({w.rstrip(",") for line in text.splitlines() for w in line.split() if w.startswith("--")})
+
+
+def test_help_is_generated_from_docstrings_and_lists_at_most_45_flags() -> None:
+    from agentrl.cli import build_parser
+
     parser, _ = _parser()
     text = parser.format_help()
     assert "Prompts (tasks) per rollout [4]" in text
-    assert "--kl-coef" in text and "--micro-batch-tokens" in text
-    assert "--torch-seed" not in text  # skipped: set from --seed
-    assert len(text.splitlines()) < 125  # two 60-line screens, give or take the wrapped defaults
+    assert "--kl-coef" in text
+    assert "--micro-batch-tokens" not in text and "--weight-decay" not in text  # rare: --help-all
     assert field_docs(TrainConfig)["num_rollouts"].startswith("Rollouts")
+    train = next(a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "train")[
+        1
+    ]
+    shown = [
+        a for a in train._actions if a.help != argparse.SUPPRESS and a.option_strings != ["-h", "--help"]
+    ]
+    assert 30 <= len(shown) <= 45, len(shown)
+    # Rare flags still parse, and --help-all lists them.
+    assert _parse(["--micro-batch-tokens", "512"]).torch.micro_batch_tokens == 512
+
+
+def test_help_all_lists_the_rare_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    from agentrl.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help-all"])
+    text = capsys.readouterr().out
+    assert "--micro-batch-tokens" in text and "--weight-decay" in text and "--keep-last" in text
+    from agentrl.cli import dataclass_args
+
+    dataclass_args.SHOW_RARE = False
+
+
+def test_config_file_round_trips_the_logged_resolved_config(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from agentrl.config_io import config_to_dict
+
+    config = _parse(["--env", "python-tool", "--max-turns", "3", "--kl-coef", "0.01", "--engine", "sglang",
+                     "--sglang-urls", "u1", "--micro-batch-tokens", "512", "--lr-decay-style", "cosine"])  # fmt: skip
+    logged = tmp_path / "config.json"
+    logged.write_text(json.dumps(config_to_dict(config)))
+    again = _parse(["--config", str(logged)])
+    assert again == config
+    assert again.optimizer.lr_decay_steps == config.optimizer.lr_decay_steps == 8  # resolved, kept
+    # flags win over the file; flag names work as keys (dashes or underscores), YAML types are checked
+    assert _parse(["--config", str(logged), "--max-turns", "4"]).rollout.max_turns == 4
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("max-turns: 2\nkl_coef: 0.5\nsglang-urls: [a, b]\nengine: sglang\n")
+    loaded = _parse(["--config", str(flat)])
+    assert (loaded.rollout.max_turns, loaded.algorithm.kl_coef) == (2, 0.5)
+    assert loaded.inference.sglang_urls == ("a", "b")
+    flat.write_text("max-turns: many\n")
+    with pytest.raises(ConfigError, match="flat.yaml: max_turns: invalid literal"):
+        _parse(["--config", str(flat)])
+    flat.write_text("max_turnz: 2\n")
+    with pytest.raises(ConfigError, match="unknown setting 'max_turnz' in TrainConfig; accepted: "):
+        _parse(["--config", str(flat)])
+    with pytest.raises(ConfigError, match="no such file"):
+        _parse(["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_train_eval_and_rollout_share_flag_names_for_shared_concepts() -> None:
+    from agentrl.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    with_rare = {}
+    from agentrl.cli import dataclass_args
+
+    dataclass_args.SHOW_RARE = True
+    try:
+        commands = build_parser()._subparsers._group_actions[0].choices
+        for name in ("train", "eval", "rollout"):
+            with_rare[name] = {o for a in commands[name]._actions for o in a.option_strings}
+    finally:
+        dataclass_args.SHOW_RARE = False
+    shared = {
+        "--env", "--env-kwargs", "--model", "--max-turns", "--max-new-tokens", "--max-context",
+        "--temperature", "--top-p", "--max-concurrency", "--n-samples-per-prompt", "--engine",
+        "--sglang-urls", "--sglang-python", "--seed", "--config",
+    }  # fmt: skip
+    for name, flags in with_rare.items():
+        assert shared <= flags, (name, sorted(shared - flags))
+    retired = {"--max-total-tokens", "--concurrency", "--samples-per-task", "--n", "--sglang-url"}
+    assert not retired & (with_rare["train"] | with_rare["eval"] | with_rare["rollout"])
 
 
 def test_task_sampler_is_a_seeded_permutation_per_epoch() -> None:

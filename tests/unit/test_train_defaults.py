@@ -6,14 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from agentrl.envs.presets import LAPTOP_ENV_KWARGS
 from agentrl.envs.registry import make
 from agentrl.envs.search import SearchEnv
-from agentrl.types import Status, Trajectory
 from agentrl.run.actors import Actors
-from agentrl.trainer.config import AlgorithmConfig
 from agentrl.run.metrics import rollout_metrics, summarize
 from agentrl.run.run import Run
-from agentrl.run.train_config import LAPTOP_ENV_KWARGS, TrainConfig
+from agentrl.run.train_config import TrainConfig
+from agentrl.trainer.config import AlgorithmConfig
+from agentrl.types import Status, Trajectory
 
 SEARCH_PRESET = {"hops": 1, "structure_format_score": 0.2, "final_format_score": 0.1, "retrieval_score": 0.1}
 

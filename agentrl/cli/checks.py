@@ -1,0 +1,61 @@
+"""Checks of a command's inputs that run before anything slow (Ray, a model, an engine) starts.
+
+Each raises :class:`~agentrl.errors.AgentRLError` with a message that names the bad input and how to fix
+it; the commands print it without a traceback and exit with status 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from agentrl.errors import ConfigError
+
+
+def check_env_inputs(env: str, suite: str | None, env_kwargs: dict[str, Any] | None) -> None:
+    """The env name (with "did you mean"), or the suite and each of its envs, and the kwargs each env
+    would be built with, against its constructor's signature."""
+    from agentrl.envs.registry import check_env_kwargs
+
+    if suite is None:
+        check_env_kwargs(env, dict(env_kwargs or {}))
+        return
+    from agentrl.envs.suites import load_suite
+
+    for entry in load_suite(suite).entries:
+        check_env_kwargs(entry.env, {**entry.kwargs, **(env_kwargs or {})})
+
+
+def check_model(model: str) -> Path:
+    """The local HF folder of ``--model`` (an alias is built once into the cache)."""
+    from agentrl.models import resolve_model
+
+    return resolve_model(model)
+
+
+def check_output_file(path: str, flag: str) -> None:
+    """``path`` can be written: its folder exists (or can be made) and it is not a folder itself."""
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{flag} {path}: is a folder; give a file name")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{flag} {path}: cannot create its folder ({e.strerror})") from e
+
+
+def check_trajectory_file(path: str, flag: str) -> None:
+    """A trajectory JSONL (or a folder of ``step_*.jsonl`` dumps) exists and every record parses; a
+    corrupt record is named by file and line."""
+    from agentrl.types import load_jsonl
+
+    source = Path(path)
+    files = sorted(source.glob("step_*.jsonl")) if source.is_dir() else [source]
+    if not files or not files[0].is_file():
+        raise ConfigError(f"{flag} {path}: no such file (or no step_*.jsonl dump in that folder)")
+    for file in files:
+        try:
+            for _ in load_jsonl(file):
+                pass
+        except ValueError as e:
+            raise ConfigError(f"{flag}: {e}") from e
