@@ -78,7 +78,9 @@ def read_countries() -> list[Country]:
     try:
         from countryinfo import CountryInfo
     except ImportError as e:
-        raise ConfigError("the Search data builder needs countryinfo: pip install 'agentrl-gym[search]'") from e
+        raise ConfigError(
+            "the Search data builder needs countryinfo: pip install 'agentrl-gym[search]'"
+        ) from e
     raw = CountryInfo.all()
     by_code = {str(v.get("ISO", {}).get("alpha3", "")): str(v["name"]) for v in raw.values()}
     out = []
