@@ -1,4 +1,4 @@
-"""RELIABILITY B14 end to end: a sandbox container killed mid-episode ends that episode FAILED within
+"""docs/reliability.md B14 end to end: a sandbox container killed mid-episode ends that episode FAILED within
 one step, through agentrl/PythonTool-v0 and the rollout controller, and the next episode completes.
 
 Everything is real except the model: a scripted engine emits SmolLM2 token ids of fixed turns.
