@@ -98,9 +98,9 @@ def parse_text(tp: Any, text: str) -> Any:
 def coerce(tp: Any, value: Any) -> Any:
     """A field value from data (YAML / JSON): text is parsed as on the command line, lists become
     tuples, ints are accepted for floats; anything else of the wrong type raises ``ValueError``."""
-    if isinstance(value, str) and unwrap_optional(tp)[0] is not str:
-        return parse_text(tp, value)
     inner, optional = unwrap_optional(tp)
+    if isinstance(value, str) and (inner is not str or optional):
+        return parse_text(tp, value)
     if value is None:
         if optional:
             return None
@@ -152,7 +152,8 @@ def config_from_dict(cls: type, data: dict[str, Any], base: Any = None) -> Any:
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
-                raise ConfigError(f"{raw_key!r} must be a mapping of {tp.__name__} settings, got {value!r}")
+                name = getattr(tp, "__name__", str(tp))
+                raise ConfigError(f"{raw_key!r} must be a mapping of {name} settings, got {value!r}")
             nested = getattr(base, key) if base is not None else default_of(fields[key])
             kwargs[key] = config_from_dict(tp, value, nested)  # type: ignore[arg-type]
             continue

@@ -7,7 +7,8 @@ groups; a field's flag is ``--name`` (underscores as dashes) when the name is un
 else ``--parent-name``. Help text is the first sentence of the field's docstring.
 
 Field metadata: ``group`` (the help section), ``rare`` (a flag kept out of ``--help``, listed by
-``--help-all``: settings most runs never change), ``cli=False`` (no flag; settable in ``--config``).
+``--help-all``: settings most runs never change), ``cli=False`` (no flag; settable in ``--config``),
+``flag`` (a fixed flag name, for a field whose bare name is ambiguous, e.g. ``engine-device``).
 Every command also takes ``--config FILE.yaml``: keys are flag names (``max-turns: 3``) or the nested
 form of the logged ``config.json``; flags given on the command line override the file.
 
@@ -75,7 +76,8 @@ def _leaves(cls: type, base: Any, prefix: tuple[str, ...], group: str, rare: boo
             out += _leaves(tp, default, path, meta.get("group", f.name), is_rare)  # type: ignore[arg-type]
             continue
         leaf = _Leaf(path, tp, default, docs.get(f.name, ""), meta.get("group", group), is_rare)
-        out.append(dataclasses.replace(leaf, cli=meta.get("cli", True)))
+        flag = "--" + meta["flag"] if "flag" in meta else ""
+        out.append(dataclasses.replace(leaf, cli=meta.get("cli", True), flag=flag))
     return out
 
 
@@ -127,6 +129,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, title: str
     counts = Counter(leaf.path[-1] for leaf in leaves)
     named = []
     for leaf in leaves:
+        if leaf.flag:  # fixed by the field's metadata: the same in every command
+            named.append(leaf)
+            continue
         name = leaf.path[-1] if counts[leaf.path[-1]] == 1 or len(leaf.path) == 1 else "-".join(leaf.path)
         named.append(dataclasses.replace(leaf, flag="--" + name.replace("_", "-")))
     groups: dict[str, argparse._ArgumentGroup] = {}

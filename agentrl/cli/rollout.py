@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         check_env_inputs(config.env, None, config.env_kwargs)
         model_dir = check_model(config.model)
         check_output_file(config.out, "--out")
-        trajectories, elapsed = collect(config, model_dir)
+        spec, task_ids = tasks_of(config)
+        trajectories, elapsed = collect(config, spec, task_ids, model_dir)
     except AgentRLError as e:
         print(f"agentrl rollout: {e}", file=sys.stderr)
         return 2
@@ -96,38 +97,49 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def collect(config: RolloutCommandConfig, model_dir: Any) -> tuple[list[Any], float]:
-    """Run the episodes of ``config`` through the rollout driver and save them; (trajectories, seconds)."""
+def tasks_of(config: RolloutCommandConfig) -> tuple[Any, list[str]]:
+    """The env spec and the task ids to run: ``--tasks`` (each checked) or the first ``--num-tasks``."""
+    from agentrl.envs.registry import resolve
+    from agentrl.rollout.driver import EnvSpec
+
+    spec = EnvSpec(resolve(config.env), config.split, dict(config.env_kwargs or {}))
+    probe = spec.make(config.rollout.max_turns)
+    try:
+        known = [t.id for t in probe.unwrapped.tasks]
+    finally:
+        probe.close()
+    if not config.tasks:
+        return spec, known[: config.num_tasks]
+    unknown = [t for t in config.tasks if t not in set(known)]
+    if unknown:
+        raise ConfigError(
+            f"--tasks: no task {', '.join(map(repr, unknown))} in split {config.split!r} of {spec.env} "
+            f"(it has {len(known)}, e.g. {', '.join(known[:3])})"
+        )
+    return spec, list(config.tasks)
+
+
+def collect(
+    config: RolloutCommandConfig, spec: Any, task_ids: list[str], model_dir: Any
+) -> tuple[list[Any], float]:
+    """Run the episodes through the rollout driver and save them; (trajectories, seconds)."""
     import functools
 
     from tqdm import tqdm
 
     from agentrl.engines.factory import start_engine
-    from agentrl.rollout.driver import EnvSpec, GenerationSettings, RolloutManager
+    from agentrl.rollout.driver import GenerationSettings, RolloutManager
     from agentrl.types import save_jsonl
 
-    spec = EnvSpec(config.env, config.split, dict(config.env_kwargs or {}))
     engine = functools.partial(start_engine, config.inference, model_dir, seed=config.seed)
     manager = RolloutManager(engine, model_dir, [spec], rollout=config.rollout, seed=config.seed)
+    n, r = config.n_samples_per_prompt, config.rollout
+    log.info("rollout: env=%s model=%s tasks=%d n=%d %s", spec.env, model_dir, len(task_ids), n, r)
     try:
-        available = manager.task_keys("train")
-        if config.tasks:
-            known = {k.split(":", 1)[1] for k in available}
-            unknown = [t for t in config.tasks if t not in known]
-            if unknown:
-                raise ConfigError(
-                    f"--tasks: no task {', '.join(map(repr, unknown))} in split {config.split!r} of "
-                    f"{config.env} (it has {len(known)}, e.g. {', '.join(sorted(known)[:3])})"
-                )
-            keys = [f"0:{t}" for t in config.tasks]
-        else:
-            keys = available[: config.num_tasks]
-        n, r = config.n_samples_per_prompt, config.rollout
-        log.info("rollout: env=%s model=%s tasks=%d n=%d %s", config.env, model_dir, len(keys), n, r)
         started = time.perf_counter()
         settings = GenerationSettings(n, r.temperature, r.top_p)
-        total = len(keys) * n
-        with tqdm(total=total, desc="rollout", unit="episode", disable=not config.progress) as bar:
+        keys = [f"0:{t}" for t in task_ids]
+        with tqdm(total=len(keys) * n, desc="rollout", unit="episode", disable=not config.progress) as bar:
             trajectories = manager.generate(keys, settings, on_episode=lambda _: bar.update(1))
         elapsed = time.perf_counter() - started
     finally:

@@ -14,7 +14,7 @@ class EngineConfig:
 
     engine: Literal["embedded", "sglang"] = "embedded"
     """Inference engine: in-process transformers (the default where SGLang is absent) or SGLang servers."""
-    device: str = field(default="auto", metadata={"rare": True})
+    device: str = field(default="auto", metadata={"rare": True, "flag": "engine-device"})
     """Embedded engine device: ``auto`` (one CUDA GPU if present, else CPU), ``cpu`` or ``cuda:N``."""
     num_engines: int = field(default=1, metadata={"rare": True})
     """SGLang servers to launch (training on GPUs: one embedded engine per engine bundle)."""

@@ -102,7 +102,8 @@ def plan_from_run(
     root = Path(run_dir)
     config = _read_json(root / "config.json", "a training run's resolved config")
     # Runs before the configs were composed logged the episode budgets at the top level.
-    rollout = config.get("rollout") if isinstance(config.get("rollout"), dict) else config
+    nested = config.get("rollout")
+    rollout: dict[str, Any] = nested if isinstance(nested, dict) else config
     missing = [k for k in ("env", "eval_split", "eval_episodes") if k not in config]
     missing += [k for k in ("max_turns", "max_new_tokens") if k not in rollout]
     if missing:

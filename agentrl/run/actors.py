@@ -9,7 +9,7 @@ Three actors, one process each, so that a run scales from a laptop to a cluster 
   rollout manager.
 * :class:`~agentrl.rollout.driver.RolloutManager` runs the multi-turn controller over envs.
 
-Actors are created with ``max_restarts=0`` on purpose (RELIABILITY F24): a restarted trainer would
+Actors are created with ``max_restarts=0`` on purpose (docs/reliability.md F24): a restarted trainer would
 have lost its optimizer state, so a dead actor must surface as an exception in the driver, which
 exits non-zero and is resumed from the last checkpoint.
 """
@@ -75,7 +75,7 @@ def make_backend(model_path: Path, config: TrainConfig) -> Any:
     except ImportError as e:
         raise ConfigError(
             f"--backend megatron could not be imported ({e}); install the megatron extra "
-            "(pip install 'agentrl[megatron]') on a CUDA machine, or use --backend torch"
+            "(pip install 'agentrl-gym[megatron]') on a CUDA machine, or use --backend torch"
         ) from e
     from agentrl.trainer.megatron.config import parse_megatron_args
 

@@ -1,6 +1,6 @@
 """A deterministic, resumable order of training tasks.
 
-Why its own object: exact resume (RELIABILITY E23) needs the *same* task order after a restart, so the
+Why its own object: exact resume (docs/reliability.md E23) needs the *same* task order after a restart, so the
 order must be a pure function of (seed, epoch) and the position in it a small piece of checkpointed
 state — never a live RNG whose state depends on how many other things drew from it.
 

@@ -18,7 +18,7 @@ def test_rollout_then_view(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     out = tmp_path / "r.jsonl"
     rc = main(
         ["rollout", "--env", "search", "--model", str(model), "--n-samples-per-prompt", "2",
-         "--num-tasks", "2", "--max-turns", "2", "--max-new-tokens", "16", "--out", str(out), "--device", "cpu"]
+         "--num-tasks", "2", "--max-turns", "2", "--max-new-tokens", "16", "--out", str(out), "--engine-device", "cpu"]
     )  # fmt: skip
     assert rc == 0
     trajectories = list(load_jsonl(out))

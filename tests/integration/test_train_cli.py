@@ -60,7 +60,7 @@ def test_two_rollouts_then_resume_for_a_third(tiny_model: Path, tmp_path: Path) 
     assert (logs / "hf_model" / "config.json").exists()
     assert (tmp_path / "ckpt" / "latest").read_text().strip() == "step_2"
     config = json.loads((logs / "config.json").read_text())
-    assert config["torch"]["optimizer"]["lr"] == 1e-4  # the backend got the run's optimizer settings
+    assert config["optimizer"]["lr"] == 1e-4 and config["rollout"]["max_turns"] == 2  # the resolved config
 
     resumed = subprocess.run(
         _train(tiny_model, tmp_path, "--num-rollouts", "3", "--resume"),

@@ -38,3 +38,16 @@ class LetterEnv(ToolEnv):
         return TurnResult(
             [], reward=self.sign * share, terminated=True, info={"success": share >= 0.2, "share": share}
         )
+
+
+class FailingAfterTwoEnv(LetterEnv):
+    """LetterEnv whose constructor raises from its third instance on, per process (like a sandbox pool
+    that ran dry): listing the train and eval tasks builds two; every later build fails."""
+
+    built = 0
+
+    def __init__(self, **kwargs: object) -> None:
+        type(self).built += 1
+        if type(self).built > 2:
+            raise RuntimeError("sandbox pool exhausted")
+        super().__init__(**kwargs)  # type: ignore[arg-type]

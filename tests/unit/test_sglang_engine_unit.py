@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from agentrl.errors import ConfigError, EngineError
-from agentrl.engines.sglang import protocol as proto
 from agentrl.engines.base import SamplingParams
+from agentrl.engines.sglang import protocol as proto
 from agentrl.engines.sglang.engine import SGLangEngineConfig
 from agentrl.engines.sglang.launcher import SGLangServerProcess, find_sglang_python, free_port
+from agentrl.errors import ConfigError, EngineError
 
 RECORDED = {
     "text": "do Paris",
@@ -109,20 +109,6 @@ def test_weight_update_bodies() -> None:
         "weight_version": "7",
         "flush_cache": True,
     }
-    assert proto.init_weights_update_group_payload("10.0.0.1", 29500, 1, 3) == {
-        "master_address": "10.0.0.1",
-        "master_port": 29500,
-        "rank_offset": 1,
-        "world_size": 3,
-        "group_name": "weight_update_group",
-        "backend": "nccl",
-    }
-    body = proto.update_weights_from_distributed_payload(["w"], ["bfloat16"], [(2, 3)], 8)
-    assert body["shapes"] == [[2, 3]] and body["weight_version"] == "8" and body["dtypes"] == ["bfloat16"]
-    with pytest.raises(EngineError, match="one dtype and shape per name"):
-        proto.update_weights_from_distributed_payload(["a", "b"], ["bfloat16"], [(1,)], 1)
-    tensor_body = proto.update_weights_from_tensor_payload(["b64"], 3)
-    assert tensor_body["serialized_named_tensors"] == ["b64"] and tensor_body["weight_version"] == "3"
     assert proto.abort_payload(None) == {"abort_all": True} and proto.abort_payload("r") == {"rid": "r"}
     assert proto.pause_payload("in_place") == {"mode": "in_place"}
 

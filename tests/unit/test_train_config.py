@@ -173,10 +173,10 @@ def test_config_file_round_trips_the_logged_resolved_config(tmp_path) -> None:  
     assert (loaded.rollout.max_turns, loaded.algorithm.kl_coef) == (2, 0.5)
     assert loaded.inference.sglang_urls == ("a", "b")
     flat.write_text("max-turns: many\n")
-    with pytest.raises(ConfigError, match="flat.yaml: max_turns: invalid literal"):
+    with pytest.raises(ConfigError, match=r"flat\.yaml: max_turns: invalid literal"):
         _parse(["--config", str(flat)])
     flat.write_text("max_turnz: 2\n")
-    with pytest.raises(ConfigError, match="unknown setting 'max_turnz' in TrainConfig; accepted: "):
+    with pytest.raises(ConfigError, match=r"unknown setting 'max_turnz' in TrainConfig; accepted: "):
         _parse(["--config", str(flat)])
     with pytest.raises(ConfigError, match="no such file"):
         _parse(["--config", str(tmp_path / "missing.yaml")])
@@ -199,7 +199,7 @@ def test_train_eval_and_rollout_share_flag_names_for_shared_concepts() -> None:
     shared = {
         "--env", "--env-kwargs", "--model", "--max-turns", "--max-new-tokens", "--max-context",
         "--temperature", "--top-p", "--max-concurrency", "--n-samples-per-prompt", "--engine",
-        "--sglang-urls", "--sglang-python", "--seed", "--config",
+        "--sglang-urls", "--sglang-python", "--engine-device", "--seed", "--config",
     }  # fmt: skip
     for name, flags in with_rare.items():
         assert shared <= flags, (name, sorted(shared - flags))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agentrl.errors import ConfigError
 from agentrl.engines.sglang import protocol as proto
+from agentrl.errors import ConfigError
 
 
 @dataclass(frozen=True)

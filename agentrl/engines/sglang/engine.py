@@ -3,7 +3,7 @@
 It either launches ``num_servers`` SGLang servers (each its own process group, in SGLang's own venv) or
 connects to running servers / a router given by URL, and speaks SGLang's native API with httpx.
 
-What it promises (RELIABILITY.md D.20-21):
+What it promises (docs/reliability.md D20-D21):
 
 * Every request is bounded: a timeout, retries with exponential backoff, a concurrency cap per server.
 * A health monitor probes ``/health_generate``; a server that fails is marked dead and routed around.
@@ -26,15 +26,13 @@ import asyncio
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from agentrl.errors import EngineError
-from agentrl.engines.sglang import protocol as proto
 from agentrl.engines.base import GenerateOutput, SamplingParams
+from agentrl.engines.sglang import protocol as proto
 from agentrl.engines.sglang.config import SGLangEngineConfig
 from agentrl.engines.sglang.health import _TRANSIENT, ServerHealth, _Server, _ServerFailed
 from agentrl.engines.sglang.launcher import (
@@ -43,6 +41,7 @@ from agentrl.engines.sglang.launcher import (
     find_sglang_python,
     free_port,
 )
+from agentrl.errors import EngineError
 
 log = logging.getLogger(__name__)
 
@@ -202,39 +201,6 @@ class SGLangEngine(ServerHealth):
             "/update_weights_from_disk", proto.update_weights_from_disk_payload(path, version)
         )
         self._weights_path = path
-        self.weight_version = version
-
-    async def update_weights_from_tensor(
-        self, serialized_named_tensors: Sequence[str], *, version: int
-    ) -> None:
-        """Colocated GPU path: tensors shared by CUDA IPC (see ``update_weights_from_tensor_payload``)."""
-        payload = proto.update_weights_from_tensor_payload(serialized_named_tensors, version)
-        await self._broadcast("/update_weights_from_tensor", payload)
-        self.weight_version = version
-
-    async def init_weights_update_group(
-        self, master_address: str, master_port: int, world_size: int, *, ranks_per_server: int = 1
-    ) -> None:
-        """Disaggregated GPU path: every server joins the trainer's NCCL group (trainer is rank 0)."""
-        await asyncio.gather(
-            *(
-                self._post(
-                    s,
-                    "/init_weights_update_group",
-                    proto.init_weights_update_group_payload(
-                        master_address, master_port, 1 + i * ranks_per_server, world_size
-                    ),
-                )
-                for i, s in enumerate(self._live())
-            )
-        )
-
-    async def update_weights_from_distributed(
-        self, names: Sequence[str], dtypes: Sequence[str], shapes: Sequence[Sequence[int]], *, version: int
-    ) -> None:
-        """Announce tensors the trainer is about to broadcast over the update group."""
-        payload = proto.update_weights_from_distributed_payload(names, dtypes, shapes, version)
-        await self._broadcast("/update_weights_from_distributed", payload)
         self.weight_version = version
 
     async def health(self) -> bool:

@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 
-from agentrl.errors import EngineError
 from agentrl.engines.sglang.config import SGLangEngineConfig
 from agentrl.engines.sglang.launcher import SGLangServerProcess
+from agentrl.errors import EngineError
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from agentrl.errors import EngineError
 from agentrl.engines.base import GenerateOutput, SamplingParams
+from agentrl.errors import EngineError
 
 PauseMode = Literal["abort", "retract", "in_place"]
 """``/pause_generation`` modes: abort in-flight requests, retract them to the queue, or freeze them."""
@@ -125,74 +125,3 @@ def update_weights_from_disk_payload(
 ) -> dict[str, Any]:
     """Body of ``POST /update_weights_from_disk``: load an HF folder, tag the served version."""
     return {"model_path": model_path, "weight_version": str(version), "flush_cache": flush_cache}
-
-
-def update_weights_from_tensor_payload(
-    serialized_named_tensors: Sequence[str],
-    version: int,
-    *,
-    load_format: str | None = None,
-    flush_cache: bool = True,
-) -> dict[str, Any]:
-    """Body of ``POST /update_weights_from_tensor`` (colocated GPU path).
-
-    ``serialized_named_tensors`` holds one base64 string per tensor-parallel rank, each SGLang's
-    ``MultiprocessingSerializer.serialize(named_tensors)`` of CUDA tensors (CUDA IPC handles, not data).
-    """
-    return {
-        "serialized_named_tensors": list(serialized_named_tensors),
-        "load_format": load_format,
-        "flush_cache": flush_cache,
-        "weight_version": str(version),
-    }
-
-
-def init_weights_update_group_payload(
-    master_address: str,
-    master_port: int,
-    rank_offset: int,
-    world_size: int,
-    *,
-    group_name: str = "weight_update_group",
-    backend: str = "nccl",
-) -> dict[str, Any]:
-    """Body of ``POST /init_weights_update_group``: join the trainer's NCCL group (disaggregated path).
-
-    The trainer is rank 0; server ``i`` with ``tp`` GPUs takes ranks ``rank_offset .. rank_offset+tp-1``.
-    """
-    return {
-        "master_address": master_address,
-        "master_port": master_port,
-        "rank_offset": rank_offset,
-        "world_size": world_size,
-        "group_name": group_name,
-        "backend": backend,
-    }
-
-
-def update_weights_from_distributed_payload(
-    names: Sequence[str],
-    dtypes: Sequence[str],
-    shapes: Sequence[Sequence[int]],
-    version: int,
-    *,
-    group_name: str = "weight_update_group",
-    flush_cache: bool = True,
-) -> dict[str, Any]:
-    """Body of ``POST /update_weights_from_distributed``: the metadata of tensors the trainer broadcasts.
-
-    ``dtypes`` are torch dtype names without the ``torch.`` prefix (``"bfloat16"``), as SGLang expects.
-    """
-    if not len(names) == len(dtypes) == len(shapes):
-        raise EngineError(
-            f"update_weights_from_distributed needs one dtype and shape per name; got {len(names)} names, "
-            f"{len(dtypes)} dtypes, {len(shapes)} shapes"
-        )
-    return {
-        "names": list(names),
-        "dtypes": list(dtypes),
-        "shapes": [list(s) for s in shapes],
-        "group_name": group_name,
-        "flush_cache": flush_cache,
-        "weight_version": str(version),
-    }
