@@ -138,6 +138,10 @@ class TorchOptions:
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     bf16: bool = True
     """On GPU, run forward/backward under bf16 autocast (weights and optimizer stay fp32). Ignored on CPU."""
+    fp32_lm_head: bool = True
+    """Compute the LM head in fp32 (outside autocast): logits not rounded to bf16, whose rounding
+    (about |logit| / 512) dominated the trainer/engine logprob gap (issue 17); the Megatron backend's
+    head returns fp32 logits as well. Models that scale their logits after the head keep their own."""
     gradient_checkpointing: bool = True
     """On GPU, recompute activations in backward to save memory. Ignored on CPU."""
     micro_batch_tokens: int = 4096

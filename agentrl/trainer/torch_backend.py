@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from agentrl.errors import CheckpointError, ConfigError
@@ -62,6 +63,13 @@ def _resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r} but CUDA is not available here; use device='cpu' or 'auto'")
     return device
+
+
+def _scales_logits(model: torch.nn.Module) -> bool:
+    """Whether the model's forward changes its logits after the LM head (a scale or a soft cap), which
+    the fp32 head path of :meth:`TorchBackend._forward` would skip."""
+    cfg = getattr(model, "config", None)
+    return any(getattr(cfg, k, None) not in (None, 1.0) for k in ("logit_scale", "final_logit_softcapping"))
 
 
 def _pad(tensors: list[torch.Tensor], device: torch.device, value: float = 0.0) -> torch.Tensor:
@@ -148,14 +156,25 @@ class TorchBackend:
         n_seq, seq_len = input_ids.shape
         lengths = torch.tensor([len(x) for x in ids], device=self.device)
         attention_mask = (torch.arange(seq_len, device=self.device)[None] < lengths[:, None]).long()
-        with self._autocast():
-            out = model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                use_cache=False,
-                logits_to_keep=seq_len - first + 1,
-            )
-        logits = out.logits[:, :-1].float()  # (B, T-first, V): position t-1 predicts token t
+        hf: Any = model  # a transformers PreTrainedModel
+        head = hf.get_output_embeddings() if self.config.fp32_lm_head else None
+        if isinstance(head, torch.nn.Linear) and not _scales_logits(model):
+            with self._autocast():
+                out = hf.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            hidden = out.last_hidden_state[:, first - 1 : -1].float()  # (B, T-first, H)
+            with torch.autocast(device_type=self.device.type, enabled=False):
+                logits = F.linear(
+                    hidden, head.weight.float(), None if head.bias is None else head.bias.float()
+                )
+        else:
+            with self._autocast():
+                out = model(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    use_cache=False,
+                    logits_to_keep=seq_len - first + 1,
+                )
+            logits = out.logits[:, :-1].float()  # (B, T-first, V): position t-1 predicts token t
         targets = input_ids[:, first:]  # (B, T-first)
         token_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T-first)
         lp = torch.cat(

@@ -62,9 +62,9 @@ def test_plan_micro_batches_respects_the_budget() -> None:
     assert plan_micro_batches([50, 3], 10) == [[0], [1]]
 
 
-@pytest.mark.parametrize("budget", [4096, 10])
-def test_logprobs_match_a_direct_hf_forward(model_dir: Path, budget: int) -> None:
-    backend = TorchBackend(model_dir, _config(micro_batch_tokens=budget))
+@pytest.mark.parametrize(("budget", "fp32_lm_head"), [(4096, True), (10, True), (4096, False)])
+def test_logprobs_match_a_direct_hf_forward(model_dir: Path, budget: int, fp32_lm_head: bool) -> None:
+    backend = TorchBackend(model_dir, _config(micro_batch_tokens=budget, fp32_lm_head=fp32_lm_head))
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     for ids, got in zip(_sequences(), backend.logprobs(_sequences()), strict=True):
         with torch.no_grad():
