@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from agentrl.engines.embedded import decoder
-from agentrl.engines.embedded.cuda_runner import MAX_STOP_IDS, CudaRunner, RunnerOptions
+from agentrl.engines.embedded.cuda_runner import MAX_STOP_IDS, CudaRunner, Pending, RunnerOptions
 from agentrl.engines.embedded.sampling import hits_stop_string
 from agentrl.errors import ConfigError, EngineError
 
@@ -39,18 +39,24 @@ class CudaBatcher:
     def __init__(self, engine: EmbeddedEngine, runner: CudaRunner) -> None:
         self.engine, self.runner = engine, runner
         self.rows: list[_Request] = []
-        self._stops: list[frozenset[int]] = []
+        self._stops: dict[int, frozenset[int]] = {}  # by id(request): its stop ids
+        self._pending: tuple[list[_Request], Pending] | None = None
 
     def _limits(self, req: _Request) -> tuple[list[int], int]:
         """The request's device stop ids and the most ids it may sample."""
         sp = req.sampling
         stops = sorted({*sp.stop_token_ids, *(() if sp.ignore_eos else self.engine.eos_ids)})
-        if len(stops) > MAX_STOP_IDS:
-            raise EngineError(
-                f"at most {MAX_STOP_IDS} stop token ids (EOS included) per request, got {len(stops)}"
-            )
         room = min(self.engine.max_context, self.runner.opts.max_len - 1) - len(req.input_ids)
         return stops, min(sp.max_new_tokens, room)
+
+    def _refusal(self, req: _Request) -> str | None:
+        """Why the fast path cannot serve ``req`` (None when it can)."""
+        max_len = self.runner.opts.max_len
+        if len(req.input_ids) >= max_len - 2:
+            return f"prompt of {len(req.input_ids)} ids does not fit max_seq_len={max_len}"
+        if len(stops := self._limits(req)[0]) > MAX_STOP_IDS:
+            return f"at most {MAX_STOP_IDS} stop token ids (EOS included) per request, got {len(stops)}"
+        return None
 
     def admit(self, fresh: list[_Request]) -> list[_Request]:
         """Prefill ``fresh`` into new rows; returns the requests deferred to the next step."""
@@ -58,10 +64,7 @@ class CudaBatcher:
         joining, deferred = [], []
         for req in fresh:
             key = tuple(req.input_ids)
-            if len(req.input_ids) >= self.runner.opts.max_len - 2:
-                msg = (
-                    f"prompt of {len(req.input_ids)} ids does not fit max_seq_len={self.runner.opts.max_len}"
-                )
+            if (msg := self._refusal(req)) is not None:
                 req.resolve("abort", self.engine.weight_version, EngineError(msg))
             elif key in seen and self.runner.opts.prefix_cache:
                 deferred.append(req)
@@ -74,9 +77,8 @@ class CudaBatcher:
 
     def _prefill(self, reqs: list[_Request]) -> None:
         start = len(self.rows)
-        state: dict[str, list[Any]] = {
-            f: [] for f in ("temperature", "top_k", "top_p", "seed", "counter", "limit")
-        }
+        names = ("temperature", "top_k", "top_p", "seed", "counter", "limit")
+        state: dict[str, list[Any]] = {name: [] for name in names}
         stop_rows = torch.full((len(reqs), MAX_STOP_IDS), -1, dtype=torch.long)
         offsets, new_ids = [], []
         for j, req in enumerate(reqs):
@@ -88,10 +90,10 @@ class CudaBatcher:
                 else int(torch.randint(2**31, (1,), generator=self.engine.generator))
             )
             values = (sp.temperature, sp.top_k, sp.top_p, seed, 0, len(req.input_ids) + most - 2)
-            for name, value in zip(state, values, strict=True):
+            for name, value in zip(names, values, strict=True):
                 state[name].append(value)
             stop_rows[j, : len(stops)] = torch.tensor(stops, dtype=torch.long)
-            self._stops.append(frozenset(stops))
+            self._stops[id(req)] = frozenset(stops)
             req.cached_tokens = self.runner.load_prefix(req.input_ids, start + j)
             offsets.append(req.cached_tokens)
             new_ids.append(req.input_ids[req.cached_tokens :])
@@ -108,39 +110,45 @@ class CudaBatcher:
         )
         for j, req in enumerate(reqs):
             self.runner.store_prefix(req.key, req.input_ids, start + j)
-        self._advance_all(results, first=start)
+        self._book(reqs, results)
 
     def step(self) -> None:
-        """One decode step of every running row; resolves and retires the finished ones."""
-        longest = max(len(r.input_ids) + len(r.output_ids) for r in self.rows)
+        """Launch a decode step of every running row, then book the previous step's tokens while it
+        runs (the device is one step ahead of the host: a row that finished then computes one token
+        nobody reads); resolves and retires the finished requests."""
+        # each row's cache holds its ids plus, while a step is unbooked, one more
+        longest = max(len(r.input_ids) + len(r.output_ids) for r in self.rows) + (self._pending is not None)
         started = time.perf_counter()
-        results = self.runner.decode(len(self.rows), longest, self._filtered(self.rows))
-        self.engine._count(
-            decode_steps=1, decode_tokens=len(self.rows), decode_s=time.perf_counter() - started
-        )
-        self._advance_all(results, first=0)
+        rows = list(self.rows)
+        pending = self.runner.launch(len(rows), longest, self._filtered(rows))
+        if self._pending is not None:
+            self._book(self._pending[0], self._pending[1].read())
+        self._pending = (rows, pending) if self.rows else None
+        self.engine._count(decode_steps=1, decode_tokens=len(rows), decode_s=time.perf_counter() - started)
 
     def _filtered(self, reqs: list[_Request]) -> bool:
         return any(r.sampling.top_k > 0 or r.sampling.top_p < 1 for r in reqs)
 
-    def _advance_all(self, results: list[list[float]], first: int) -> None:
-        """Record each row's new token from ``first`` on; retire the rows that finished."""
+    def _book(self, rows: list[_Request], results: list[list[float]]) -> None:
+        """Record one token per request of ``rows`` (the rows a step ran over, in order); retire
+        the requests that finished."""
         done = []
-        for i, (token, logprob, finished) in enumerate(results, start=first):
-            if self._advance(self.rows[i], self._stops[i], int(token), logprob, finished > 0):
-                done.append(i)
+        for req, (token, logprob, finished) in zip(rows, results, strict=True):
+            if req.finish_reason is None and self._advance(req, int(token), logprob, finished > 0):
+                done.append(req)
         if done:
-            self._retire(done)
+            where = {id(r): i for i, r in enumerate(self.rows)}
+            self._retire([where[id(r)] for r in done])
 
-    def _advance(
-        self, req: _Request, stops: frozenset[int], token: int, logprob: float, finished: bool
-    ) -> bool:
+    def _advance(self, req: _Request, token: int, logprob: float, finished: bool) -> bool:
         version = self.engine.weight_version
         if req.aborted:
             return req.finish("abort", version)
         req.output_ids.append(token)
         req.logprobs.append(logprob)
-        if token in stops or hits_stop_string(self.engine.tokenizer, req.output_ids, req.sampling.stop):
+        if token in self._stops[id(req)] or hits_stop_string(
+            self.engine.tokenizer, req.output_ids, req.sampling.stop
+        ):
             return req.finish("stop", version)
         return req.finish("length", version) if finished else False
 
@@ -148,6 +156,7 @@ class CudaBatcher:
         """Store finished sessions' KV, then fill the holes with the last rows."""
         for i in done:
             req = self.rows[i]
+            del self._stops[id(req)]
             if req.session_id is not None and req.finish_reason != "abort":
                 self.runner.store_prefix(req.key, req.input_ids + req.output_ids[:-1], i)
         gone = set(done)
@@ -155,16 +164,18 @@ class CudaBatcher:
         holes = [i for i in sorted(gone) if i < left]
         movers = [i for i in range(left, len(self.rows)) if i not in gone]
         if holes:
-            length = max(len(self.rows[m].input_ids) + len(self.rows[m].output_ids) for m in movers)
-            self.runner.move_rows(holes, movers, length)
+            # +1: a launched, unbooked step may have written one more column
+            length = max(len(self.rows[m].input_ids) + len(self.rows[m].output_ids) for m in movers) + 1
+            self.runner.move_rows(holes, movers, min(length, self.runner.opts.max_len))
         for hole, mover in zip(holes, movers, strict=True):
-            self.rows[hole], self._stops[hole] = self.rows[mover], self._stops[mover]
-        del self.rows[left:], self._stops[left:]
+            self.rows[hole] = self.rows[mover]
+        del self.rows[left:]
 
     def reset(self) -> None:
         """Forget every row (after a failed step: their requests were failed by the engine)."""
         self.rows.clear()
         self._stops.clear()
+        self._pending = None
 
     def weights_changed(self) -> None:
         """Stored KV was computed by the old weights."""

@@ -45,6 +45,19 @@ class RunnerOptions:
     """Most ids (rows x padded chunk) in one prefill forward: bounds its activation memory."""
 
 
+@dataclass
+class Pending:
+    """A launched decode step's results on their way to the host (the step's one sync is ``read``)."""
+
+    host: torch.Tensor  # (B, 3) pinned: token, logprob, done
+    event: torch.cuda.Event | None
+
+    def read(self) -> list[list[float]]:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.tolist()
+
+
 class CudaRunner:
     """Owns the slot cache, the per-row device state and the decode graphs of one model."""
 
@@ -60,6 +73,9 @@ class CudaRunner:
         self.tokens = torch.zeros(opts.rows, dtype=torch.long, device=self.device)  # next id to feed
         self.positions = torch.zeros(opts.rows, dtype=torch.long, device=self.device)  # its position
         self.out = torch.zeros(opts.rows, 3, dtype=torch.float64, device=self.device)  # token, logprob, done
+        pin = self.device.type == "cuda"
+        self._host = [torch.zeros(opts.rows, 3, dtype=torch.float64, pin_memory=pin) for _ in range(2)]
+        self._flip = 0
         self.scale = spec.head_dim**-0.5
         self._rows = torch.arange(opts.rows, device=self.device)
         fast = opts.compile and self.device.type == "cuda"
@@ -128,11 +144,19 @@ class CudaRunner:
         self.positions[:b] = (pos + 1).clamp_(max=self.opts.max_len - 2)  # idle padding rows never overflow
         self.out[:b, 0], self.out[:b, 1], self.out[:b, 2] = tokens, logprobs, done
 
-    def decode(self, b: int, length: int, filtered: bool) -> list[list[float]]:
-        """Run one step for rows ``0..b-1`` (a graph of the smallest bucket holding ``b`` rows and
-        ``length`` keys); (token, logprob, done) per row, one host sync."""
+    def launch(self, b: int, length: int, filtered: bool) -> Pending:
+        """Queue one step for rows ``0..b-1`` (a graph of the smallest bucket holding ``b`` rows and
+        ``length`` keys) and the copy of its (token, logprob, done) rows to the host; returns at once
+        on CUDA, so the host can book the previous step while this one runs."""
         self.graphs.run(b, length, filtered)
-        return self.out[:b].tolist()
+        host = self._host[self._flip][:b]
+        self._flip ^= 1
+        host.copy_(self.out[:b], non_blocking=True)
+        event = None
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        return Pending(host, event)
 
     # ------------------------------------------------------------------ prefill
     def prefill(
