@@ -142,16 +142,16 @@ def test_paper_script_flags_parse_with_the_real_cli(tmp_path: Path) -> None:
     namespace, extra = build_parser().parse_known_args(args)
     namespace.passthrough = extra
     config = config_from_args(namespace)
-    assert (config.backend, config.engine, config.n_samples_per_prompt) == ("megatron", "sglang", 5)
+    assert (config.backend, config.inference.engine, config.n_samples_per_prompt) == ("megatron", "sglang", 5)
     assert (config.optimizer.lr, config.algorithm.kl_coef, config.algorithm.kl_estimator) == (
         1e-6,
         0.001,
         "low_var_kl",
     )
-    assert (config.max_turns, config.max_new_tokens) == (5, 500)
+    assert (config.rollout.max_turns, config.rollout.max_new_tokens) == (5, 500)
     # Search-R1's lr_warmup_steps_ratio 0.285 of 200 rollouts x 2 optimizer steps
     assert config.optimizer.warmup_steps == round(0.285 * config.num_rollouts * config.steps_per_rollout)
-    assert config.sglang_args[-2:] == ("--mem-fraction-static", "0.7")
+    assert config.inference.sglang_args[-2:] == ("--mem-fraction-static", "0.7")
     assert config.env_kwargs["task_file"].endswith("/{split}.parquet")
 
 
