@@ -7,6 +7,7 @@ engine's dtype. The Engine contract asks bf16 mean abs diff <= 1e-2 and fp32 <= 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 from pathlib import Path
@@ -123,3 +124,6 @@ def test_logprob_parity_graphs_and_in_place_weight_update(
         engine._cuda.runner.graphs.captures == graphs
     )  # same buckets: the old graphs served the new weights
     asyncio.run(engine.close())
+    del engine, ref, ref2
+    gc.collect()
+    torch.cuda.empty_cache()

@@ -42,6 +42,7 @@ def plan_slots(
     if device.type != "cuda":
         return 2 * rows
     free, total = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # cached by torch: ours
     budget = free - (1.0 - mem_fraction) * total
     slots = int(budget // per_slot)
     if slots < rows:
