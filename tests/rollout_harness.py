@@ -176,6 +176,7 @@ def run_with_driver(
     keys: Sequence[str],
     n_samples: int,
     config: Any = None,
+    policy: str = "model",
 ) -> list[list[Any]]:
     """Episodes through the one rollout driver (as train, eval and ``agentrl rollout`` run them): one
     group of ``n_samples`` per key, in key order. ``factory(**kwargs)`` builds the env."""
@@ -184,7 +185,13 @@ def run_with_driver(
 
     config = config or RolloutConfig()
     manager = RolloutManager(
-        engine, model_dir, [EnvSpec("scripted", "train")], rollout=config, seed=0, env_factory=factory
+        engine,
+        model_dir,
+        [EnvSpec("scripted", "train")],
+        rollout=config,
+        seed=0,
+        env_factory=factory,
+        policy=policy,  # type: ignore[arg-type]
     )
     try:
         out = manager.generate(keys, GenerationSettings(n_samples, config.temperature, config.top_p))

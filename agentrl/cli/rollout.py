@@ -7,6 +7,13 @@ Examples::
 
     agentrl rollout --env search --model smollm2-135m --n-samples-per-prompt 4 --num-tasks 8 --out search.jsonl
     agentrl rollout --env search --model ./my-hf-model --engine sglang --sglang-urls http://127.0.0.1:30000
+    agentrl rollout --env search --policy expert --num-tasks 500 --n-samples-per-prompt 1 --out demos.jsonl
+    agentrl rollout --env search --model runs/x/hf_model --min-reward 1 --out kept.jsonl   # rejection sampling
+
+``--policy expert`` writes demonstrations: the env's scripted expert plays every turn, tokenized as the
+model's own output would be (the token-in/token-out invariants hold), for ``agentrl sft``. ``--min-reward``
+keeps only the episodes whose reward reaches it: ``agentrl sft`` on them is rejection-sampling
+fine-tuning.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from typing import Any
 from agentrl.cli.dataclass_args import add_dataclass_args, build_dataclass, compact_help_formatter
 from agentrl.engines.config import EngineConfig
 from agentrl.errors import AgentRLError, ConfigError
-from agentrl.rollout.controller import RolloutConfig
+from agentrl.rollout.controller import Policy, RolloutConfig
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,10 @@ class RolloutCommandConfig:
     """Turn limit, token budgets, sampling and concurrency."""
     inference: EngineConfig = field(default_factory=EngineConfig, metadata={"group": "engine"})
     """The inference engine (embedded or SGLang)."""
+    policy: Policy = field(default="model", metadata={"group": "task"})
+    """Who plays the agent: the model (sampled by the engine) or the env's scripted expert (demonstrations)."""
+    min_reward: float | None = field(default=None, metadata={"group": "task"})
+    """Write only the completed or truncated episodes whose reward is at least this (rejection sampling)."""
     seed: int = 0
     """Sampling seed."""
     out: str = "rollouts.jsonl"
@@ -93,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     except AgentRLError as e:
         print(f"agentrl rollout: {e}", file=sys.stderr)
         return 2
-    print(_summary(trajectories, elapsed, config.out))
+    print(_summary(trajectories, elapsed, config.out, config.min_reward))
     return 0
 
 
@@ -106,6 +117,11 @@ def tasks_of(config: RolloutCommandConfig) -> tuple[Any, list[str]]:
     probe = spec.make(config.rollout.max_turns)
     try:
         known = [t.id for t in probe.unwrapped.tasks]
+        if config.policy == "expert" and not _has_expert(probe.unwrapped):
+            raise ConfigError(
+                f"--policy expert: {spec.env} has no scripted expert (an env offers one by implementing "
+                "expert_action(); see docs/envs.md)"
+            )
     finally:
         probe.close()
     if not config.tasks:
@@ -131,8 +147,14 @@ def collect(
     from agentrl.rollout.driver import GenerationSettings, RolloutManager
     from agentrl.types import save_jsonl
 
-    engine = functools.partial(start_engine, config.inference, model_dir, seed=config.seed)
-    manager = RolloutManager(engine, model_dir, [spec], rollout=config.rollout, seed=config.seed)
+    engine = (
+        None
+        if config.policy == "expert"
+        else functools.partial(start_engine, config.inference, model_dir, seed=config.seed)
+    )
+    manager = RolloutManager(
+        engine, model_dir, [spec], rollout=config.rollout, seed=config.seed, policy=config.policy
+    )
     n, r = config.n_samples_per_prompt, config.rollout
     log.info("rollout: env=%s model=%s tasks=%d n=%d %s", spec.env, model_dir, len(task_ids), n, r)
     try:
@@ -144,17 +166,37 @@ def collect(
         elapsed = time.perf_counter() - started
     finally:
         manager.close()
-    save_jsonl(trajectories, config.out)
+    save_jsonl(keep(trajectories, config.min_reward), config.out)
     return trajectories, elapsed
 
 
-def _summary(trajectories: list[Any], elapsed: float, out: str) -> str:
+def keep(trajectories: list[Any], min_reward: float | None) -> list[Any]:
+    """The rejection filter: trainable episodes (completed or truncated) whose reward reaches
+    ``min_reward``; every episode when it is None."""
+    if min_reward is None:
+        return list(trajectories)
+    return [t for t in trajectories if t.trainable and t.reward >= min_reward]
+
+
+def _has_expert(env: Any) -> bool:
+    from agentrl.envs.base import ToolEnv
+
+    return type(env).expert_action is not ToolEnv.expert_action
+
+
+def _summary(trajectories: list[Any], elapsed: float, out: str, min_reward: float | None = None) -> str:
     statuses = Counter(t.status.value for t in trajectories)
     sampled = sum(sum(t.loss_mask) for t in trajectories)
     mean_reward = sum(t.reward for t in trajectories) / max(1, len(trajectories))
     errors = Counter(t.error.split(":")[0] for t in trajectories if t.error)
+    kept = len(keep(trajectories, min_reward))
+    written = (
+        f"{kept} of {len(trajectories)} episodes (reward >= {min_reward:g})"
+        if min_reward is not None
+        else f"{len(trajectories)} episodes"
+    )
     lines = [
-        f"wrote {len(trajectories)} episodes to {out} in {elapsed:.1f}s",
+        f"wrote {written} to {out} in {elapsed:.1f}s",
         f"  status: {dict(statuses)}   mean reward: {mean_reward:.3f}",
         f"  sampled tokens: {sampled} ({sampled / max(elapsed, 1e-9):.1f}/s)",
     ]

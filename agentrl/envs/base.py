@@ -114,6 +114,13 @@ class ToolEnv(gym.Env[list[Message], str]):
         """Tools the agent may call (their schemas go into ``info["tools"]``)."""
         return []
 
+    def expert_action(self) -> str:
+        """A scripted expert's next turn for the current episode (demonstrations for a cold start:
+        ``agentrl rollout --policy expert``). Optional; envs without an expert raise NotImplementedError.
+        The text is what a model would write, stop string included (the controller tokenizes it with the
+        model's own tokenizer and trains it like sampled text)."""
+        raise NotImplementedError(f"{type(self).__name__} has no scripted expert (expert_action)")
+
     # ----------------------------------------------------------------- Gymnasium API
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None

@@ -45,6 +45,10 @@ def normalize_answer(text: str) -> str:
     return " ".join(text.split())
 
 
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
 def exact_match(prediction: str, golds: Iterable[str]) -> bool:
     """True when ``prediction`` equals any gold answer after :func:`normalize_answer`."""
     pred = normalize_answer(prediction)
@@ -312,8 +316,15 @@ class SearchEnv(ToolEnv):
             success = exact_match(answer, golds)
             response = self._response(text)
             valid = is_valid_sequence(response)
-            reward = shaped_reward(success, valid, retrieval_correct(response, golds), **self.format_scores)
-            info = {"tool_calls": 0, "success": success, "answer": answer, "valid_format": valid}
+            in_docs = retrieval_correct(response, golds)
+            reward = shaped_reward(success, valid, in_docs, **self.format_scores)
+            info = {
+                "tool_calls": 0,
+                "success": success,
+                "answer": answer,
+                "valid_format": valid,
+                "answer_in_docs": in_docs,
+            }
             return TurnResult([], reward=reward, terminated=True, info=info)
         query = str(call.arguments["query"])
         docs = self.retriever.search([query], self.topk)[0]
@@ -335,6 +346,30 @@ class SearchEnv(ToolEnv):
             assert isinstance(self._retriever_spec, str)
             self._retriever = shared_retriever(self._retriever_spec, **self._retriever_args)
         return self._retriever
+
+    # ----------------------------------------------------------------- demonstrations
+    def expert_action(self) -> str:
+        """The scripted expert: search with the question, read the returned documents, answer with the
+        gold answer, in Search-R1's exact tag format.
+
+        The answer names the gold alias found in the retrieved documents when there is one (what a
+        reader of them could write), else the first alias. ``info["answer_in_docs"]`` of the answer turn
+        says which: demonstrations whose documents held the answer teach reading, the others recall.
+        """
+        assert self.task is not None, "call reset() first"
+        question = self.task.prompt.strip().rstrip("?")
+        if self.turn_count == 0:
+            return f"<think> I need to find out {_lower_first(question)}. </think>\n<search> {question}? </search>"
+        golds = [
+            str(g) for g in (self.task.answer if isinstance(self.task.answer, list) else [self.task.answer])
+        ]
+        read = "".join(str(m["content"]) for m in self.transcript if m["role"] == "tool")
+        found = next(
+            (g for g in golds if normalize_answer(g) and normalize_answer(g) in normalize_answer(read)), None
+        )
+        answer = found or golds[0]
+        reason = "The documents say" if found else "I recall"
+        return f"<think> {reason} the answer is {answer}. </think>\n<answer> {answer} </answer>"
 
     # ----------------------------------------------------------------- checks
     def scripted_episode(self) -> list[str]:

@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from agentrl.engines.base import Engine, GenerateOutput, SamplingParams
 from agentrl.errors import ConfigError
@@ -36,6 +36,10 @@ from agentrl.types import Message, Status, Trajectory
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+Policy = Literal["model", "expert"]
+"""Who writes the agent's turns: the engine's model, or the env's scripted expert (demonstrations)."""
 
 
 @dataclass(frozen=True)
@@ -93,10 +97,18 @@ class RolloutController:
         traj = await controller.run_episode(env, task_id="capital-0001", group_id="g0")
     """
 
-    def __init__(self, engine: Engine, tokenizer: Any, config: RolloutConfig | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        tokenizer: Any,
+        config: RolloutConfig | None = None,
+        *,
+        policy: Policy = "model",
+    ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.config = config or RolloutConfig()
+        self.policy = policy
         self.semaphore = asyncio.Semaphore(self.config.max_concurrency)
         # Env work (build, reset, step, close) runs on the controller's own threads, one per episode
         # slot, not on asyncio's default pool (min(32, cpus + 4) threads): an env may block for long,
@@ -171,7 +183,7 @@ class RolloutController:
         limit = getattr(env.unwrapped, "max_turns", None) or self.config.max_turns
         try:
             while True:
-                out = await self._generate(traj, stop, session, seed)
+                out = await self._generate(env, traj, stop, session, seed)
                 versions.append(out.weight_version)
                 turn = self._append_sampled(traj, conv, out)
                 if out.finish_reason == "abort":
@@ -196,12 +208,14 @@ class RolloutController:
         return left
 
     async def _generate(
-        self, traj: Trajectory, stop: tuple[str, ...], session: str, seed: int | None
+        self, env: Any, traj: Trajectory, stop: tuple[str, ...], session: str, seed: int | None
     ) -> GenerateOutput:
         budget = self._budget(traj)
         if budget < 1:
             raise _EpisodeEnd(Status.TRUNCATED, "token budget exhausted")
         cfg = self.config
+        if self.policy == "expert":
+            return await self._expert_turn(env, stop, min(cfg.max_new_tokens, budget))
         base_seed = seed if seed is not None else cfg.seed
         sampling = SamplingParams(
             max_new_tokens=min(cfg.max_new_tokens, budget),
@@ -223,6 +237,20 @@ class RolloutController:
         out.meta["latency_s"] = time.perf_counter() - started
         out.meta["max_new_tokens"] = sampling.max_new_tokens
         return out
+
+    async def _expert_turn(self, env: Any, stop: tuple[str, ...], max_new_tokens: int) -> GenerateOutput:
+        """The env's scripted expert writes the turn; it is tokenized as the model's own output would be:
+        the text's ids, then EOS unless the text ends on a stop string (where an engine stops without
+        one). Logprob 0: the demonstration is not a sample of the policy."""
+        text = await self.in_env_thread(env.unwrapped.expert_action)
+        ids = list(self.tokenizer.encode(text, add_special_tokens=False))
+        if not any(text.endswith(s) for s in stop) and self.tokenizer.eos_token_id is not None:
+            ids.append(int(self.tokenizer.eos_token_id))
+        finish = "stop" if len(ids) <= max_new_tokens else "length"
+        ids = ids[:max_new_tokens]
+        return GenerateOutput(
+            ids, [0.0] * len(ids), finish, meta={"latency_s": 0.0, "max_new_tokens": max_new_tokens}
+        )
 
     def _append_sampled(self, traj: Trajectory, conv: Conversation, out: GenerateOutput) -> dict[str, Any]:
         traj.response_ids.extend(out.output_ids)

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentrl.engines.base import Engine
-from agentrl.errors import ConfigError
-from agentrl.rollout.controller import RolloutConfig, RolloutController
+from agentrl.engines.base import Engine, GenerateOutput, SamplingParams
+from agentrl.errors import ConfigError, EngineError
+from agentrl.rollout.controller import Policy, RolloutConfig, RolloutController
 from agentrl.types import Status, Trajectory
 
 EnvFactory = Callable[..., Any]
@@ -155,7 +155,7 @@ class RolloutManager:
 
     def __init__(
         self,
-        engine: Engine | Callable[[], Awaitable[Engine]],
+        engine: Engine | Callable[[], Awaitable[Engine]] | None,
         model_path: str | Path,
         specs: Sequence[EnvSpec],
         *,
@@ -163,16 +163,24 @@ class RolloutManager:
         rollout: RolloutConfig,
         seed: int,
         env_factory: EnvFactory | None = None,
+        policy: Policy = "model",
     ) -> None:
         from transformers import AutoTokenizer
 
         if not specs and not eval_specs:
             raise ConfigError("a run needs at least one env: pass --env NAME or --suite NAME")
+        if engine is None and policy != "expert":
+            raise ConfigError("the model policy needs an engine")
         self._loop = asyncio.new_event_loop()
         # An engine factory runs here, in this process and loop: SGLang servers and clients belong to it.
         self.engine: Engine = (
-            engine if isinstance(engine, Engine) else self._loop.run_until_complete(engine())
+            _NoEngine()
+            if engine is None
+            else engine
+            if isinstance(engine, Engine)
+            else self._loop.run_until_complete(engine())
         )
+        self.policy: Policy = policy
         self.model_path = str(model_path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.specs = [*specs, *eval_specs]
@@ -242,6 +250,33 @@ class RolloutManager:
         self._loop.run_until_complete(self.engine.close())
 
 
+class _NoEngine:
+    """The engine of an expert-policy rollout: the env's expert writes every turn, so nothing generates."""
+
+    async def generate(
+        self, input_ids: list[int], sampling: SamplingParams, *, session_id: str | None = None
+    ) -> GenerateOutput:
+        raise EngineError("an expert-policy rollout has no engine to generate with")
+
+    async def update_weights(self, source: Any, *, version: int) -> None:
+        raise EngineError("an expert-policy rollout has no engine to update")
+
+    async def health(self) -> bool:
+        return True
+
+    async def pause(self) -> None:
+        return None
+
+    async def resume(self) -> None:
+        return None
+
+    async def abort(self, session_id: str | None = None) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
 def _failed(key: str, group_id: str, index: int, env_id: str, error: Exception) -> Trajectory:
     return Trajectory(
         prompt_ids=[],
@@ -264,7 +299,7 @@ async def _generate(
     on_episode: Callable[[Trajectory], None] | None = None,
 ) -> list[Trajectory]:
     config = dataclasses.replace(manager.rollout, temperature=settings.temperature, top_p=settings.top_p)
-    controller = RolloutController(manager.engine, manager.tokenizer, config)
+    controller = RolloutController(manager.engine, manager.tokenizer, config, policy=manager.policy)
 
     async def one(key: str, index: int) -> Trajectory:
         entry = int(key.split(":", 1)[0])

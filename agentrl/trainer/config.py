@@ -15,6 +15,7 @@ from agentrl.errors import ConfigError
 
 AdvantageEstimator = Literal["grpo", "dr_grpo", "rloo", "reinforce_plus_plus_baseline"]
 PolicyLoss = Literal["ppo", "gspo"]
+LossType = Literal["policy", "sft"]
 LossAggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 KLEstimator = Literal["k1", "k2", "k3", "low_var_kl"]
 LRDecayStyle = Literal["constant", "linear", "cosine"]
@@ -24,6 +25,10 @@ LRDecayStyle = Literal["constant", "linear", "cosine"]
 class AlgorithmConfig:
     """How advantages and the policy loss are computed (GRPO family)."""
 
+    loss_type: LossType = field(default="policy", metadata={"rare": True})
+    """``policy``: the RL loss below (advantages, clipping, KL); ``sft``: supervised fine-tuning, the
+    negative log-likelihood of the masked tokens aggregated by ``loss_agg_mode`` (advantages ignored;
+    slime's ``--loss-type sft_loss``). ``agentrl sft`` sets it."""
     advantage_estimator: AdvantageEstimator = "grpo"
     """``grpo``: (r - group mean) / (group std + eps); ``dr_grpo``: r - group mean (no std division);
     ``rloo``: r - mean of the other samples of the group; ``reinforce_plus_plus_baseline``: r - group

@@ -177,7 +177,11 @@ def policy_loss(
     norm = config.loss_norm_tokens if config.loss_norm_tokens is not None else norm_tokens
     denominators = {"num_tokens": num_tokens, "num_seqs": num_seqs, "norm_tokens": norm}
 
-    pg, metrics = _token_policy_loss(logprobs, old_logprobs, advantages, mask_f, config, rollout_logprobs)
+    if config.loss_type == "sft":  # supervised: -log p of every masked token, no advantage, no ratio
+        pg, metrics = -logprobs, {"nll": _masked_mean(-logprobs.detach(), mask_f)}
+        rollout_logprobs = None  # demonstrations have no engine logprobs to compare with
+    else:
+        pg, metrics = _token_policy_loss(logprobs, old_logprobs, advantages, mask_f, config, rollout_logprobs)
     pg_loss = aggregate_loss(pg, mask_f, mode, **denominators)
     loss = pg_loss
 
