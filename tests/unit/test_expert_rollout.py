@@ -54,7 +54,7 @@ def test_search_expert_demonstrations_are_the_models_own_tokens(smollm2: Path, t
         traj.check()
         # Replay the same task in a fresh env: the expert's turns and the observations, independently.
         env = agentrl.make("search", split="train", hops=1).unwrapped
-        messages, info = env.reset(options={"task_id": traj.task_id})
+        messages, _ = env.reset(options={"task_id": traj.task_id})
         turns, observations = [], []
         while True:
             turns.append(env.expert_action())
