@@ -43,6 +43,7 @@ BUILTINS: tuple[tuple[str, str], ...] = (
     ("agentrl/Search-v0", "agentrl.envs.search:SearchEnv"),
     ("agentrl/PythonTool-v0", "agentrl.envs.python_tool:PythonToolEnv"),
     ("agentrl/Calculator-v0", "agentrl.envs.example:CalculatorEnv"),
+    ("agentrl/PromptData-v0", "agentrl.envs.dataset:PromptDataEnv"),
 )
 """Built-in envs as (id, ``"module:Class"``); registered when this module is imported."""
 MAKE_KWARGS = frozenset({"max_episode_steps", "disable_env_checker"})
