@@ -13,7 +13,7 @@ import importlib
 import logging
 import sys
 
-SUBCOMMANDS = ("train", "eval", "rollout", "view", "envs", "sandbox")
+SUBCOMMANDS = ("train", "sft", "eval", "rollout", "view", "envs", "sandbox")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ exits non-zero and is resumed from the last checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -40,6 +41,7 @@ from agentrl.run.placement import (
     start_trainer_ranks,
 )
 from agentrl.run.train_config import TrainConfig
+from agentrl.trainer.config import AlgorithmConfig, OptimizerConfig, TorchBackendConfig, TorchOptions
 from agentrl.types import Trajectory
 
 log = logging.getLogger(__name__)
@@ -66,10 +68,34 @@ def init_ray(config: TrainConfig) -> None:
 
 def make_backend(model_path: Path, config: TrainConfig) -> Any:
     """The training backend ``config.backend`` names, on ``model_path``."""
-    if config.backend == "torch":
+    return build_backend(
+        model_path,
+        backend=config.backend,
+        algorithm=config.algorithm,
+        optimizer=config.optimizer,
+        torch_options=config.torch,
+        seed=config.seed,
+        megatron_args=config.megatron_args,
+    )
+
+
+def build_backend(
+    model_path: Path,
+    *,
+    backend: str,
+    algorithm: AlgorithmConfig,
+    optimizer: OptimizerConfig,
+    torch_options: TorchOptions,
+    seed: int,
+    megatron_args: Sequence[str] = (),
+) -> Any:
+    """A torch or Megatron training backend on ``model_path`` (``agentrl train`` and ``agentrl sft``)."""
+    if backend == "torch":
         from agentrl.trainer.torch_backend import TorchBackend
 
-        return TorchBackend(model_path, config.torch_backend_config())
+        options = {f.name: getattr(torch_options, f.name) for f in dataclasses.fields(TorchOptions)}
+        config = TorchBackendConfig(**options, algorithm=algorithm, optimizer=optimizer, seed=seed)
+        return TorchBackend(model_path, config)
     try:
         from agentrl.trainer.megatron.backend import MegatronBackend, MegatronBackendConfig
     except ImportError as e:
@@ -82,10 +108,10 @@ def make_backend(model_path: Path, config: TrainConfig) -> Any:
     return MegatronBackend(
         model_path,
         MegatronBackendConfig(
-            algorithm=config.algorithm,
-            optimizer=config.optimizer,
-            seed=config.seed,
-            parallel=parse_megatron_args(list(config.megatron_args)),
+            algorithm=algorithm,
+            optimizer=optimizer,
+            seed=seed,
+            parallel=parse_megatron_args(list(megatron_args)),
         ),
     )
 
