@@ -139,7 +139,7 @@ class OptimizerConfig:
 class TorchOptions:
     """Settings of the plain-torch backend of its own (a run's algorithm, optimizer and seed are shared)."""
 
-    device: str = "auto"
+    device: str = field(default="auto", metadata={"flag": "torch-device"})
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     bf16: bool = True
     """On GPU, run forward/backward under bf16 autocast (weights and optimizer stay fp32). Ignored on CPU."""
