@@ -98,7 +98,8 @@ def test_bad_lines_name_the_file_and_line(
 def test_batch_order_is_a_seeded_permutation_per_epoch() -> None:
     steps = batch_order(10, 4, epochs=2, seed=3)
     assert [len(s) for s in steps] == [4, 4, 2, 4, 4, 2]
-    assert sorted(sum(steps[:3], [])) == list(range(10)) == sorted(sum(steps[3:], []))
+    first, second = [i for s in steps[:3] for i in s], [i for s in steps[3:] for i in s]
+    assert sorted(first) == list(range(10)) == sorted(second)
     assert steps[:3] != steps[3:]  # a new order each epoch
     assert batch_order(10, 4, epochs=2, seed=3) == steps and batch_order(10, 4, epochs=2, seed=4) != steps
 
