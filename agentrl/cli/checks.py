@@ -7,9 +7,12 @@ it; the commands print it without a traceback and exit with status 2.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentrl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from agentrl.envs.dataset import PromptDataConfig
 
 
 def check_env_inputs(env: str, suite: str | None, env_kwargs: dict[str, Any] | None) -> None:
@@ -24,6 +27,39 @@ def check_env_inputs(env: str, suite: str | None, env_kwargs: dict[str, Any] | N
 
     for entry in load_suite(suite).entries:
         check_env_kwargs(entry.env, {**entry.kwargs, **(env_kwargs or {})})
+
+
+def check_prompt_data(data: PromptDataConfig) -> None:
+    """Every prompt file of ``--prompt-data`` and ``--eval-prompt-data`` exists and every record parses and
+    has the keys (errors name the file and line); ``--reward``, each record's ``metadata.rm_type`` and
+    ``--tools`` resolve. Reward-model classes are imported, not built."""
+    from agentrl.envs.dataset import load_tool
+    from agentrl.envs.prompt_files import PromptKeys, read_tasks
+    from agentrl.envs.rewards import resolve_reward
+
+    resolve_reward(data.reward, build=False)
+    keys = PromptKeys(data.input_key, data.label_key, data.metadata_key, data.tool_key)
+    files = [("--prompt-data", data.prompt_data)] if data.prompt_data else []
+    files += [(f"--eval-prompt-data {name}", path) for name, path in data.eval_datasets().items()]
+    for flag, path in files:
+        try:
+            tasks = read_tasks(path, "check", keys)
+        except ConfigError as e:
+            raise ConfigError(f"{flag}: {e}") from e
+        for rm_type in sorted({str(t.meta["metadata"].get("rm_type") or "") for t in tasks} - {""}):
+            source = next(t.meta["source"] for t in tasks if t.meta["metadata"].get("rm_type") == rm_type)
+            resolve_reward(rm_type, f"{source}: metadata.rm_type", build=False)
+    for name in data.tools:
+        load_tool(name)
+
+
+def check_hooks(hooks: dict[str, str | None]) -> None:
+    """Each data hook (``{"--sample-filter": "pkg.mod:fn", ...}``) imports."""
+    from agentrl.envs.import_path import load_object
+
+    for flag, spec in hooks.items():
+        if spec:
+            load_object(spec, flag)
 
 
 def check_model(model: str) -> Path:

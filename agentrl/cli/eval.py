@@ -5,6 +5,8 @@ Examples::
     agentrl eval --suite search-heldout --model runs/20250101-120000/hf_model
     agentrl eval --suite none --env search --split test --episodes 50 --n-samples-per-prompt 4
     agentrl eval --run runs/20250101-120000      # repeat a training run's own evaluation on its hf_model
+    agentrl eval --eval-prompt-data gsm8k gsm8k.jsonl aime aime.jsonl --input-key question \\
+        --label-key answer --reward math --n-samples-per-prompt 4     # pass@k per dataset (docs/data.md)
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from agentrl.cli.checks import check_env_inputs, check_model
+    from agentrl.cli.checks import check_env_inputs, check_model, check_prompt_data
     from agentrl.eval.evaluate import EvalConfig, make_plan, run_eval
 
     given = given_fields(args.config_spec, args)
@@ -51,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         plan = make_plan(config, given)
         for spec in plan.specs:
             check_env_inputs(spec.env, None, spec.kwargs)
+        check_prompt_data(config.data)
         check_model(plan.model)
         _, paths = run_eval(config, plan)
     except AgentRLError as e:

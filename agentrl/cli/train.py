@@ -7,6 +7,8 @@ torch backend) and prints a summary of what improved::
     agentrl train --env search --save ckpt/ --resume            # continue a run exactly
     agentrl train --engine sglang --sglang-mem-fraction-static 0.5 --model /models/Qwen2.5-3B
     agentrl train --config runs/20250101-120000/config.json --num-rollouts 4   # a logged config, changed
+    agentrl train --prompt-data train.jsonl --input-key question --label-key answer --reward math \\
+        --eval-prompt-data gsm8k gsm8k.jsonl aime aime.jsonl        # slime's workflow (docs/data.md)
 
 Rarely changed settings are not listed here: ``agentrl train --help-all`` shows every flag.
 """
@@ -56,12 +58,21 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def check_inputs(config: TrainConfig) -> None:
     """Everything a user can get wrong, before Ray or a model starts (see agentrl.cli.checks)."""
-    from agentrl.cli.checks import check_env_inputs, check_model, check_trajectory_file
+    from agentrl.cli.checks import (
+        check_env_inputs,
+        check_hooks,
+        check_model,
+        check_prompt_data,
+        check_trajectory_file,
+    )
 
     if config.debug_train_only:
         check_trajectory_file(config.debug_train_only, "--debug-train-only")
     else:
         check_env_inputs(config.env, config.suite, config.env_kwargs)
+        check_prompt_data(config.data)
+    hooks = {"--sample-filter": config.sample_filter, "--group-filter": config.group_filter}
+    check_hooks({**hooks, "--buffer": config.buffer})
     check_model(config.model)
 
 

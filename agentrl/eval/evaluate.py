@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,23 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from agentrl.engines.config import EngineConfig
+from agentrl.envs.dataset import PROMPT_DATA_ID, PromptDataConfig, dataset_of
 from agentrl.errors import ConfigError
 from agentrl.eval.compare_run import RUN_DECIDES, EvalPlan, plan_from_run, run_comparison
 from agentrl.rollout.controller import RolloutConfig
+from agentrl.run.metrics import pass_at_k, powers_of_two_upto
 from agentrl.types import Trajectory, save_jsonl
 
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from ``n`` samples of which ``c`` succeeded (Chen et al. 2021, HumanEval).
-
-    ``1 - C(n - c, k) / C(n, k)``: the chance that at least one of ``k`` samples drawn without
-    replacement from the ``n`` succeeds.
-    """
-    if k > n:
-        raise ValueError(f"pass@{k} needs at least {k} samples per task, got {n}")
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+__all__ = ["EnvReport", "EvalConfig", "make_plan", "pass_at_k", "run_eval", "summarize_env", "write_report"]
 
 
 @dataclass
@@ -87,15 +77,16 @@ def summarize_env(env: str, split: str, trajectories: Sequence[Trajectory], ks: 
     )
 
 
-def markdown_table(reports: Sequence[EnvReport]) -> str:
-    """One row per env: episodes, success, reward, turns, tool calls, pass@k columns."""
+def markdown_table(reports: Sequence[EnvReport], samples_per_task: int = 1) -> str:
+    """One row per env (or eval dataset): episodes, success, reward (mean@n over the n samples per task),
+    turns, tool calls, pass@k columns."""
     ks = sorted({k for r in reports for k in r.pass_at_k})
     head = [
         "env",
         "split",
         "episodes",
         "success",
-        "reward",
+        f"reward (mean@{samples_per_task})" if samples_per_task > 1 else "reward",
         "turns",
         "tool calls",
         *[f"pass@{k}" for k in ks],
@@ -144,7 +135,8 @@ def write_report(reports: Sequence[EnvReport], out_dir: Path, meta: dict[str, An
     run_lines = (
         "\nCompared with the run's own evaluation:\n\n" + "\n".join(comparison) + "\n" if comparison else ""
     )
-    paths["markdown"].write_text(title + markdown_table(reports) + run_lines, encoding="utf-8")
+    table = markdown_table(reports, int(meta.get("n_samples_per_prompt", 1)))
+    paths["markdown"].write_text(title + table + run_lines, encoding="utf-8")
     for i, r in enumerate(reports):
         stem = f"{i:02d}_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in r.env)
         paths[f"plot_{i}"] = plot_env(r, out_dir / f"{stem}.png")
@@ -184,6 +176,8 @@ class EvalConfig:
     """Folder for report.json, report.md, the plots and episodes.jsonl."""
     progress: bool = True
     """Show a progress bar of finished episodes (on stderr)."""
+    data: PromptDataConfig = field(default_factory=PromptDataConfig, metadata={"group": "data"})
+    """Evaluate on prompt files with a reward instead of a suite (--eval-prompt-data NAME PATH ...)."""
     run: str | None = None
     """A training run's log folder: repeat its own evaluation (env, kwargs, split, episodes, budgets, greedy)
     on its exported policy RUN/hf_model (or --model) and compare with the run's last logged numbers;
@@ -201,7 +195,9 @@ def plan_from_flags(config: EvalConfig) -> EvalPlan:
     """The plan of ``--suite`` (each entry's own split and episodes) or of ``--env`` with ``--split``."""
     from agentrl.rollout.driver import EnvSpec, env_specs
 
-    if config.suite:
+    if config.data.active:  # every eval dataset (or the --prompt-data file) through one prompt-data env
+        specs = [EnvSpec(PROMPT_DATA_ID, "test", config.data.env_kwargs(), config.episodes)]
+    elif config.suite:
         specs = env_specs(config.env, config.suite, "", config.env_kwargs)
     else:
         specs = [EnvSpec(config.env, config.split, dict(config.env_kwargs or {}), config.episodes or 100)]
@@ -260,13 +256,20 @@ def run_eval(config: EvalConfig, plan: EvalPlan | None = None) -> tuple[list[Env
             trajectories = manager.generate(keys, settings, on_episode=lambda _: bar.update(1))
     finally:
         manager.close()
-    ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= n]
+    ks = powers_of_two_upto(n)
     reports = []
     for i, spec in enumerate(plan.specs):
         mine = [t for t in trajectories if t.group_id.split("/", 1)[1].startswith(f"{i}:")]
-        if mine or not plan.first_tasks:
+        if spec.env == PROMPT_DATA_ID:  # one report row per eval dataset
+            by_dataset: dict[str, list[Trajectory]] = {}
+            for t in mine:
+                by_dataset.setdefault(dataset_of(t.task_id), []).append(t)
+            reports += [summarize_env(name, spec.split, ts, ks) for name, ts in by_dataset.items()]
+        elif mine or not plan.first_tasks:
             reports.append(summarize_env(spec.env, spec.split, mine, ks))
     source = f"the evaluation of run {config.run}" if config.run else (config.suite or config.env)
+    if config.data.active and not config.run:
+        source = "prompt data " + ", ".join(config.data.eval_datasets() or [str(config.data.prompt_data)])
     meta: dict[str, Any] = {"suite": source, "model": plan.model, "n_samples_per_prompt": n}
     meta["temperature"] = rollout.temperature
     if config.run is not None:

@@ -106,15 +106,23 @@ def has_signal(group: Sequence[Trajectory]) -> bool:
     return len({t.reward for t in group if t.trainable}) > 1
 
 
+GroupFilter = Callable[[list[Trajectory]], bool]
+"""``--group-filter package.module:fn``: ``fn(group) -> bool``, True to train on the group (its
+``n_samples_per_prompt`` episodes of one task, in sample order). It replaces :func:`has_signal` as the
+dynamic filter's test."""
+
+
 def keep_informative_groups(
-    trajectories: list[Trajectory], groups: int, dynamic_filter: bool
+    trajectories: list[Trajectory], groups: int, dynamic_filter: bool, keep: GroupFilter | None = None
 ) -> list[Trajectory]:
     """The first ``groups`` groups, skipping (with ``dynamic_filter``, DAPO's dynamic sampling) those
-    whose rewards all agree: every GRPO advantage of such a group is zero."""
+    whose rewards all agree: every GRPO advantage of such a group is zero. ``keep`` (a user's
+    ``--group-filter``) replaces that test; it applies even with ``dynamic_filter`` off."""
     by_group: dict[str, list[Trajectory]] = {}
     for t in trajectories:
         by_group.setdefault(t.group_id, []).append(t)
-    kept = [g for g in by_group.values() if not dynamic_filter or has_signal(g)][:groups]
+    test = keep if keep is not None else (has_signal if dynamic_filter else None)
+    kept = [g for g in by_group.values() if test is None or test(g)][:groups]
     return [t for g in kept for t in g]
 
 

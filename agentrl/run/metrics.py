@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,10 +69,63 @@ def rollout_metrics(trajectories: Sequence[Trajectory], prefix: str = "rollout/"
         "total_tokens": float(sum(t.num_tokens for t in trajectories)),
         "episodes": float(len(trajectories)),
     }
+    components = sorted({k for t in ok for k in t.metrics if k.startswith("reward/")})
+    for key in components:  # a reward's dict components (prompt-data env), e.g. reward/format
+        out[key] = _mean([float(t.metrics[key]) for t in ok if key in t.metrics])
     counts = Counter(t.status for t in trajectories)
     for status in Status:
         out[f"status_{status.value}"] = float(counts.get(status, 0))
     return {prefix + k: v for k, v in out.items()}
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples of which ``c`` succeeded (Chen et al. 2021, HumanEval).
+
+    ``1 - C(n - c, k) / C(n, k)``: the chance that at least one of ``k`` samples drawn without
+    replacement from the ``n`` succeeds.
+    """
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples per task, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def solved(t: Trajectory) -> bool:
+    """Whether an episode solved its task: the env's ``success``, else a positive return; a FAILED or
+    ABORTED episode never did."""
+    value = t.metrics.get("success")
+    return t.trainable and (bool(value) if value is not None else t.reward > 0)
+
+
+def powers_of_two_upto(n: int) -> list[int]:
+    """The k of pass@k reported for ``n`` samples per task: 1, 2, 4, ... up to ``n``."""
+    return [k for k in (2**i for i in range(12)) if k <= n]
+
+
+def dataset_metrics(trajectories: Sequence[Trajectory], prefix: str = "eval/") -> dict[str, float]:
+    """Per dataset of the prompt-data env (``--eval-prompt-data NAME PATH``): ``NAME/mean@n`` (reward
+    averaged over each prompt's n samples, then over prompts), ``NAME/pass@k`` for k = 1, 2, 4 .. n
+    (success), ``NAME/episodes`` and ``NAME/failed``. FAILED episodes (a reward that raised) count as
+    reward 0 and unsolved. Trajectories of other envs are ignored."""
+    from agentrl.envs.dataset import PROMPT_DATA_ID, dataset_of
+
+    by_dataset: dict[str, dict[str, list[Trajectory]]] = {}
+    for t in trajectories:
+        if t.env_id == PROMPT_DATA_ID:
+            by_dataset.setdefault(dataset_of(t.task_id), {}).setdefault(t.task_id, []).append(t)
+    out: dict[str, float] = {}
+    for name, tasks in by_dataset.items():
+        n = min(len(samples) for samples in tasks.values())
+        rewards = [_mean([t.reward if t.trainable else 0.0 for t in s]) for s in tasks.values()]
+        out[f"{prefix}{name}/mean@{n}"] = _mean(rewards)
+        for k in powers_of_two_upto(n):
+            per_task = [pass_at_k(len(s), sum(solved(t) for t in s), k) for s in tasks.values()]
+            out[f"{prefix}{name}/pass@{k}"] = _mean(per_task)
+        episodes = [t for s in tasks.values() for t in s]
+        out[f"{prefix}{name}/episodes"] = float(len(episodes))
+        out[f"{prefix}{name}/failed"] = float(sum(t.status == Status.FAILED for t in episodes))
+    return out
 
 
 class MetricsLogger:
@@ -179,6 +233,9 @@ SUMMARY_KEYS = ("reward", "success", "completed", "valid_format", "tool_calls", 
 well-formed rates, searches and turns per episode, sampled tokens per episode."""
 
 
+_PER_DATASET = re.compile(r"^eval/[^/]+/(mean|pass)@\d+$")
+
+
 def summarize(records: Sequence[dict[str, Any]], window: int = 3) -> str:
     """What improved: the mean of the first vs the last ``window`` rollouts, and the first vs last eval."""
     train = [r for r in records if r.get("rollout/reward") is not None]
@@ -201,6 +258,17 @@ def summarize(records: Sequence[dict[str, Any]], window: int = 3) -> str:
                     f"eval  {key:<16} step {evals[0]['step']:>3} {before:8.3f}  ->  step {evals[-1]['step']:>3} "
                     f"{after:8.3f}  ({after - before:+.3f})"
                 )
+        per_dataset = sorted(k for k in evals[-1] if _PER_DATASET.match(k) and evals[-1][k] is not None)
+        first, last = evals[0]["step"], evals[-1]["step"]
+        for key in per_dataset:
+            before, after = evals[0].get(key), evals[-1][key]
+            if before is not None and len(evals) > 1:
+                lines.append(
+                    f"eval  {key[5:]:<16} step {first:>3} {before:8.3f}  ->  step {last:>3} {after:8.3f}  "
+                    f"({after - before:+.3f})"
+                )
+            else:
+                lines.append(f"eval  {key[5:]:<16} step {last:>3} {after:8.3f}")
     if len(lines) == 1:
         lines.append("no rollouts were logged")
     return "\n".join(lines)

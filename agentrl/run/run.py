@@ -12,20 +12,65 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agentrl.config_io import config_to_dict
 from agentrl.errors import CheckpointError, ConfigError
-from agentrl.rollout.driver import EnvFactory, GenerationSettings, keep_informative_groups
+from agentrl.rollout.driver import EnvFactory, GenerationSettings, GroupFilter, keep_informative_groups
 from agentrl.run.actors import Actors, create_actors
-from agentrl.run.metrics import MetricsLogger, dump_rollouts, rollout_metrics
+from agentrl.run.metrics import MetricsLogger, dataset_metrics, dump_rollouts, rollout_metrics
 from agentrl.run.task_sampler import TaskSampler
 from agentrl.run.train_config import TrainConfig
 from agentrl.types import Trajectory, load_jsonl
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataHooks:
+    """User code named by import path that decides what is trained on (docs/data.md):
+
+    * ``sample_filter(trajectory) -> bool``: False drops that episode before training (after the
+      group filter, so advantages are computed over the episodes kept).
+    * ``group_filter(group) -> bool``: the dynamic filter's test (see ``keep_informative_groups``).
+    * ``buffer``: an object with ``add(groups, step)``, called with the groups of each rollout that
+      were not trained on, and ``take(n, step) -> groups``, called when fewer than
+      ``rollout_batch_size`` groups survived the filter, to fill up to ``n`` from earlier rollouts
+      (replay, partial or off-policy groups). Its state is not checkpointed.
+    """
+
+    sample_filter: Callable[[Trajectory], bool] | None = None
+    group_filter: GroupFilter | None = None
+    buffer: Any = None
+
+    @classmethod
+    def load(cls, config: TrainConfig) -> DataHooks:
+        from agentrl.envs.import_path import load_object
+
+        hooks = cls(
+            sample_filter=load_object(config.sample_filter, "--sample-filter")
+            if config.sample_filter
+            else None,
+            group_filter=load_object(config.group_filter, "--group-filter") if config.group_filter else None,
+        )
+        if config.buffer:
+            buffer = load_object(config.buffer, "--buffer")
+            hooks.buffer = buffer() if isinstance(buffer, type) else buffer
+            if not all(callable(getattr(hooks.buffer, m, None)) for m in ("add", "take")):
+                raise ConfigError(
+                    f"--buffer {config.buffer}: needs methods add(groups, step) and take(n, step)"
+                )
+        return hooks
+
+
+def _groups(trajectories: list[Trajectory]) -> list[list[Trajectory]]:
+    by_group: dict[str, list[Trajectory]] = {}
+    for t in trajectories:
+        by_group.setdefault(t.group_id, []).append(t)
+    return list(by_group.values())
 
 
 @dataclass
@@ -37,6 +82,7 @@ class Run:
     eval_keys: list[str]
     logger: MetricsLogger
     start_step: int = 0
+    hooks: DataHooks = field(default_factory=DataHooks)
 
     @classmethod
     def start(cls, config: TrainConfig, *, env_factory: EnvFactory | None = None) -> Run:
@@ -49,6 +95,7 @@ class Run:
         (log_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
         log.info("resolved config (also in %s): %s", log_dir / "config.json", json.dumps(resolved))
         model_path = resolve_model(config.model)
+        hooks = DataHooks.load(config)
         actors = create_actors(config, model_path, env_factory, log_dir)
         sampler, eval_keys = None, []
         if actors.rollout is not None:
@@ -58,8 +105,9 @@ class Run:
                 [actors.rollout.task_keys.remote("train"), actors.rollout.task_keys.remote("eval")]
             )
             sampler = TaskSampler(train_keys, seed=config.seed)
-            eval_keys = all_eval[: config.eval_episodes]
-        run = cls(config, log_dir, actors, sampler, eval_keys, logger=None)  # type: ignore[arg-type]
+            every = config.data.eval_prompt_data and config.eval_episodes  # eval datasets: every prompt
+            eval_keys = all_eval if every else all_eval[: config.eval_episodes]
+        run = cls(config, log_dir, actors, sampler, eval_keys, logger=None, hooks=hooks)  # type: ignore[arg-type]
         if config.resume:
             run.start_step = run._resume()
         run.logger = MetricsLogger(
@@ -86,9 +134,23 @@ class Run:
         settings = GenerationSettings(c.n_samples_per_prompt, c.rollout.temperature, c.rollout.top_p, step)
         keys = self.sampler.sample(n_prompts)
         trajectories = ray.get(self.actors.rollout.generate.remote(keys, settings))
-        kept = keep_informative_groups(trajectories, c.rollout_batch_size, c.dynamic_filter)
+        hooks = self.hooks
+        kept = keep_informative_groups(
+            trajectories, c.rollout_batch_size, c.dynamic_filter, hooks.group_filter
+        )
         metrics = rollout_metrics(trajectories)
         metrics["rollout/kept_episodes"] = float(len(kept))
+        if hooks.buffer is not None:
+            used = {t.group_id for t in kept}
+            hooks.buffer.add([g for g in _groups(trajectories) if g[0].group_id not in used], step)
+            missing = c.rollout_batch_size - len(used)
+            reused = [t for g in (hooks.buffer.take(missing, step) if missing > 0 else []) for t in g]
+            kept += reused
+            metrics["rollout/reused_episodes"] = float(len(reused))
+        if hooks.sample_filter is not None:
+            before = len(kept)
+            kept = [t for t in kept if hooks.sample_filter(t)]
+            metrics["rollout/sample_filtered"] = float(before - len(kept))
         return kept, metrics
 
     def _replay(self, step: int) -> list[Trajectory]:
@@ -153,16 +215,24 @@ class Run:
         """Greedy episodes on the first ``eval_episodes`` tasks of the eval split (the same every time)."""
         import ray
 
-        settings = GenerationSettings(n_samples=1, temperature=0.0, step=0)
+        n = self.config.n_samples_per_eval_prompt  # 1: greedy; more: sampled, for pass@k
+        temperature = 0.0 if n == 1 else self.config.rollout.temperature
+        settings = GenerationSettings(n_samples=n, temperature=temperature, step=0)
         start = time.perf_counter()
         trajectories = ray.get(self.actors.rollout.generate.remote(self.eval_keys, settings))
         dump_rollouts(
             trajectories, self.log_dir, step, folder="eval_rollouts"
         )  # `agentrl eval --run` compares
         metrics = rollout_metrics(trajectories, prefix="eval/")
+        per_dataset = dataset_metrics(trajectories)
+        metrics.update(per_dataset)
         metrics["time/eval_s"] = time.perf_counter() - start
+        datasets = "".join(
+            f"; {key[len('eval/') :]} {value:.3f}" for key, value in per_dataset.items() if "@" in key
+        )
         self.logger.write(
             f"eval @ step {step}: reward {metrics['eval/reward']:.3f}, success {metrics['eval/success']:.3f}"
+            + datasets
         )
         return metrics
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from agentrl.engines.config import EngineConfig
+from agentrl.envs.dataset import PROMPT_DATA_ID, PromptDataConfig
 from agentrl.envs.presets import laptop_env_kwargs
 from agentrl.errors import ConfigError
 from agentrl.rollout.controller import RolloutConfig
@@ -82,15 +83,17 @@ class TrainConfig:
     env_kwargs: dict[str, Any] | None = field(default=None, metadata={"group": "task"})
     """Env constructor kwargs as JSON, e.g. '{"hops": 1}'. Default: the env's laptop preset
     (agentrl/envs/presets.py; Search: single-hop questions, Search-R1 format scores); '{}' for none."""
-    split: str = field(default="train", metadata={"group": "task"})
+    split: str = field(default="train", metadata={"group": "task", "rare": True})
     """Split of the env's tasks to train on."""
-    eval_split: str = field(default="test", metadata={"group": "task"})
+    eval_split: str = field(default="test", metadata={"group": "task", "rare": True})
     """Split the periodic and before/after evaluations use."""
+    data: PromptDataConfig = field(default_factory=PromptDataConfig, metadata={"group": "data"})
+    """Train on a prompt file with a reward instead of an env (slime's --prompt-data; docs/data.md)."""
     model: str = field(default="smollm2-135m", metadata={"group": "model"})
     """Policy to start from: a local HF folder or an alias (smollm2-135m, tiny-gpt2)."""
     backend: Literal["torch", "megatron"] = field(default="torch", metadata={"group": "model"})
     """Training backend: plain torch (CPU, one GPU) or Megatron-core (GPUs)."""
-    megatron_args: tuple[str, ...] = field(default=(), metadata={"group": "model"})
+    megatron_args: tuple[str, ...] = field(default=(), metadata={"group": "model", "rare": True})
     """Megatron flags. E.g. --megatron-args=--tensor-model-parallel-size=2 (with --backend megatron)."""
     rollout: RolloutConfig = field(default_factory=_train_rollout, metadata={"group": "episode"})
     """Turn limit, token budgets, sampling and concurrency of the training episodes."""
@@ -103,12 +106,18 @@ class TrainConfig:
     steps_per_rollout: int = field(default=1, metadata={"group": "batch"})
     """Optimizer steps per rollout; rollout_batch_size x n_samples == global_batch_size x this."""
     num_rollouts: int = field(default=8, metadata={"group": "batch"})
-    """Rollouts (generate -> train -> sync iterations) in the run."""
+    """Rollouts (generate -> train -> sync iterations) in the run; 0 only evaluates (no trainer starts)."""
     over_sample: float = field(default=1.0, metadata={"group": "batch", "rare": True})
     """Sample this many times rollout_batch_size prompts when the dynamic filter is on, so enough survive."""
     dynamic_filter: bool = field(default=True, metadata={"group": "batch"})
     """Train only on groups whose rewards differ, DAPO-style. Groups whose rewards all agree carry no
     GRPO signal; the rollout/ metrics still cover every episode."""
+    group_filter: str | None = field(default=None, metadata={"group": "batch", "rare": True})
+    """package.module:fn(group: list[Trajectory]) -> bool replacing the dynamic filter's test (docs/data.md)."""
+    sample_filter: str | None = field(default=None, metadata={"group": "batch", "rare": True})
+    """package.module:fn(trajectory) -> bool; episodes it rejects are dropped before training."""
+    buffer: str | None = field(default=None, metadata={"group": "batch", "rare": True})
+    """package.module:Class with add(groups, step) and take(n, step): groups reused in later rollouts."""
     inference: EngineConfig = field(default_factory=EngineConfig, metadata={"group": "engine"})
     """The inference engine (embedded or SGLang) and its servers."""
     placement: PlacementConfig = field(default_factory=PlacementConfig, metadata={"group": "placement"})
@@ -116,7 +125,10 @@ class TrainConfig:
     eval_interval: int = field(default=0, metadata={"group": "eval"})
     """Evaluate every this many rollouts (0: only before and after training)."""
     eval_episodes: int = field(default=16, metadata={"group": "eval"})
-    """Tasks per evaluation (greedy, one sample each); 0 disables evaluation."""
+    """Tasks per evaluation (greedy, one sample each); 0 disables evaluation. With --eval-prompt-data
+    every prompt of the eval datasets is evaluated (0 still disables)."""
+    n_samples_per_eval_prompt: int = field(default=1, metadata={"group": "eval", "rare": True})
+    """Samples per eval task: 1 is greedy; more sample at --temperature, for pass@k and mean@k."""
     save: str | None = field(default=None, metadata={"group": "checkpoint"})
     """Checkpoint folder (atomic step_N/ dirs and a latest pointer); none: no checkpoints."""
     save_interval: int = field(default=5, metadata={"group": "checkpoint"})
@@ -155,6 +167,7 @@ class TrainConfig:
     """Settings of the torch backend (device, precision, micro-batch size)."""
 
     def __post_init__(self) -> None:
+        self._resolve_prompt_data()
         if self.env_kwargs is None:  # resolved here, so that the logged config shows what ran
             object.__setattr__(self, "env_kwargs", laptop_env_kwargs(self.env, self.suite))
         self._check_batch()
@@ -162,8 +175,11 @@ class TrainConfig:
         if opt.lr_decay_style != "constant" and opt.lr_decay_steps == 0:  # resolved: the config shows it
             budget = max(1, self.num_rollouts * self.steps_per_rollout - opt.warmup_steps)
             object.__setattr__(self, "optimizer", dataclasses.replace(opt, lr_decay_steps=budget))
+        if self.num_rollouts < 0:
+            raise ConfigError(f"--num-rollouts={self.num_rollouts} must be >= 0 (0: only evaluate)")
+        if self.n_samples_per_eval_prompt < 1:
+            raise ConfigError(f"--n-samples-per-eval-prompt={self.n_samples_per_eval_prompt} must be >= 1")
         positive = {
-            "num_rollouts": self.num_rollouts,
             "max_turns": self.rollout.max_turns if self.rollout.max_turns is not None else 1,
             "save_interval": self.save_interval,
             "keep_last": self.keep_last,
@@ -189,6 +205,30 @@ class TrainConfig:
             raise ConfigError("--resume needs --save DIR: the folder whose latest checkpoint to continue")
         if self.debug_rollout_only and self.debug_train_only:
             raise ConfigError("--debug-rollout-only and --debug-train-only exclude each other; pick one")
+
+    def _resolve_prompt_data(self) -> None:
+        """``--prompt-data`` / ``--eval-prompt-data``: the run's env becomes the prompt-data env with the
+        data flags as its kwargs, and ``--num-rollouts 0`` starts no trainer (resolved here, so that the
+        logged config shows what ran and round-trips through --config)."""
+        data = self.data
+        if self.num_rollouts == 0 and not self.debug_rollout_only:
+            if self.eval_episodes == 0:
+                raise ConfigError(
+                    "--num-rollouts 0 only evaluates, but --eval-episodes 0 turns evaluation off"
+                )
+            object.__setattr__(self, "debug_rollout_only", True)
+        if not data.active:
+            return
+        if self.suite is not None or self.env not in ("search", PROMPT_DATA_ID):
+            raise ConfigError(
+                "--prompt-data / --eval-prompt-data make the prompt file the run's env; drop --env / --suite"
+            )
+        if not data.prompt_data and self.num_rollouts > 0:
+            raise ConfigError(
+                "--eval-prompt-data needs --prompt-data FILE to train on (or --num-rollouts 0 to only evaluate)"
+            )
+        object.__setattr__(self, "env", PROMPT_DATA_ID)
+        object.__setattr__(self, "env_kwargs", {**(self.env_kwargs or {}), **data.env_kwargs()})
 
     def _check_batch(self) -> None:
         sizes = {

@@ -95,9 +95,10 @@ class Reward:
     concurrency: int | None = None
 
 
-def resolve_reward(name: str, flag: str = "--reward") -> Reward:
+def resolve_reward(name: str, flag: str = "--reward", *, build: bool = True) -> Reward:
     """The reward ``name`` means (a built-in name or an import path); raises :class:`ConfigError` naming
-    ``flag`` and the built-ins when it is neither."""
+    ``flag`` and the built-ins when it is neither. ``build=False`` checks a reward-model class without
+    building it (the input checks run before any model loads)."""
     if name in BUILTIN_REWARDS:
         return Reward(name, BUILTIN_REWARDS[name], is_async=False, is_batched=False)
     if not is_import_path(name):
@@ -107,6 +108,12 @@ def resolve_reward(name: str, flag: str = "--reward") -> Reward:
         )
     obj = load_object(name, flag)
     if inspect.isclass(obj):
+        if not build:
+            if not _is_async(getattr(obj, "score", None)):
+                raise ConfigError(
+                    f"{flag} {name!r}: a reward model class needs an `async def score(self, samples)`"
+                )
+            return Reward(name, obj, True, True)
         model = _build_model(obj, name, flag)
         limit = getattr(model, "concurrency", None)
         return Reward(name, model.score, True, True, int(getattr(model, "max_batch", 64)), limit)
