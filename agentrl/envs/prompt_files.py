@@ -97,7 +97,8 @@ def _json(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 def _object_lines(text: str, count: int) -> list[int]:
     """The line on which each top-level item of a JSON list starts (for messages); best effort."""
-    decoder, lines, i = json.JSONDecoder(), [], text.index("[") + 1
+    decoder, i = json.JSONDecoder(), text.index("[") + 1
+    lines: list[int] = []
     while len(lines) < count:
         while i < len(text) and text[i] in " \t\r\n,":
             i += 1

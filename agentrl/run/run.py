@@ -65,6 +65,27 @@ class DataHooks:
                 )
         return hooks
 
+    def select(
+        self, trajectories: list[Trajectory], groups: int, dynamic_filter: bool, step: int
+    ) -> tuple[list[Trajectory], dict[str, float]]:
+        """The episodes of one rollout to train on, and how many each stage kept: the group filter
+        (``keep_informative_groups``), then the buffer (what it is given, what it gives back), then the
+        sample filter."""
+        kept = keep_informative_groups(trajectories, groups, dynamic_filter, self.group_filter)
+        counts = {"rollout/kept_episodes": float(len(kept))}
+        if self.buffer is not None:
+            used = {t.group_id for t in kept}
+            self.buffer.add([g for g in _groups(trajectories) if g[0].group_id not in used], step)
+            missing = groups - len(used)
+            reused = [t for g in (self.buffer.take(missing, step) if missing > 0 else []) for t in g]
+            kept += reused
+            counts["rollout/reused_episodes"] = float(len(reused))
+        if self.sample_filter is not None:
+            before = len(kept)
+            kept = [t for t in kept if self.sample_filter(t)]
+            counts["rollout/sample_filtered"] = float(before - len(kept))
+        return kept, counts
+
 
 def _groups(trajectories: list[Trajectory]) -> list[list[Trajectory]]:
     by_group: dict[str, list[Trajectory]] = {}
@@ -134,24 +155,8 @@ class Run:
         settings = GenerationSettings(c.n_samples_per_prompt, c.rollout.temperature, c.rollout.top_p, step)
         keys = self.sampler.sample(n_prompts)
         trajectories = ray.get(self.actors.rollout.generate.remote(keys, settings))
-        hooks = self.hooks
-        kept = keep_informative_groups(
-            trajectories, c.rollout_batch_size, c.dynamic_filter, hooks.group_filter
-        )
-        metrics = rollout_metrics(trajectories)
-        metrics["rollout/kept_episodes"] = float(len(kept))
-        if hooks.buffer is not None:
-            used = {t.group_id for t in kept}
-            hooks.buffer.add([g for g in _groups(trajectories) if g[0].group_id not in used], step)
-            missing = c.rollout_batch_size - len(used)
-            reused = [t for g in (hooks.buffer.take(missing, step) if missing > 0 else []) for t in g]
-            kept += reused
-            metrics["rollout/reused_episodes"] = float(len(reused))
-        if hooks.sample_filter is not None:
-            before = len(kept)
-            kept = [t for t in kept if hooks.sample_filter(t)]
-            metrics["rollout/sample_filtered"] = float(before - len(kept))
-        return kept, metrics
+        kept, counts = self.hooks.select(trajectories, c.rollout_batch_size, c.dynamic_filter, step)
+        return kept, {**rollout_metrics(trajectories), **counts}
 
     def _replay(self, step: int) -> list[Trajectory]:
         source = Path(self.config.debug_train_only or "")

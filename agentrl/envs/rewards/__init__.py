@@ -122,8 +122,13 @@ def resolve_reward(name: str, flag: str = "--reward", *, build: bool = True) -> 
     return Reward(name, obj, _is_async(obj), bool(getattr(obj, "batched", False)))
 
 
-@functools.cache
+_models: dict[str, Any] = {}
+"""Reward models built in this process, by ``--reward`` value: one instance however many envs use it."""
+
+
 def _build_model(cls: type, name: str, flag: str) -> Any:
+    if name in _models:
+        return _models[name]
     try:
         model = cls()
     except Exception as e:
@@ -132,6 +137,7 @@ def _build_model(cls: type, name: str, flag: str) -> Any:
         ) from e
     if not _is_async(getattr(model, "score", None)):
         raise ConfigError(f"{flag} {name!r}: a reward model class needs an `async def score(self, samples)`")
+    _models[name] = model
     return model
 
 
