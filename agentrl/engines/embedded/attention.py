@@ -13,43 +13,34 @@ import torch
 import torch.nn.functional as F
 
 
-def masked_softmax(scores: torch.Tensor, lengths: torch.Tensor, scale: float) -> torch.Tensor:
-    """Softmax over keys ``[0, lengths[b])`` of each row, in float32.
-
-    Args:
-        scores: (B, Hkv, G, L) raw ``q . k`` products.
-        lengths: (B,) int64, valid keys of each row (at least 1).
-    Returns:
-        (B, Hkv, G, L) float32 attention weights.
-    """
-    columns = torch.arange(scores.shape[-1], device=scores.device)  # (L,)
-    valid = columns < lengths.view(-1, 1, 1, 1)  # (B, 1, 1, L)
-    s = (scores.float() * scale).masked_fill(~valid, float("-inf"))
-    return torch.softmax(s, dim=-1)
+def length_bias(lengths: torch.Tensor, columns: int) -> torch.Tensor:
+    """(B, 1, 1, columns) float32: 0 on each row's first ``lengths[b]`` keys, -inf after. Built once
+    per decode step and shared by every layer."""
+    valid = torch.arange(columns, device=lengths.device) < lengths.unsqueeze(1)  # (B, columns)
+    return (
+        torch.zeros(valid.shape, device=lengths.device)
+        .masked_fill_(~valid, float("-inf"))
+        .view(-1, 1, 1, columns)
+    )
 
 
 def decode_attention(
-    q: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    lengths: torch.Tensor,
-    scale: float,
-    softmax: object = masked_softmax,
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, scale: float
 ) -> torch.Tensor:
     """One query per row against its cached keys.
 
     Args:
         q: (B, Hq, D).
         keys, values: (B, Hkv, L, D) slices of the slot cache (strided views, not copies).
-        lengths: (B,) valid keys per row.
-        softmax: :func:`masked_softmax` or a compiled version of it.
+        bias: (B, 1, 1, L) from :func:`length_bias`.
     Returns:
         (B, Hq * D) attention output, in ``q``'s dtype.
     """
     b, hq, d = q.shape
     hkv = keys.shape[1]
     qg = q.view(b, hkv, hq // hkv, d)  # (B, Hkv, G, D): a KV head's query heads share its keys
-    weights = softmax(torch.matmul(qg, keys.transpose(-1, -2)), lengths, scale)  # type: ignore[operator]
+    scores = torch.matmul(qg, keys.transpose(-1, -2))  # (B, Hkv, G, L)
+    weights = torch.softmax(torch.add(bias, scores, alpha=scale), dim=-1)  # float32
     return torch.matmul(weights.to(q.dtype), values).reshape(b, hq * d)
 
 

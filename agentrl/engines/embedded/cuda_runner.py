@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from agentrl.engines.embedded import decoder
-from agentrl.engines.embedded.attention import decode_attention, masked_softmax, prefill_attention
+from agentrl.engines.embedded.attention import decode_attention, length_bias, prefill_attention
 from agentrl.engines.embedded.device_sampling import RowParams, finished_rows, sample_rows
 from agentrl.engines.embedded.graphs import DecodeGraphs
 from agentrl.engines.embedded.slot_cache import PrefixSlots, SlotCache, plan_slots
@@ -79,9 +79,10 @@ class CudaRunner:
         self.scale = spec.head_dim**-0.5
         self._rows = torch.arange(opts.rows, device=self.device)
         fast = opts.compile and self.device.type == "cuda"
-        self._attn_in: Callable[..., Any] = _compiled(decoder.attention_inputs, fast)
-        self._attn_out: Callable[..., Any] = _compiled(decoder.attention_output_and_mlp, fast)
-        self._softmax: Callable[..., Any] = _compiled(masked_softmax, fast)
+        self._attn_in: Callable[..., Any] = _compiled(decoder.attention_inputs, fast, token_args=(0, 6, 7))
+        self._attn_out: Callable[..., Any] = _compiled(
+            decoder.attention_output_and_mlp, fast, token_args=(0, 1)
+        )
         self.graphs = DecodeGraphs(
             self._decode_body,
             self._state,
@@ -130,10 +131,9 @@ class CudaRunner:
             keys, values = self.cache.keys(i), self.cache.values(i)
             keys[rows, :, pos] = k
             values[rows, :, pos] = v
-            return decode_attention(
-                q, keys[:b, :, :length], values[:b, :, :length], pos + 1, self.scale, self._softmax
-            )
+            return decode_attention(q, keys[:b, :, :length], values[:b, :, :length], bias, self.scale)
 
+        bias = length_bias(pos + 1, length)  # (b, 1, 1, length), shared by the layers
         x = self._layers(self.w.embed[self.tokens[:b]], pos, attend)
         logits = self._logits(x)  # (b, V)
         tokens, logprobs = sample_rows(
@@ -269,6 +269,17 @@ class CudaRunner:
         return n
 
 
-def _compiled(fn: Callable[..., Any], enabled: bool) -> Callable[..., Any]:
-    """``fn`` compiled for dynamic token counts (one compile serves every layer and batch size)."""
-    return torch.compile(fn, dynamic=True) if enabled else fn
+def _compiled(fn: Callable[..., Any], enabled: bool, token_args: tuple[int, ...]) -> Callable[..., Any]:
+    """``fn`` compiled with a dynamic token count (dim 0 of the ``token_args`` arguments) and every
+    other size static: one compile serves every layer and batch size of one model, and a model of
+    other sizes gets its own kernels (never ones generated for another model's sizes)."""
+    if not enabled:
+        return fn
+    compiled = torch.compile(fn, dynamic=False)
+
+    def call(*args: Any) -> Any:
+        for i in token_args:
+            torch._dynamo.maybe_mark_dynamic(args[i], 0)
+        return compiled(*args)
+
+    return call
