@@ -155,3 +155,25 @@ def test_hash_uniforms_are_uniform_and_depend_on_seed_and_step() -> None:
     assert float(u.min()) >= 0 and float(u.max()) < 1
     assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.var()) - 1 / 12) < 0.003
     assert not torch.equal(u, hash_uniforms(seeds, torch.ones_like(seeds)))
+
+
+def test_weights_moved_off_and_back_are_rebound(tmp_path: Path, tok_dir: Path) -> None:
+    """The colocated memory release moves the model away and back (new parameter storage); the fast
+    path must then serve the model's current weights, including updates loaded after the move."""
+    folder = tiny_model(tmp_path / "m", "qwen2", tok_dir)
+    eng = engine(folder)
+    p = prompts(1, len(eng.tokenizer))[0]
+    other = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=torch.float32)
+    other.save_pretrained(tmp_path / "new")
+    AutoTokenizer.from_pretrained(folder).save_pretrained(tmp_path / "new")
+
+    async def run() -> list[float]:
+        with eng._model_lock:
+            eng.model.double().float()  # every parameter gets new storage, as .to("cpu") and back does
+        await eng.update_weights(other.state_dict(), version=1)
+        out = await eng.generate(p, SamplingParams(max_new_tokens=6, ignore_eos=True))
+        ref = teacher_forced(tmp_path / "new", p + out.output_ids, 6)
+        return [abs(a - b) for a, b in zip(out.logprobs, ref, strict=True)]
+
+    assert max(asyncio.run(run())) < 1e-4
+    asyncio.run(eng.close())

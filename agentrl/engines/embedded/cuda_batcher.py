@@ -76,6 +76,7 @@ class CudaBatcher:
         return deferred
 
     def _prefill(self, reqs: list[_Request]) -> None:
+        decoder.rebind(self.runner.w)
         start = len(self.rows)
         names = ("temperature", "top_k", "top_p", "seed", "counter", "limit")
         state: dict[str, list[Any]] = {name: [] for name in names}
@@ -119,6 +120,7 @@ class CudaBatcher:
         # each row's cache holds its ids plus, while a step is unbooked, one more
         longest = max(len(r.input_ids) + len(r.output_ids) for r in self.rows) + (self._pending is not None)
         started = time.perf_counter()
+        decoder.rebind(self.runner.w)
         rows = list(self.rows)
         pending = self.runner.launch(len(rows), longest, self._filtered(rows))
         if self._pending is not None:

@@ -65,6 +65,23 @@ class Weights:
     lm_head: torch.Tensor
     cos: torch.Tensor  # (L, D), model dtype
     sin: torch.Tensor  # (L, D)
+    bindings: list[tuple[torch.nn.Parameter, torch.Tensor]]
+    """Each model parameter and the device tensor the graphs read (its ``.data`` at binding time)."""
+
+
+def rebind(w: Weights) -> bool:
+    """Re-point the model's parameters at the tensors the graphs read, copying their current values
+    in, when something replaced their storage (``model.to("cpu")`` and back, as the colocated memory
+    release does). True when it had to. Cheap when nothing moved: one pointer comparison."""
+    param, tensor = w.bindings[0]
+    if param.data.data_ptr() == tensor.data_ptr():
+        return False
+    with torch.no_grad():
+        for param, tensor in w.bindings:
+            if param.data.data_ptr() != tensor.data_ptr():
+                tensor.copy_(param.data)
+                param.data = tensor
+    return True
 
 
 def supports(model: Any) -> bool:
@@ -109,21 +126,23 @@ def bind_weights(model: Any, max_positions: int) -> Weights:
         q_norm, k_norm = getattr(att, "q_norm", None), getattr(att, "k_norm", None)
         layers.append(
             LayerWeights(
-                ln1=layer.input_layernorm.weight,
+                ln1=layer.input_layernorm.weight.data,
                 qkv=qkv,
                 qkv_bias=_fuse([att.q_proj, att.k_proj, att.v_proj], "bias"),
-                o=att.o_proj.weight,
-                ln2=layer.post_attention_layernorm.weight,
+                o=att.o_proj.weight.data,
+                ln2=layer.post_attention_layernorm.weight.data,
                 gate_up=gate_up,
-                down=mlp.down_proj.weight,
-                q_norm=None if q_norm is None else q_norm.weight,
-                k_norm=None if k_norm is None else k_norm.weight,
+                down=mlp.down_proj.weight.data,
+                q_norm=None if q_norm is None else q_norm.weight.data,
+                k_norm=None if k_norm is None else k_norm.weight.data,
             )
         )
-    embed = inner.embed_tokens.weight
+    embed = inner.embed_tokens.weight.data
     positions = torch.arange(max_positions, device=embed.device).unsqueeze(0)  # (1, L)
     cos, sin = inner.rotary_emb(embed[:1], positions)  # each (1, L, D), model dtype
-    return Weights(spec, embed, layers, inner.norm.weight, model.lm_head.weight, cos[0], sin[0])
+    bindings = [(p, p.data) for p in model.parameters()]  # unique parameters (tied ones once)
+    head = model.lm_head.weight.data
+    return Weights(spec, embed, layers, inner.norm.weight.data, head, cos[0], sin[0], bindings)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
