@@ -99,3 +99,34 @@ def test_rollout_unknown_task_id(tmp_path: Path, capsys: pytest.CaptureFixture[s
     (model / "config.json").write_text("{}")
     err = _run(["rollout", "--env", "search", "--model", str(model), "--tasks", "no-such-task"], capsys)
     assert "--tasks: no task 'no-such-task' in split 'train'" in err
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_prompt_data_errors_before_anything_starts(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"question": "1 + 1?", "answer": "2"}\n{"question": "2 + 2?" "answer": "4"}\n')
+    flag = ["--prompt-data", str(data)] if command == "train" else ["--eval-prompt-data", "a", str(data)]
+    keys = ["--input-key", "question", "--label-key", "answer"]
+    err = _run([command, *flag, *keys], capsys)
+    assert f"{data}:2: not valid JSON" in err
+    data.write_text('{"question": "1 + 1?", "answer": "2"}\n{"prompt": "2 + 2?", "label": "4"}\n')
+    err = _run([command, *flag, *keys], capsys)
+    assert f"{data}:2: no key 'question'" in err and "keys are: prompt, label" in err
+    err = _run([command, *flag, "--input-key", "prompt", "--label-key", "label", "--reward", "maths"], capsys)
+    assert "'maths' is not a built-in reward (exact, f1, math, boxed_math)" in err
+    err = _run([command, "--eval-prompt-data", "a", str(data), "b"], capsys)
+    assert "NAME PATH pairs, got 3 values" in err
+
+
+def test_prompt_data_missing_file_and_bad_hook(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = _run(["train", "--prompt-data", str(tmp_path / "none.jsonl")], capsys)
+    assert f"--prompt-data: prompt file {tmp_path / 'none.jsonl'} does not exist" in err
+    data = tmp_path / "t.jsonl"
+    data.write_text('{"prompt": "1 + 1?", "label": "2", "metadata": {"rm_type": "no_module:fn"}}\n')
+    err = _run(["train", "--prompt-data", str(data)], capsys)
+    assert f"{data}:1: metadata.rm_type 'no_module:fn': cannot import 'no_module'" in err
+    data.write_text('{"prompt": "1 + 1?", "label": "2"}\n')
+    err = _run(["train", "--prompt-data", str(data), "--group-filter", "no_module:keep"], capsys)
+    assert "--group-filter 'no_module:keep': cannot import 'no_module'" in err

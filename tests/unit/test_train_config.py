@@ -55,7 +55,8 @@ def test_valid_batch_shapes() -> None:
     [
         {"resume": True},
         {"rollout": RolloutConfig(temperature=0.0)},
-        {"num_rollouts": 0},
+        {"num_rollouts": -1},
+        {"num_rollouts": 0, "eval_episodes": 0},  # 0 rollouts only evaluate: nothing would run
         {"eval_interval": -1},
         {"over_sample": 0.5},
     ],
