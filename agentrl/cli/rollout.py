@@ -52,6 +52,8 @@ class RolloutCommandConfig:
     """Task ids to run (default: the first --num-tasks of the split)."""
     num_tasks: int = field(default=4, metadata={"group": "task"})
     """How many tasks when --tasks is not given."""
+    shuffle_tasks: bool = field(default=False, metadata={"group": "task"})
+    """Take the --num-tasks tasks at random (seeded by --seed), not the first ones of the split."""
     model: str = field(default="smollm2-135m", metadata={"group": "model"})
     """Policy: a local HF folder or an alias (smollm2-135m, tiny-gpt2)."""
     n_samples_per_prompt: int = field(default=4, metadata={"group": "task"})
@@ -125,6 +127,10 @@ def tasks_of(config: RolloutCommandConfig) -> tuple[Any, list[str]]:
     finally:
         probe.close()
     if not config.tasks:
+        if config.shuffle_tasks:
+            import random
+
+            known = random.Random(config.seed).sample(known, len(known))
         return spec, known[: config.num_tasks]
     unknown = [t for t in config.tasks if t not in set(known)]
     if unknown:

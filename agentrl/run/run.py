@@ -94,6 +94,26 @@ def _groups(trajectories: list[Trajectory]) -> list[list[Trajectory]]:
     return list(by_group.values())
 
 
+def shuffle_rewards_within_groups(trajectories: list[Trajectory], seed: int) -> list[Trajectory]:
+    """Copies of ``trajectories`` whose rewards are permuted among the episodes of each group (a seeded
+    permutation per group id): the control of ``--debug-shuffle-rewards``."""
+    import dataclasses
+    import hashlib
+    import random
+
+    by_group: dict[str, list[int]] = {}
+    for i, t in enumerate(trajectories):
+        by_group.setdefault(t.group_id, []).append(i)
+    rewards = [t.reward for t in trajectories]
+    for group_id, members in by_group.items():
+        digest = hashlib.blake2b(f"{seed}/{group_id}".encode(), digest_size=8).digest()
+        order = list(members)
+        random.Random(int.from_bytes(digest, "little")).shuffle(order)
+        for dst, src in zip(members, order, strict=True):
+            rewards[dst] = trajectories[src].reward
+    return [dataclasses.replace(t, reward=r) for t, r in zip(trajectories, rewards, strict=True)]
+
+
 @dataclass
 class Run:
     config: TrainConfig
@@ -176,6 +196,8 @@ class Run:
         """
         import ray
 
+        if self.config.debug_shuffle_rewards:
+            trajectories = shuffle_rewards_within_groups(trajectories, self.config.seed)
         if not self.can_learn_from(trajectories):
             return {"train/skipped": 1.0, "train/optimizer_steps": 0.0, "train/frac_zero_adv": 1.0}
         if self.actors.placed is None:

@@ -159,6 +159,9 @@ class TrainConfig:
     """Generate and log rollouts, never train (to check envs, prompts and rewards)."""
     debug_train_only: str | None = field(default=None, metadata={"group": "run", "rare": True})
     """Replay rollouts from this JSONL dump (or dump folder) instead of generating; no engine."""
+    debug_shuffle_rewards: bool = field(default=False, metadata={"group": "run", "rare": True})
+    """A control run: train on each group's rewards shuffled among its episodes (seeded), so advantages
+    carry no information about which episode did well; the logged metrics keep the true rewards."""
     algorithm: AlgorithmConfig = field(default_factory=_default_algorithm)
     """Advantage estimator, policy loss, clipping, KL, TIS."""
     optimizer: OptimizerConfig = field(default_factory=_default_optimizer)

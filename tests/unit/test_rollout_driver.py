@@ -271,3 +271,17 @@ def test_env_steps_that_block_together_do_not_starve(tok: Any, model_dir: Path) 
     )
     statuses = [t.status for g in groups for t in g]
     assert statuses == [Status.COMPLETED] * n, [t.error for g in groups for t in g if t.error][:1]
+
+
+def test_reward_shuffle_control_permutes_within_each_group_only() -> None:
+    from agentrl.run.run import shuffle_rewards_within_groups
+
+    batch = [_traj("a", r) for r in (1.0, 0.0, 0.0, 0.0)] + [_traj("b", r) for r in (0.5, 0.25)]
+    shuffled = shuffle_rewards_within_groups(batch, seed=0)
+    assert [t.group_id for t in shuffled] == [t.group_id for t in batch]
+    assert sorted(t.reward for t in shuffled[:4]) == [0.0, 0.0, 0.0, 1.0]
+    assert sorted(t.reward for t in shuffled[4:]) == [0.25, 0.5]
+    assert [t.reward for t in batch] == [1.0, 0.0, 0.0, 0.0, 0.5, 0.25]  # the originals are untouched
+    assert shuffle_rewards_within_groups(batch, seed=0) == shuffled  # seeded
+    moved = {tuple(t.reward for t in shuffle_rewards_within_groups(batch, seed=s)[:4]) for s in range(20)}
+    assert len(moved) > 1  # the winner's reward lands on other episodes
