@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -211,8 +212,9 @@ def test_fused_logprobs_match_plain_log_softmax_with_grad() -> None:
     assert max(rel) < 2e-2
 
 
-def _host_syncs(fn: Any) -> int:
-    """How many synchronising CUDA calls ``fn`` makes (torch's sync debug mode, one warning each)."""
+def _host_syncs(fn: Any) -> Counter[str]:
+    """The synchronising CUDA calls ``fn`` makes (torch's sync debug mode, one warning each), counted
+    by the Python line that made them."""
     import warnings
 
     torch.cuda.synchronize()
@@ -223,7 +225,9 @@ def _host_syncs(fn: Any) -> int:
             fn()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message).lower() for w in caught)
+    return Counter(
+        f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message).lower()
+    )
 
 
 def test_train_step_syncs_do_not_grow_with_micro_batches(setup) -> None:
@@ -241,15 +245,23 @@ def test_train_step_syncs_do_not_grow_with_micro_batches(setup) -> None:
     batch = TrainBatch(
         input_ids=ids, loss_mask=masks, advantages=advs, rollout_logprobs=[m * 0 for m in masks]
     )
-    counts = {}
+    counts: dict[Any, Any] = {}
+    where: dict[int, Counter[str]] = {}
     for budget in (4096, 512):  # 1 and 8 micro-batches of packed sequences
         backend.cfg = replace(backend.cfg, micro_batch_tokens=budget)
         backend.train_step(batch)  # warm-up: first-call allocations and caches
         steps: dict[str, Any] = {}
-        counts[budget] = _host_syncs(lambda: steps.update(backend.train_step(batch)))  # noqa: B023
+        where[budget] = _host_syncs(lambda: steps.update(backend.train_step(batch)))  # noqa: B023
+        counts[budget] = sum(where[budget].values())
         counts[f"mbs_{budget}"] = steps["num_micro_batches"]
     assert steps["kl"] >= 0.0 and backend.ref is not None  # the reference model served the KL term
-    record("train_step_host_syncs", shape=shape, **{str(k): v for k, v in counts.items()})
+    record(
+        "train_step_host_syncs",
+        shape=shape,
+        **{str(k): v for k, v in counts.items()},
+        added=dict(where[512] - where[4096]),
+    )
     extra_mbs = counts["mbs_512"] - counts["mbs_4096"]
     assert extra_mbs >= 6, counts
-    assert counts[512] - counts[4096] < extra_mbs, f"a host sync per micro-batch is back: {counts}"
+    added = dict(where[512] - where[4096])  # the lines whose syncs grew with the micro-batches
+    assert counts[512] - counts[4096] < extra_mbs, f"a host sync per micro-batch is back: {counts} {added}"
