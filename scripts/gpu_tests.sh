@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Run the GPU tier (tests/gpu) and the Megatron benchmark on a CUDA machine.
-# megatron-core, mbridge, and for the end-to-end train test gymnasium, docker, jsonschema (Ray needs it) and
-# a pruned Ray, come in
-# .whl/ (`bash scripts/gpu_tests.sh pack` fills it where a package index is reachable; about 30 MB) and
-# are installed into a scratch site dir, so the machine's own torch stays untouched.
+# megatron-core, mbridge, and for the end-to-end train test gymnasium, docker, jsonschema (Ray needs it)
+# and a pruned Ray, come in .whl/ (`bash scripts/gpu_tests.sh pack` fills it where a package index is
+# reachable; about 24 MB) and are installed into a scratch site dir, so the machine's own torch stays untouched.
 # Results go to ${OUT:-out/gpu}: pytest log, JSON lines of the reported numbers, benchmark table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +12,7 @@ if [ "${1:-}" = pack ]; then  # here, where a package index is reachable: fill .
   dl .whl megatron-core==0.19.2 mbridge gymnasium==1.4.0 farama-notifications==0.0.6 docker==7.2.0 \
     jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1
   if [ ! -f .whl/ray-2.60.0-pruned.tar.xz ]; then
-    # Ray's 79 MB wheel without Java, RLlib, Serve, Data, Tune, Train and the dashboard client: about 25 MB.
+    # Ray's 79 MB wheel without Java, RLlib, Serve, Data, Tune, Train and the dashboard client: about 20 MB.
     # Unzipped by Python, which drops the executable bits: put them back (gcs_server, raylet, ...).
     tmp=$(mktemp -d)
     dl "$tmp" ray==2.60.0
