@@ -2,13 +2,15 @@
 
 Rewards (``--reward``), data hooks (``--sample-filter``, ``--group-filter``, ``--buffer``) and reward
 models are all named this way, as slime names its ``--custom-rm-path``; one loader gives every flag the
-same forms and the same errors.
+same forms and the same errors. A module is looked up on ``sys.path`` and then in the current folder (as
+``python -m`` would), so ``--reward my_reward:fn`` finds ``./my_reward.py``.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,8 @@ def load_object(spec: str, flag: str) -> Any:
             f"{flag} {spec!r}: expected 'package.module:function' or 'path/to/file.py:function'"
         )
     module_name, _, attr = spec.rpartition(":")
+    if os.getcwd() not in sys.path:  # `agentrl` is a console script: its sys.path lacks the current folder
+        sys.path.append(os.getcwd())
     try:
         if module_name.endswith(".py"):
             module = _module_from_file(Path(module_name), flag)
