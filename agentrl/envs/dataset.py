@@ -29,6 +29,9 @@ SAMPLE_ROWS = [
     for a, b in ((2, 3), (17, 25), (40, 2), (9, 91), (123, 77), (8, 13), (31, 11), (64, 36))
 ]
 """The prompts of the env made without ``data`` (for ``agentrl envs check`` and quick tries)."""
+RAW_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+"""``--no-apply-chat-template``: the conversation is its messages' text, as is (slime without
+``--apply-chat-template``); the rollout driver renders this env's episodes with it."""
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -52,6 +55,8 @@ class PromptDataConfig:
     """Reward: exact, f1, math, boxed_math, or package.module:function (docs/data.md)."""
     reward_concurrency: int = field(default=32, metadata={"rare": True})
     """Most async or batched reward calls in flight (a judge or reward-model server's limit)."""
+    apply_chat_template: bool = field(default=True, metadata={"rare": True})
+    """Render prompts with the model's chat template (slime's flag); off: a string prompt is fed raw."""
     tools: tuple[str, ...] = field(default=(), metadata={"rare": True})
     """Tools the agent may call, by name (calculator) or package.module:function; makes episodes multi-turn."""
     eval_prompt_data: tuple[str, ...] = ()
@@ -98,6 +103,7 @@ class PromptDataConfig:
             "reward": self.reward,
             "reward_concurrency": self.reward_concurrency,
             "tools": list(self.tools),
+            "apply_chat_template": self.apply_chat_template,
         }
         return kwargs
 
@@ -130,7 +136,9 @@ class PromptDataEnv(ToolEnv):
 
     ## Observation
     Chat messages: the record's prompt (a string becomes one user message; chat messages are used as
-    they are), after ``system_prompt`` when given; with ``tools``, one ``tool`` message per call.
+    they are), after ``system_prompt`` when given; with ``tools``, one ``tool`` message per call. With
+    ``apply_chat_template=False`` the env's ``chat_template`` is :data:`RAW_TEMPLATE`: the rollout feeds
+    the messages' text as it is, without the model's template (for base models and pre-rendered prompts).
 
     ## Reward
     The answer turn's reward from ``reward`` (exact, f1, math, boxed_math or an import path), or from the
@@ -147,6 +155,7 @@ class PromptDataEnv(ToolEnv):
     * ``system_prompt``: a system message for prompts that have none.
     * ``reward``: see Reward. ``reward_concurrency``: async/batched reward calls in flight.
     * ``tools``: tool names or import paths of ``@tool`` functions.
+    * ``apply_chat_template``: False feeds prompts as raw text (no tools then).
 
     ## Version History
     * v0: initial version.
@@ -168,6 +177,7 @@ class PromptDataEnv(ToolEnv):
         reward: str = "math",
         reward_concurrency: int = 32,
         tools: Sequence[str] = (),
+        apply_chat_template: bool = True,
         max_turns: int | None = None,
         tasks: Sequence[Task] | None = None,
         render_mode: str | None = None,
@@ -179,6 +189,11 @@ class PromptDataEnv(ToolEnv):
         self.keys = PromptKeys(input_key, label_key, metadata_key, tool_key)
         self.system_prompt = system_prompt
         self._tools = [load_tool(t) for t in tools]
+        if not apply_chat_template and self._tools:
+            raise ConfigError(
+                "--tools need the chat template (tool calls are chat turns); drop --no-apply-chat-template"
+            )
+        self.chat_template = None if apply_chat_template else RAW_TEMPLATE
         self._parser = HermesParser(self._tools) if self._tools else None
         self.rewards = shared_runner(reward, reward_concurrency)
         self.rewards.reward_for(RewardSample("", None))  # an unknown reward fails here, not mid-run

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import os
@@ -308,6 +309,21 @@ async def _generate(
 ) -> list[Trajectory]:
     config = dataclasses.replace(manager.rollout, temperature=settings.temperature, top_p=settings.top_p)
     controller = RolloutController(manager.engine, manager.tokenizer, config, policy=manager.policy)
+    by_template: dict[str, RolloutController] = {}
+
+    def controller_for(env: Any) -> RolloutController:
+        """An env with its own ``chat_template`` (PromptData-v0 without --apply-chat-template renders
+        prompts as raw text) gets a controller whose tokenizer renders with that template."""
+        template = getattr(env.unwrapped, "chat_template", None)
+        if template is None:
+            return controller
+        if template not in by_template:
+            tokenizer = copy.copy(manager.tokenizer)  # shallow: the same vocabulary, its own template
+            tokenizer.chat_template = template
+            by_template[template] = RolloutController(
+                manager.engine, tokenizer, config, policy=manager.policy
+            )
+        return by_template[template]
 
     async def one(key: str, index: int) -> Trajectory:
         entry = int(key.split(":", 1)[0])
@@ -319,7 +335,7 @@ async def _generate(
             except Exception as e:  # env construction failed: that episode fails, the others go on
                 trajectory = _failed(key, group_id, index, spec.env, e)
             else:
-                trajectory = await controller.run_episode(
+                trajectory = await controller_for(env).run_episode(
                     env,
                     task_id=key.split(":", 1)[1],
                     group_id=group_id,
@@ -338,4 +354,5 @@ async def _generate(
         jobs = [one(key, i) for key in keys for i in range(settings.n_samples)]
         return list(await asyncio.gather(*jobs))
     finally:
-        controller.env_threads.shutdown(wait=False)
+        for c in (controller, *by_template.values()):
+            c.env_threads.shutdown(wait=False)

@@ -170,6 +170,32 @@ def test_a_raising_reward_is_a_failed_episode_and_the_others_go_on(tmp_path: Pat
     )
 
 
+def test_apply_chat_template_off_feeds_the_prompt_as_raw_text(tmp_path: Path) -> None:
+    from rollout_harness import ScriptedEngine, ScriptTurn, run_with_driver
+    from transformers import AutoTokenizer
+
+    from agentrl.models import make_tiny_gpt2
+
+    model_dir = make_tiny_gpt2(tmp_path / "tiny")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    path = _jsonl(tmp_path / "t.jsonl", [{"prompt": "Q: 2 + 3 =", "label": "5"}])
+    prompt_ids = {}
+    for template in (True, False):
+        engine = ScriptedEngine(tok, [ScriptTurn(" 5")])
+        make = lambda **kw: PromptDataEnv(data=str(path), apply_chat_template=template, **kw)  # noqa: B023, E731
+        (traj,) = run_with_driver(engine, model_dir, make, ["0:t/0"], 1)[0]
+        assert traj.status is Status.COMPLETED and traj.reward == 1.0
+        prompt_ids[template] = traj.prompt_ids
+    # Off: exactly the prompt's own tokens. On: the tokenizer's chat template around them.
+    assert prompt_ids[False] == tok("Q: 2 + 3 =", add_special_tokens=False)["input_ids"]
+    templated = tok.apply_chat_template(
+        [{"role": "user", "content": "Q: 2 + 3 ="}], tokenize=False, add_generation_prompt=True
+    )
+    assert prompt_ids[True] == tok(templated, add_special_tokens=False)["input_ids"] != prompt_ids[False]
+    with pytest.raises(ConfigError, match="--tools need the chat template"):
+        PromptDataEnv(data=str(path), apply_chat_template=False, tools=["calculator"])
+
+
 def test_eval_datasets_are_interleaved_and_named(tmp_path: Path) -> None:
     a = _jsonl(tmp_path / "a.jsonl", [{"prompt": f"a{i}", "label": "1"} for i in range(3)])
     b = _jsonl(tmp_path / "b.jsonl", [{"prompt": "b0", "label": "1"}])
