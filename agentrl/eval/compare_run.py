@@ -127,7 +127,8 @@ def plan_from_run(
     return EvalPlan(
         model=model,
         specs=specs,
-        first_tasks=int(config["eval_episodes"]),
+        # --eval-prompt-data: the run evaluated every prompt of its eval datasets (Run.start)
+        first_tasks=0 if (config.get("data") or {}).get("eval_prompt_data") else int(config["eval_episodes"]),
         max_turns=None if rollout["max_turns"] is None else int(rollout["max_turns"]),
         max_new_tokens=int(rollout["max_new_tokens"]),
         max_context=int(rollout.get("max_context", 2048)),
