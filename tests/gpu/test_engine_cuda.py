@@ -58,6 +58,13 @@ def sample(engine: EmbeddedEngine, n: int, new: int, seed: int = 0) -> tuple[lis
     return prompts, asyncio.run(go())
 
 
+def load_reference(folder: Path, dtype: torch.dtype) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
+    return model.cuda().eval()
+
+
 def teacher_forced_diffs(model: Any, prompts: list[list[int]], outs: list[Any]) -> torch.Tensor:
     """|engine logprob - transformers logprob| of every sampled token."""
     diffs = []
@@ -78,19 +85,13 @@ def teacher_forced_diffs(model: Any, prompts: list[list[int]], outs: list[Any]) 
 def test_logprob_parity_graphs_and_in_place_weight_update(
     shape: str, dtype: str, tol: float, tmp_path: Path, tokenizer_dir: Path
 ) -> None:
-    from transformers import AutoModelForCausalLM
-
     folder = checkpoint(shape, tmp_path, tokenizer_dir)
     engine = EmbeddedEngine(
         folder, EmbeddedEngineConfig(dtype=dtype, max_batch_size=64, mem_fraction_static=0.3)
     )
     assert engine._cuda is not None
     torch_dtype = getattr(torch, dtype)
-    ref = (
-        AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, attn_implementation="sdpa")
-        .cuda()
-        .eval()
-    )
+    ref = load_reference(folder, torch_dtype)
     prompts, outs = sample(engine, 24, 48)
     diff = teacher_forced_diffs(ref, prompts, outs)
     graphs = engine._cuda.runner.graphs.captures
@@ -106,9 +107,7 @@ def test_logprob_parity_graphs_and_in_place_weight_update(
     assert float(diff.mean()) <= tol
 
     new = checkpoint(shape, tmp_path / "new", tokenizer_dir, seed=2)
-    ref2 = (
-        AutoModelForCausalLM.from_pretrained(new, dtype=torch_dtype, attn_implementation="sdpa").cuda().eval()
-    )
+    ref2 = load_reference(new, torch_dtype)
     asyncio.run(engine.update_weights(ref2.state_dict(), version=1))
     prompts, outs = sample(engine, 24, 48, seed=1)
     diff2 = teacher_forced_diffs(ref2, prompts, outs)
