@@ -9,6 +9,11 @@ of recent prompts, so a multi-turn episode prefills only its new observation ids
 group share their prompt's prefill. The event loop only enqueues and awaits futures, so envs keep
 stepping while the model runs.
 
+On a CUDA device, for the Llama family, the worker drives the fast path instead
+(:mod:`agentrl.engines.embedded.cuda_batcher`: a preallocated slot cache, batched prefill, decode
+steps replayed as CUDA graphs with sampling and stop checks on the device; docs/engines-gpu.md);
+the transformers path below serves everything else.
+
 Logprobs follow the `Engine` contract and this project's `SGLangEngine` (which launches SGLang with
 ``SGLANG_RETURN_ORIGINAL_LOGPROB=1``): ``log_softmax(logits)`` of the unscaled logits at the sampled
 token, whatever the temperature. ``logprobs="sampling"`` gives SGLang's own default instead: the

@@ -83,8 +83,3 @@ class DecodeGraphs:
             self.body(batch, length, filtered)
         self.captures += 1
         return graph
-
-    def clear(self) -> None:
-        """Drop every graph (after the buffers they read were reallocated)."""
-        self._graphs.clear()
-        self._pool = None

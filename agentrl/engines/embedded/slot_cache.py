@@ -77,15 +77,6 @@ class SlotCache:
         if length > 0 and dst != src:
             self.kv[:, :, dst, :, :length] = self.kv[:, :, src, :, :length]
 
-    def release(self) -> None:
-        """Free the memory (the engine's ``release_memory``); :meth:`restore` allocates it again."""
-        self._shape, self._dtype, self._device = self.kv.shape, self.kv.dtype, self.kv.device
-        self.kv = torch.empty(0, dtype=self.kv.dtype, device=self.kv.device)
-
-    def restore(self) -> None:
-        if self.kv.numel() == 0:
-            self.kv = torch.zeros(self._shape, dtype=self._dtype, device=self._device)
-
 
 @dataclass
 class _Stored:
@@ -99,9 +90,6 @@ class PrefixSlots:
     def __init__(self, first: int, count: int) -> None:
         self._free = list(range(first, first + count))
         self._entries: OrderedDict[str, _Stored] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
     def lookup(self, ids: list[int]) -> tuple[int, int | None]:
         """The longest stored prefix of ``ids`` shorter than ``ids``: its length and slot."""
