@@ -148,15 +148,9 @@ def close(engine: EmbeddedEngine) -> None:
     torch.cuda.empty_cache()
 
 
-def bench_shape(
-    shape: str, batches: list[int], args: argparse.Namespace, root: Path, bw: float
-) -> list[dict]:
-    """The engine's rows first (its graphs alone on the GPU), then transformers' on the same work."""
-    folder = make_model(shape, root)
-    cfg, rows = hf_config(shape), []
-    fast = dict(
-        compile=not args.no_compile, cuda_graphs=not args.no_graphs, mem_fraction_static=args.mem_fraction
-    )
+def engine_rows(shape: str, folder: Path, batches: list[int], fast: dict[str, Any], bw: float) -> list[dict]:
+    """The fast path on 128 + 256 ids at each batch size (after one warm-up run of each)."""
+    cfg = hf_config(shape)
     config = EmbeddedEngineConfig(max_batch_size=max(batches), prefix_cache_mb=0, batch_wait_ms=20, **fast)
     started = time.perf_counter()
     engine = EmbeddedEngine(folder, config)
@@ -164,27 +158,54 @@ def bench_shape(
     for b in batches:
         run_engine(engine, b, cfg.vocab_size, seed=1)  # warm-up: compiles, captures this bucket's graphs
     print(
-        f"{shape}: setup (load, compile, graph capture, warm-up runs) {time.perf_counter() - started:.1f} s"
+        f"{shape} {fast['decode_attention']}: setup (load, compile, capture, warm-up) {time.perf_counter() - started:.1f} s"
     )
+    rows = []
     for b in batches:
         wall, step_ms = run_engine(engine, b, cfg.vocab_size, seed=2)
-        row = {"shape": shape, "batch": b, "tok_s": b * NEW / wall, "ms_step": step_ms, "wall_s": wall}
-        rows.append({**row, "floor_ms": floor_ms(cfg, b, PROMPT + NEW / 2, bw)})
+        row = {"shape": shape, "attention": fast["decode_attention"], "batch": b, "tok_s": b * NEW / wall}
+        rows.append(
+            {**row, "ms_step": step_ms, "wall_s": wall, "floor_ms": floor_ms(cfg, b, PROMPT + NEW / 2, bw)}
+        )
         print(json.dumps(rows[-1]), flush=True)
     close(engine)
-    if not args.skip_multi:
-        engine = EmbeddedEngine(folder, EmbeddedEngineConfig(max_batch_size=64, batch_wait_ms=20, **fast))
-        first = search_shaped(engine, cfg.vocab_size)  # the first rollout also compiles and captures
-        multi = search_shaped(engine, cfg.vocab_size)
-        row = {"shape": shape, "batch": "search-64x4", **multi, "first_wall_s": first["wall_s"]}
-        rows.append({**row, "tok_s": multi["tokens"] / multi["wall_s"]})
-        print(json.dumps(rows[-1]), flush=True)
-        close(engine)
-    for row in rows:
-        if not args.skip_hf and isinstance(row["batch"], int):
-            hf_wall, hf_ms = run_hf(folder, row["batch"], cfg.vocab_size)
-            row.update(hf_tok_s=row["batch"] * NEW / hf_wall, hf_ms_step=hf_ms)
-            print(json.dumps(row), flush=True)
+    return rows
+
+
+def multi_row(shape: str, folder: Path, fast: dict[str, Any]) -> dict:
+    """The Search-shaped rollout, run twice: the first also compiles and captures graphs."""
+    engine = EmbeddedEngine(folder, EmbeddedEngineConfig(max_batch_size=64, batch_wait_ms=20, **fast))
+    first = search_shaped(engine, hf_config(shape).vocab_size)
+    multi = search_shaped(engine, hf_config(shape).vocab_size)
+    close(engine)
+    row = {"shape": shape, "attention": fast["decode_attention"], "batch": "search-64x4", **multi}
+    return {**row, "first_wall_s": first["wall_s"], "tok_s": multi["tokens"] / multi["wall_s"]}
+
+
+def bench_shape(
+    shape: str, batches: list[int], args: argparse.Namespace, root: Path, bw: float
+) -> list[dict]:
+    """The engine's rows first (its graphs alone on the GPU), then transformers' on the same work."""
+    folder = make_model(shape, root)
+    rows = []
+    for attention in args.attention:
+        fast = dict(
+            compile=not args.no_compile,
+            cuda_graphs=not args.no_graphs,
+            mem_fraction_static=args.mem_fraction,
+            decode_attention=attention,
+        )
+        rows += engine_rows(shape, folder, batches, fast, bw)
+        if not args.skip_multi:
+            rows.append(multi_row(shape, folder, fast))
+            print(json.dumps(rows[-1]), flush=True)
+    if not args.skip_hf:
+        for b in batches:
+            hf_wall, hf_ms = run_hf(folder, b, hf_config(shape).vocab_size)
+            for row in rows:
+                if row["batch"] == b:
+                    row.update(hf_tok_s=b * NEW / hf_wall, hf_ms_step=hf_ms)
+            print(json.dumps({"shape": shape, "batch": b, "hf_tok_s": b * NEW / hf_wall}), flush=True)
     torch._dynamo.reset()  # drop transformers' compiled graphs before the next shape
     return rows
 
@@ -192,13 +213,14 @@ def bench_shape(
 def table(rows: list[dict], bw: float) -> str:
     lines = [
         f"copy bandwidth {bw / 1e12:.2f} TB/s",
-        "| shape | B | fast path tok/s | ms/step | transformers static tok/s | ms/step | floor ms/step | floor tok/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| shape | attention | B | fast path tok/s | ms/step | transformers static tok/s | ms/step | floor ms/step |"
+        " floor tok/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if isinstance(r["batch"], str):
             lines.append(
-                f"| {r['shape']} | {r['batch']} | {r['tok_s']:,.0f} | {r['wall_s']:.2f} s rollout "
+                f"| {r['shape']} | {r['attention']} | {r['batch']} | {r['tok_s']:,.0f} | {r['wall_s']:.2f} s rollout "
                 f"(first {r['first_wall_s']:.2f} s), {r['tokens']:,} tokens, prefix hit {r['hit_rate']:.0%} "
                 "| | | | |"
             )
@@ -206,7 +228,7 @@ def table(rows: list[dict], bw: float) -> str:
         hf = f"{r['hf_tok_s']:,.0f} | {r['hf_ms_step']:.2f}" if "hf_tok_s" in r else "- | -"
         floor_tok = r["batch"] / r["floor_ms"] * 1e3
         lines.append(
-            f"| {r['shape']} | {r['batch']} | {r['tok_s']:,.0f} | {r['ms_step']:.2f} | {hf} | "
+            f"| {r['shape']} | {r['attention']} | {r['batch']} | {r['tok_s']:,.0f} | {r['ms_step']:.2f} | {hf} | "
             f"{r['floor_ms']:.3f} | {floor_tok:,.0f} |"
         )
     return "\n".join(lines)
@@ -222,6 +244,9 @@ def main() -> None:
     parser.add_argument("--skip-multi", action="store_true", help="leave out the Search-shaped workload")
     parser.add_argument("--mem-fraction", type=float, default=0.5)
     parser.add_argument("--no-compile", action="store_true", help="eager kernels inside the graphs")
+    parser.add_argument(
+        "--attention", nargs="+", default=["bmm"], choices=["bmm", "sdpa"], help="decode attention variants"
+    )
     parser.add_argument("--no-graphs", action="store_true", help="eager launches (no CUDA graphs)")
     parser.add_argument("--json", type=Path, help="append one JSON line per row here")
     args = parser.parse_args()

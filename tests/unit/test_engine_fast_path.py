@@ -74,10 +74,14 @@ def prompts(n: int, vocab: int, seed: int = 0) -> list[list[int]]:
     ]
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen2", "qwen3"])
-def test_logprobs_match_teacher_forced_transformers(tmp_path: Path, tok_dir: Path, model_type: str) -> None:
+@pytest.mark.parametrize(
+    ("model_type", "attention"), [("llama", "bmm"), ("qwen2", "bmm"), ("qwen3", "bmm"), ("qwen2", "sdpa")]
+)
+def test_logprobs_match_teacher_forced_transformers(
+    tmp_path: Path, tok_dir: Path, model_type: str, attention: str
+) -> None:
     folder = tiny_model(tmp_path / model_type, model_type, tok_dir)
-    eng = engine(folder)
+    eng = engine(folder, decode_attention=attention)
     assert eng._cuda is not None
     sp = SamplingParams(max_new_tokens=12, temperature=1.0, ignore_eos=True)
 

@@ -39,6 +39,9 @@ class EmbeddedEngineConfig:
     """Fast path: the most tokens (prompt plus output) of one request; longer prompts are refused."""
     cuda_graphs: bool = True
     """Fast path: capture decode steps as CUDA graphs (off: eager launches, for debugging)."""
+    decode_attention: Literal["bmm", "sdpa"] = "bmm"
+    """Fast path: decode attention as two batched products and a softmax (``"bmm"``, the measured
+    default) or one fused SDPA call per layer (``"sdpa"``: fewer kernels; not yet measured on a GPU)."""
     compile: bool = True
     """Fast path: ``torch.compile`` the norms, RoPE, SwiGLU and masked softmax into fused kernels."""
     num_threads: int | None = None

@@ -201,5 +201,6 @@ def make_fast_path(engine: EmbeddedEngine) -> CudaBatcher | None:
         graphs=cfg.cuda_graphs,
         compile=cfg.compile,
         original_logprobs=cfg.logprobs == "original",
+        attention=cfg.decode_attention,
     )
     return CudaBatcher(engine, CudaRunner(engine.model, opts))

@@ -21,7 +21,12 @@ from typing import Any
 import torch
 
 from agentrl.engines.embedded import decoder
-from agentrl.engines.embedded.attention import decode_attention, length_bias, prefill_attention
+from agentrl.engines.embedded.attention import (
+    decode_attention,
+    decode_attention_sdpa,
+    length_bias,
+    prefill_attention,
+)
 from agentrl.engines.embedded.device_sampling import RowParams, finished_rows, sample_rows
 from agentrl.engines.embedded.graphs import DecodeGraphs
 from agentrl.engines.embedded.slot_cache import PrefixSlots, SlotCache, plan_slots
@@ -41,6 +46,9 @@ class RunnerOptions:
     graphs: bool
     compile: bool
     original_logprobs: bool
+    attention: str = "bmm"
+    """Decode attention: ``"bmm"`` (two batched products and a softmax; measured) or ``"sdpa"`` (one
+    fused SDPA call per layer)."""
     prefill_tokens: int = 16384
     """Most ids (rows x padded chunk) in one prefill forward: bounds its activation memory."""
 
@@ -131,9 +139,12 @@ class CudaRunner:
             keys, values = self.cache.keys(i), self.cache.values(i)
             keys[rows, :, pos] = k
             values[rows, :, pos] = v
-            return decode_attention(q, keys[:b, :, :length], values[:b, :, :length], bias, self.scale)
+            return attention(q, keys[:b, :, :length], values[:b, :, :length], bias, self.scale)
 
         bias = length_bias(pos + 1, length)  # (b, 1, 1, length), shared by the layers
+        attention = decode_attention
+        if self.opts.attention == "sdpa":
+            attention, bias = decode_attention_sdpa, bias.to(self.w.embed.dtype)
         x = self._layers(self.w.embed[self.tokens[:b]], pos, attend)
         logits = self._logits(x)  # (b, V)
         tokens, logprobs = sample_rows(
