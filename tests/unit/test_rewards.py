@@ -130,3 +130,35 @@ def test_unknown_rewards_are_config_errors_that_say_what_exists() -> None:
         resolve_reward("no_such_module:fn")
     with pytest.raises(ConfigError, match=r"has no attribute 'nope'; it defines: .*length_ratio"):
         resolve_reward("reward_fixtures:nope")
+
+
+def test_sequence_classifier_reward_model_scores_batches_like_single_passes(tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, GPT2ForSequenceClassification
+
+    from agentrl.models import make_tiny_gpt2
+
+    base = make_tiny_gpt2(tmp_path / "tiny")
+    torch.manual_seed(0)
+    rm_dir = tmp_path / "rm"
+    GPT2ForSequenceClassification.from_pretrained(base, num_labels=1).save_pretrained(rm_dir)
+    AutoTokenizer.from_pretrained(base).save_pretrained(rm_dir)
+    prompt = [{"role": "user", "content": "2 + 2?"}]
+    samples = [RewardSample(r, "4", prompt=prompt) for r in ("4", "It is four, I am quite sure of it", "5")]
+    runner = RewardRunner(f"rm:{rm_dir}", batch_wait_s=0.2)
+    with ThreadPoolExecutor(3) as pool:  # one padded batch of three
+        batched_scores = [r["reward"] for r in pool.map(runner.score, samples)]
+    # Independently: each conversation alone (no padding) through the model, its logit read directly.
+    model = GPT2ForSequenceClassification.from_pretrained(rm_dir).eval()
+    tok = AutoTokenizer.from_pretrained(rm_dir)
+    for sample, score in zip(samples, batched_scores, strict=True):
+        text = tok.apply_chat_template(
+            [*prompt, {"role": "assistant", "content": sample.response}], tokenize=False
+        )
+        ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            expected = float(model(input_ids=ids).logits[0, 0])
+        assert score == pytest.approx(expected, abs=1e-4)
+    assert len(set(batched_scores)) == 3  # a random head still tells the three apart
+    with pytest.raises(ConfigError, match="no Hugging Face model folder"):
+        resolve_reward(f"rm:{tmp_path / 'none'}", build=False)

@@ -7,7 +7,8 @@ A reward is named by ``--reward`` (or per sample by ``metadata.rm_type``, as in 
   returning a float or a dict of components, sync or ``async``; decorated with :func:`batched` it takes
   a list of samples and returns a list (a judge, a reward model);
 * ``package.module:Class``: a reward model, built once with no arguments, whose ``async score(samples)``
-  returns one float or dict per sample (see :class:`RewardModel`).
+  returns one float or dict per sample (see :class:`RewardModel`);
+* ``rm:PATH``: a Hugging Face sequence-classification model (:mod:`.model`).
 
 A dict return must hold ``"reward"`` (the number trained on); its other numbers are logged as components
 (``rollout/reward/<name>``), and a bool ``"success"`` overrides the default success test
@@ -101,10 +102,20 @@ def resolve_reward(name: str, flag: str = "--reward", *, build: bool = True) -> 
     building it (the input checks run before any model loads)."""
     if name in BUILTIN_REWARDS:
         return Reward(name, BUILTIN_REWARDS[name], is_async=False, is_batched=False)
+    if name.startswith("rm:"):  # a sequence-classification reward model at a path
+        from agentrl.envs.rewards.model import model_reward
+
+        if not build:
+            model_reward(name, build=False)
+            return Reward(name, model_reward, True, True)
+        if name not in _models:
+            _models[name] = model_reward(name, build=True)
+        model = _models[name]
+        return Reward(name, model.score, True, True, model.max_batch, model.concurrency)
     if not is_import_path(name):
         raise ConfigError(
             f"{flag} {name!r} is not a built-in reward ({', '.join(BUILTIN_REWARDS)}) nor an import path "
-            "'package.module:function' (or 'file.py:function')"
+            "'package.module:function' (or 'file.py:function'), nor a reward model 'rm:PATH'"
         )
     obj = load_object(name, flag)
     if inspect.isclass(obj):
