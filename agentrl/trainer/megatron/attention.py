@@ -103,6 +103,8 @@ class FusedCoreAttention(MegatronModule):
         """cos/sin (total, head_dim) for this micro-batch. The tables are cached on the micro-batch's
         ``PackedSeqParams`` (the one object every layer sees), so they are built once, not per layer."""
         assert self.inv_freq is not None
+        if self.inv_freq.device != like.device:  # once: a pageable host-to-device copy waits for the GPU
+            self.inv_freq = self.inv_freq.to(like.device)
         if packed_seq_params is None:
             return rope_tables(torch.arange(total, device=like.device), self.inv_freq, like.dtype)
         cache: dict[Any, tuple[torch.Tensor, torch.Tensor]] = packed_seq_params.__dict__.setdefault(
