@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from agentrl.engines.embedded import decoder
 from agentrl.engines.embedded.cuda_runner import MAX_STOP_IDS, CudaRunner, Pending, RunnerOptions
+from agentrl.engines.embedded.request import EngineView, Request
 from agentrl.engines.embedded.sampling import hits_stop_string
 from agentrl.errors import ConfigError, EngineError
-
-if TYPE_CHECKING:
-    from agentrl.engines.embedded.engine import EmbeddedEngine, _Request
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +34,20 @@ log = logging.getLogger(__name__)
 class CudaBatcher:
     """Admits requests into runner rows, steps them, resolves them; the engine's worker drives it."""
 
-    def __init__(self, engine: EmbeddedEngine, runner: CudaRunner) -> None:
+    def __init__(self, engine: EngineView, runner: CudaRunner) -> None:
         self.engine, self.runner = engine, runner
-        self.rows: list[_Request] = []
+        self.rows: list[Request] = []
         self._stops: dict[int, frozenset[int]] = {}  # by id(request): its stop ids
-        self._pending: tuple[list[_Request], Pending] | None = None
+        self._pending: tuple[list[Request], Pending] | None = None
 
-    def _limits(self, req: _Request) -> tuple[list[int], int]:
+    def _limits(self, req: Request) -> tuple[list[int], int]:
         """The request's device stop ids and the most ids it may sample."""
         sp = req.sampling
         stops = sorted({*sp.stop_token_ids, *(() if sp.ignore_eos else self.engine.eos_ids)})
         room = min(self.engine.max_context, self.runner.opts.max_len - 1) - len(req.input_ids)
         return stops, min(sp.max_new_tokens, room)
 
-    def _refusal(self, req: _Request) -> str | None:
+    def _refusal(self, req: Request) -> str | None:
         """Why the fast path cannot serve ``req`` (None when it can)."""
         max_len = self.runner.opts.max_len
         if len(req.input_ids) >= max_len - 2:
@@ -58,7 +56,7 @@ class CudaBatcher:
             return f"at most {MAX_STOP_IDS} stop token ids (EOS included) per request, got {len(stops)}"
         return None
 
-    def admit(self, fresh: list[_Request]) -> list[_Request]:
+    def admit(self, fresh: list[Request]) -> list[Request]:
         """Prefill ``fresh`` into new rows; returns the requests deferred to the next step."""
         seen: set[tuple[int, ...]] = set()
         joining, deferred = [], []
@@ -75,7 +73,7 @@ class CudaBatcher:
             self._prefill(joining)
         return deferred
 
-    def _prefill(self, reqs: list[_Request]) -> None:
+    def _prefill(self, reqs: list[Request]) -> None:
         decoder.rebind(self.runner.w)
         start = len(self.rows)
         names = ("temperature", "top_k", "top_p", "seed", "counter", "limit")
@@ -128,10 +126,10 @@ class CudaBatcher:
         self._pending = (rows, pending) if self.rows else None
         self.engine._count(decode_steps=1, decode_tokens=len(rows), decode_s=time.perf_counter() - started)
 
-    def _filtered(self, reqs: list[_Request]) -> bool:
+    def _filtered(self, reqs: list[Request]) -> bool:
         return any(r.sampling.top_k > 0 or r.sampling.top_p < 1 for r in reqs)
 
-    def _book(self, rows: list[_Request], results: list[list[float]]) -> None:
+    def _book(self, rows: list[Request], results: list[list[float]]) -> None:
         """Record one token per request of ``rows`` (the rows a step ran over, in order); retire
         the requests that finished."""
         done = []
@@ -142,7 +140,7 @@ class CudaBatcher:
             where = {id(r): i for i, r in enumerate(self.rows)}
             self._retire([where[id(r)] for r in done])
 
-    def _advance(self, req: _Request, token: int, logprob: float, finished: bool) -> bool:
+    def _advance(self, req: Request, token: int, logprob: float, finished: bool) -> bool:
         version = self.engine.weight_version
         if req.aborted:
             return req.finish("abort", version)
@@ -184,7 +182,7 @@ class CudaBatcher:
         self.runner.prefix.clear()
 
 
-def make_fast_path(engine: EmbeddedEngine) -> CudaBatcher | None:
+def make_fast_path(engine: EngineView) -> CudaBatcher | None:
     """The fast-path scheduler when the engine's config and model allow it (see
     ``EmbeddedEngineConfig.fast_path``), else None (the engine keeps its transformers path)."""
     cfg = engine.config

@@ -30,7 +30,6 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,56 +39,11 @@ from agentrl.engines.base import GenerateOutput, SamplingParams
 from agentrl.engines.embedded.config import EmbeddedEngineConfig
 from agentrl.engines.embedded.cuda_batcher import make_fast_path
 from agentrl.engines.embedded.kv_cache import KV, DecodeBatch, GrowingLayer, PrefixStore, cache_kv, make_cache
+from agentrl.engines.embedded.request import Request
 from agentrl.engines.embedded.sampling import hits_stop_string, sample_tokens
 from agentrl.errors import ConfigError, EngineError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(eq=False)
-class _Request:
-    input_ids: list[int]
-    sampling: SamplingParams
-    session_id: str | None
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[GenerateOutput]
-    output_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    aborted: bool = False
-    generator: torch.Generator | None = None
-    finish_reason: str | None = None
-    cached_tokens: int = 0
-    """Prompt ids whose KV came from the prefix store (not prefilled again)."""
-
-    @property
-    def key(self) -> str:
-        """Prefix-store key: the session (the next turn extends this one), else this request alone."""
-        return self.session_id if self.session_id is not None else f"request-{id(self)}"
-
-    def finish(self, reason: str, version: int) -> bool:
-        self.finish_reason = reason
-        self.resolve(reason, version)
-        return True
-
-    def resolve(self, finish_reason: str, version: int, error: Exception | None = None) -> None:
-        out = GenerateOutput(
-            list(self.output_ids),
-            list(self.logprobs),
-            finish_reason,
-            weight_version=version,
-            meta={"cached_tokens": self.cached_tokens},
-        )
-
-        def settle() -> None:
-            if self.future.done():
-                return
-            if error is not None:
-                self.future.set_exception(error)
-            else:
-                self.future.set_result(out)
-
-        if not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(settle)
 
 
 def _pick_device(name: str) -> torch.device:
@@ -137,9 +91,9 @@ class EmbeddedEngine:
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self.weight_version = 0
         self.generator = torch.Generator(device="cpu").manual_seed(self.config.seed)
-        self._queue: queue.Queue[_Request] = queue.Queue()
-        self._running: list[_Request] = []
-        self._held: list[_Request] = []  # taken off the queue just as pause() came: admitted on resume
+        self._queue: queue.Queue[Request] = queue.Queue()
+        self._running: list[Request] = []
+        self._held: list[Request] = []  # taken off the queue just as pause() came: admitted on resume
         self._batch = DecodeBatch()
         self._prefixes = PrefixStore(self.config.prefix_cache_mb << 20)
         self.stats: dict[str, float] = dict.fromkeys(
@@ -174,7 +128,7 @@ class EmbeddedEngine:
         if not input_ids or not all(isinstance(i, int) for i in input_ids):
             raise EngineError("generate() needs a non-empty list of int token ids")
         loop = asyncio.get_running_loop()
-        req = _Request(list(input_ids), sampling, session_id, loop, loop.create_future())
+        req = Request(list(input_ids), sampling, session_id, loop, loop.create_future())
         if sampling.seed is not None:
             req.generator = torch.Generator(device="cpu").manual_seed(int(sampling.seed))
         self._queue.put(req)
@@ -234,7 +188,7 @@ class EmbeddedEngine:
         while not self._queue.empty():
             self._queue.get_nowait().resolve("abort", self.weight_version)
 
-    def _step(self, fresh: list[_Request]) -> None:
+    def _step(self, fresh: list[Request]) -> None:
         """Admit ``fresh`` and decode one token of every running request (fast path or transformers)."""
         if self._cuda is not None:
             self._held = self._cuda.admit(fresh) + self._held
@@ -245,7 +199,7 @@ class EmbeddedEngine:
         if self._running:
             self._decode_step()
 
-    def _gather(self, *, block: bool) -> list[_Request]:
+    def _gather(self, *, block: bool) -> list[Request]:
         """New requests to admit: wait for some when nothing runs, else take what is queued."""
         if not self._admitting.is_set():
             if block:
@@ -274,12 +228,12 @@ class EmbeddedEngine:
                 ready.append(req)
         return ready
 
-    def _admit_all(self, fresh: list[_Request]) -> None:
+    def _admit_all(self, fresh: list[Request]) -> None:
         joining = [(req, kv) for req in fresh if (kv := self._admit(req)) is not None]
         self._batch.add([kv for _, kv in joining])  # one copy of the batch at most, not one per request
         self._running.extend(req for req, _ in joining)
 
-    def _admit(self, req: _Request) -> KV | None:
+    def _admit(self, req: Request) -> KV | None:
         """Prefill what the prefix store lacks of ``req`` and sample its first token; its KV to join
         the batch, or None when it already finished."""
         ids = req.input_ids
@@ -322,7 +276,7 @@ class EmbeddedEngine:
         for name, amount in amounts.items():
             self.stats[name] += amount
 
-    def _sample(self, logits: torch.Tensor, rows: list[_Request]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sample(self, logits: torch.Tensor, rows: list[Request]) -> tuple[torch.Tensor, torch.Tensor]:
         return sample_tokens(
             logits,
             [r.sampling for r in rows],
@@ -345,7 +299,7 @@ class EmbeddedEngine:
         )
         return out.logits[:, -1, :].float()  # (B, V) on the model's device: sampling happens there
 
-    def _advance(self, req: _Request, token: int, logprob: float) -> bool:
+    def _advance(self, req: Request, token: int, logprob: float) -> bool:
         """Append one sampled token; resolve and return True when the request is finished."""
         if req.aborted:
             return req.finish("abort", self.weight_version)
