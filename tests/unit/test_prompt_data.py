@@ -320,3 +320,32 @@ def test_hooks_load_by_import_path(tmp_path: Path) -> None:
     assert type(hooks.buffer).__name__ == "Buffer" and hooks.group_filter is None
     with pytest.raises(ConfigError, match=r"--group-filter .*has no attribute 'nope'"):
         DataHooks.load(TrainConfig(group_filter=f"{hooks_file}:nope"))
+
+
+def test_the_example_hooks_by_file_path() -> None:
+    example = Path(__file__).parents[2] / "examples" / "gsm8k" / "hooks.py"
+    config = TrainConfig(
+        sample_filter=f"{example}:drop_truncated",
+        group_filter=f"{example}:some_solved_some_not",
+        buffer=f"{example}:ReplaySurplus",
+    )
+    hooks = DataHooks.load(config)
+    first = [
+        *[_t("x/0", i, r, group="1/0:x/0") for i, r in enumerate([1.0, 0.0])],  # solved once: kept
+        *[_t("x/1", i, r, group="1/0:x/1") for i, r in enumerate([0.5, 0.0])],  # differs, none solved
+        *[_t("x/2", i, r, group="1/0:x/2") for i, r in enumerate([0.0, 1.0])],  # surplus over 1 group
+    ]
+    kept, counts = hooks.select(first, 1, True, step=1)
+    assert {t.group_id for t in kept} == {"1/0:x/0"} and counts["rollout/reused_episodes"] == 0.0
+    # The buffer kept the informative groups not trained on (x/1 differs in reward too, x/2 surplus).
+    assert [g[0].group_id for g in hooks.buffer.groups] == ["1/0:x/1", "1/0:x/2"]
+    second = [_t("y/0", i, 0.0, group="2/0:y/0") for i in range(2)]  # nothing informative
+    second[1].status = Status.TRUNCATED
+    kept, counts = hooks.select(second, 1, True, step=2)
+    assert [t.group_id for t in kept] == ["1/0:x/2", "1/0:x/2"]  # the newest surplus group, replayed
+    assert counts == {
+        "rollout/kept_episodes": 0.0,
+        "rollout/reused_episodes": 2.0,
+        "rollout/sample_filtered": 0.0,
+    }
+    assert not hooks.sample_filter(second[1])
