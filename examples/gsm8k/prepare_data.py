@@ -1,7 +1,8 @@
 """Write GSM8K-style math word problems as prompt files for ``agentrl train --prompt-data`` (offline).
 
 The problems come from reasoning-gym's ``gsm_symbolic`` generator (GSM8K questions with new numbers and
-names, procedurally generated: no download) and, as a second, easier eval set, ``basic_arithmetic``.
+names, procedurally generated: no download) and, as a second, easier eval set, ``chain_sum`` with two
+one-digit terms (a 135M model solves some of those, and almost no GSM8K problem).
 Each record is ``{"question": ..., "answer": ..., "metadata": {...}}``, the layout slime and verl read::
 
     {"question": "Tom has 3 times as many ... How many ...?", "answer": "288", "metadata": {"source": "gsm_symbolic"}}
@@ -22,20 +23,21 @@ from pathlib import Path
 from typing import Any
 
 INSTRUCTION = "Solve the problem. Put the final answer, a number, in \\boxed{}."
-SETS = {
-    # file: (generator, records, seed); the train and test files use different seeds: different problems
-    "train": ("gsm_symbolic", 256, 0),
-    "gsm": ("gsm_symbolic", 32, 1),
-    "arith": ("basic_arithmetic", 32, 2),
+EASY = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
+SETS: dict[str, tuple[str, int, int, dict[str, Any]]] = {
+    # file: (generator, records, seed, generator config); the train and eval files use different seeds
+    "train": ("gsm_symbolic", 256, 0, {}),
+    "gsm": ("gsm_symbolic", 32, 1, {}),
+    "arith": ("chain_sum", 32, 2, EASY),
 }
 
 
-def records(generator: str, size: int, seed: int, chat: bool) -> list[dict[str, Any]]:
+def records(generator: str, size: int, seed: int, config: dict[str, Any], chat: bool) -> list[dict[str, Any]]:
     """``size`` problems of ``generator`` as prompt-file records."""
     import reasoning_gym
 
     out = []
-    for item in reasoning_gym.create_dataset(generator, size=size, seed=seed):
+    for item in reasoning_gym.create_dataset(generator, size=size, seed=seed, **config):
         question: Any = item["question"]
         if chat:
             question = [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": question}]
@@ -46,15 +48,17 @@ def records(generator: str, size: int, seed: int, chat: bool) -> list[dict[str, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="runs/gsm8k/data", help="folder for the .jsonl files")
     parser.add_argument("--chat", action="store_true", help="write questions as chat messages")
     parser.add_argument("--train-size", type=int, default=SETS["train"][1], help="training records")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, (generator, size, seed) in SETS.items():
-        rows = records(generator, args.train_size if name == "train" else size, seed, args.chat)
+    for name, (generator, size, seed, config) in SETS.items():
+        rows = records(generator, args.train_size if name == "train" else size, seed, config, args.chat)
         path = out / f"{name}.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         print(f"{path}: {len(rows)} records of {generator}")
