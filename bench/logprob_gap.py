@@ -55,13 +55,13 @@ QUESTIONS = [
 
 
 def sample(
-    folder: Path, prompts: list[list[int]], n: int, new_tokens: int, seed: int
+    folder: Path, prompts: list[list[int]], n: int, new_tokens: int, seed: int, dtype: str
 ) -> list[tuple[list[int], list[int], list[float]]]:
     """(prompt ids, sampled ids, engine logprobs) of ``n`` samples of each prompt at temperature 1."""
     from agentrl.engines.base import SamplingParams
-    from agentrl.engines.embedded.engine import EmbeddedEngine
+    from agentrl.engines.embedded.engine import EmbeddedEngine, EmbeddedEngineConfig
 
-    engine = EmbeddedEngine(str(folder))
+    engine = EmbeddedEngine(str(folder), EmbeddedEngineConfig(dtype=dtype))
 
     async def run() -> list[Any]:
         try:
@@ -103,7 +103,8 @@ def score_hf(
             hidden = model.base_model(input_ids=x[None]).last_hidden_state[0, p - 1 : -1]  # (n_new, H)
             logits = model.lm_head(hidden) if head == "model" else None
         if head == "fp32out":
-            logits = torch.mm(hidden.bfloat16(), weight.bfloat16().t(), out_dtype=torch.float32)
+            # bf16 operands, exact products summed in fp32 (what mm(..., out_dtype=fp32) computes on a GPU)
+            logits = hidden.bfloat16().float() @ weight.bfloat16().float().t()
         elif head == "fp32":
             logits = hidden.float() @ weight.float().t()
         lp = torch.log_softmax(logits.float(), -1).gather(1, x[p:, None]).squeeze(1)  # (n_new,)
@@ -137,7 +138,13 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=96)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-megatron", action="store_true")
+    ap.add_argument(
+        "--cpu-bf16",
+        action="store_true",
+        help="on the CPU: engine and variants in bf16 (CPU kernels, the same rounding points)",
+    )
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--prompts", type=int, default=len(QUESTIONS))
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     from transformers import AutoTokenizer
@@ -152,7 +159,7 @@ def main() -> None:
         AutoTokenizer.from_pretrained(make_tiny_gpt2(tmp / "tok")).save_pretrained(folder)
         g = torch.Generator().manual_seed(args.seed)
         vocab = min(len(AutoTokenizer.from_pretrained(folder)), 200)
-        prompts = [torch.randint(5, vocab, (40,), generator=g).tolist() for _ in QUESTIONS]
+        prompts = [torch.randint(5, vocab, (40,), generator=g).tolist() for _ in QUESTIONS[: args.prompts]]
         label = f"{args.shape} (random init)"
     else:
         folder = resolve_model(args.model or "smollm2-135m")
@@ -161,11 +168,14 @@ def main() -> None:
             tok.apply_chat_template(
                 [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False
             )
-            for q in QUESTIONS
+            for q in QUESTIONS[: args.prompts]
         ]
         prompts = [tok.encode(t, add_special_tokens=False) for t in texts]
         label = str(args.model or "smollm2-135m")
-    samples = sample(folder, prompts, args.samples, args.new_tokens, args.seed)
+    bf16 = device == "cuda" or args.cpu_bf16
+    samples = sample(
+        folder, prompts, args.samples, args.new_tokens, args.seed, "bfloat16" if bf16 else "auto"
+    )
     ids = [torch.tensor(p + o) for p, o, _ in samples]
     n_prompt = [len(p) for p, _, _ in samples]
     engine = torch.cat([torch.tensor(lp, dtype=torch.float64) for _, _, lp in samples])
@@ -174,26 +184,29 @@ def main() -> None:
     exact_list = score_hf(fp32, ids, n_prompt, autocast=False, head="fp32")
     exact = torch.cat(exact_list).double()
     rows = [_stats("fp32", exact_list, engine, exact)]
-    if device == "cuda":
+    if bf16:
         for name, head in (("autocast_bf16logits", "model"), ("autocast_fp32head", "fp32")):
             rows.append(_stats(name, score_hf(fp32, ids, n_prompt, autocast=True, head=head), engine, exact))
     del fp32
-    if device == "cuda":
-        bf16 = _hf(folder, torch.bfloat16, device)
+    if bf16:
+        bf16w = _hf(folder, torch.bfloat16, device)
         rows.append(
             _stats(
-                "bf16w_bf16logits", score_hf(bf16, ids, n_prompt, autocast=False, head="model"), engine, exact
+                "bf16w_bf16logits",
+                score_hf(bf16w, ids, n_prompt, autocast=False, head="model"),
+                engine,
+                exact,
             )
         )
         rows.append(
             _stats(
                 "bf16w_fp32logits",
-                score_hf(bf16, ids, n_prompt, autocast=False, head="fp32out"),
+                score_hf(bf16w, ids, n_prompt, autocast=False, head="fp32out"),
                 engine,
                 exact,
             )
         )
-        del bf16
+        del bf16w
     from agentrl.trainer.torch_backend import TorchBackend
 
     backend = TorchBackend(folder)
