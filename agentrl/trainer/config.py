@@ -19,6 +19,7 @@ LossType = Literal["policy", "sft"]
 LossAggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 KLEstimator = Literal["k1", "k2", "k3", "low_var_kl"]
 LRDecayStyle = Literal["constant", "linear", "cosine"]
+RefOffload = Literal["auto", "always", "never"]
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,10 @@ class TorchOptions:
     """Compute the LM head in fp32 (outside autocast): logits not rounded to bf16, whose rounding
     (about |logit| / 512) dominated the trainer/engine logprob gap (issue 17); the Megatron backend's
     head returns fp32 logits as well. Models that scale their logits after the head keep their own."""
+    ref_offload: RefOffload = "auto"
+    """On GPU, where the KL reference model's weights wait between reference passes: ``always`` in
+    pinned host memory (copied in once a step), ``never`` on the GPU, ``auto`` on the host when they
+    exceed a tenth of the GPU memory free once the policy is built. Ignored on CPU."""
     gradient_checkpointing: bool = True
     """On GPU, recompute activations in backward to save memory. Ignored on CPU."""
     micro_batch_tokens: int = 4096
@@ -156,6 +161,8 @@ class TorchOptions:
     def __post_init__(self) -> None:
         if self.micro_batch_tokens <= 0:
             raise ConfigError(f"micro_batch_tokens={self.micro_batch_tokens} must be > 0 (try 4096)")
+        if self.ref_offload not in ("auto", "always", "never"):
+            raise ConfigError(f"ref_offload={self.ref_offload!r}: choose auto, always or never")
 
 
 @dataclass(frozen=True)
@@ -172,3 +179,5 @@ class TorchBackendConfig(TorchOptions):
     def __post_init__(self) -> None:
         if self.micro_batch_tokens <= 0:
             raise ConfigError(f"micro_batch_tokens={self.micro_batch_tokens} must be > 0 (try 4096)")
+        if self.ref_offload not in ("auto", "always", "never"):
+            raise ConfigError(f"ref_offload={self.ref_offload!r}: choose auto, always or never")

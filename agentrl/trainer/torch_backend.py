@@ -19,6 +19,7 @@ import copy
 import math
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext, suppress
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ from agentrl.trainer.config import TorchBackendConfig
 from agentrl.trainer.device_copy import to_device
 from agentrl.trainer.kl import entropy_from_logits
 from agentrl.trainer.losses import policy_loss
+from agentrl.trainer.reference import ReferenceModel, should_offload
 from agentrl.trainer.step_metrics import StepMetrics
 
 if TYPE_CHECKING:
@@ -108,9 +110,9 @@ class TorchBackend:
         self.autocast_bf16 = on_gpu and self.config.bf16
         if on_gpu and self.config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.ref_model: torch.nn.Module | None = None
+        self.ref: ReferenceModel | None = None
         if self.config.algorithm.kl_coef > 0:
-            self.ref_model = self._build_reference(copy_policy=True)
+            self.ref = self._build_reference(copy_policy=True)
         opt = self.config.optimizer
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
@@ -118,9 +120,9 @@ class TorchBackend:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: opt.lr_at(s) / opt.lr)
         self.step = 0
 
-    def _build_reference(self, *, copy_policy: bool) -> torch.nn.Module:
+    def _build_reference(self, *, copy_policy: bool) -> ReferenceModel:
         """The frozen reference: ``algorithm.ref_model``, else a copy of the (untrained) policy or the
-        initial weights read again from ``model_path``."""
+        initial weights read again from ``model_path``; on GPU offloaded as ``ref_offload`` says."""
         from transformers import AutoModelForCausalLM
 
         path = self.config.algorithm.ref_model
@@ -129,12 +131,22 @@ class TorchBackend:
         else:
             loaded: Any = AutoModelForCausalLM.from_pretrained(path or self.model_path, dtype=torch.float32)
             ref = loaded.to(self.device)
-        return ref.eval().requires_grad_(False)
+        offload = False
+        if self.device.type == "cuda":
+            weight_bytes = sum(p.numel() * p.element_size() for p in ref.parameters())
+            free = torch.cuda.mem_get_info(self.device)[0]
+            offload = should_offload(self.config.ref_offload, weight_bytes, free)
+        return ReferenceModel([ref], offload=offload)
 
-    def _reference(self) -> torch.nn.Module:
-        if self.ref_model is None:
-            self.ref_model = self._build_reference(copy_policy=False)
-        return self.ref_model
+    @property
+    def ref_model(self) -> torch.nn.Module | None:
+        """The reference model (its weights may be on the host between passes), or None before use."""
+        return None if self.ref is None else self.ref.chunks[0]
+
+    def _reference(self) -> ReferenceModel:
+        if self.ref is None:
+            self.ref = self._build_reference(copy_policy=False)
+        return self.ref
 
     def _autocast(self) -> AbstractContextManager[object]:
         if self.autocast_bf16:
@@ -204,13 +216,15 @@ class TorchBackend:
 
     def ref_logprobs(self, input_ids: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per-token logprobs under the frozen reference model, like :meth:`logprobs`."""
-        return self._logprobs_with(self._reference(), input_ids)
+        with self._reference().resident() as (ref,):
+            return self._logprobs_with(ref, input_ids)
 
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
         """One AdamW step over ``batch``; gradients accumulate over token-budget micro-batches.
 
         ``old_logprobs`` default to the current policy's (on-policy: ratio 1, exactly GRPO's single
-        update); ``ref_logprobs`` are computed from the reference model when needed and not given.
+        update); ``ref_logprobs`` are computed from the reference model when needed and not given: per
+        micro-batch, or for the whole batch first when its weights wait on the host (one copy in).
         A non-finite gradient norm skips the update (reported as ``skipped_nonfinite``).
         """
         n_tokens = float(sum(float(m.sum()) for m in batch.loss_mask))
@@ -221,6 +235,8 @@ class TorchBackend:
             "num_seqs": float(len(batch)),
             "norm_tokens": float(max(float(m.sum()) for m in batch.loss_mask)),
         }
+        if self.config.algorithm.kl_coef > 0 and batch.ref_logprobs is None and self._reference().offload:
+            batch = replace(batch, ref_logprobs=self.ref_logprobs(batch.input_ids))
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         acc = StepMetrics()  # tensors until the step ends: one host copy, not several per micro-batch
@@ -252,8 +268,8 @@ class TorchBackend:
         mask = to_device(host_mask, self.device)
         ref = None if batch.ref_logprobs is None else pick(batch.ref_logprobs)
         if algo.kl_coef > 0 and ref is None:
-            with torch.no_grad():
-                ref, _ = self._forward(self._reference(), ids, first=first)
+            with torch.no_grad(), self._reference().resident() as (ref_model,):
+                ref, _ = self._forward(ref_model, ids, first=first)
         lp, entropy = self._forward(self.model, ids, entropy_mask=mask, first=first)
         old = lp.detach() if batch.old_logprobs is None else pick(batch.old_logprobs)
         out = policy_loss(

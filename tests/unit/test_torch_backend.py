@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from agentrl.models import make_tiny_gpt2
 from agentrl.trainer.backend import TrainBatch
 from agentrl.trainer.config import AlgorithmConfig, OptimizerConfig, TorchBackendConfig
+from agentrl.trainer.reference import ReferenceModel
 from agentrl.trainer.torch_backend import TorchBackend, plan_micro_batches
 
 
@@ -160,6 +161,23 @@ def test_reference_built_on_first_use_is_the_initial_model(model_dir: Path) -> N
         torch.testing.assert_close(a, b)
     d = torch.cat([(t - i)[m.bool()] for t, i, m in zip(trained, initial, batch.loss_mask, strict=True)])
     assert metrics["kl"] == pytest.approx(float(d.mean()), rel=1e-4)  # k1 of the trained vs initial model
+
+
+def test_offloaded_reference_gives_the_same_step(model_dir: Path) -> None:
+    """With the reference's weights on the host (filled in for the whole batch first, one copy in)
+    the step equals the one with the reference resident (per micro-batch)."""
+    algo = AlgorithmConfig(kl_coef=0.5, kl_estimator="k2")
+    resident = TorchBackend(model_dir, _config(algorithm=algo, micro_batch_tokens=10))
+    offloaded = TorchBackend(model_dir, _config(algorithm=algo, micro_batch_tokens=10))
+    assert offloaded.ref is not None and not offloaded.ref.offload  # never offloaded on CPU by itself
+    offloaded.ref = ReferenceModel(offloaded.ref.chunks, offload=True)
+    batch = _batch(resident, [1.0, -1.0, 0.5])
+    for backend in (resident, offloaded):
+        backend.train_step(batch)  # the policy moves off the reference: the second step has KL
+    a, b = resident.train_step(batch), offloaded.train_step(batch)
+    assert a["kl"] > 1e-5
+    assert (b["kl"], b["loss"]) == pytest.approx((a["kl"], a["loss"]), rel=1e-5)
+    assert all(p.numel() == 0 for p in offloaded.ref.chunks[0].parameters())  # back on the host
 
 
 def test_save_load_resumes_exactly(model_dir: Path, tmp_path: Path) -> None:

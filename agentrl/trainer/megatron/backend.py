@@ -6,7 +6,7 @@ straight into the sampled tokens' logprobs (:mod:`.logprobs`), compute the same 
 torch backend (:func:`agentrl.trainer.losses.policy_loss`, with the batch's global denominators), and
 step Megatron's (distributed) optimizer. Weights come from and go back to HF safetensors folders.
 
-With ``kl_coef > 0`` a frozen reference model (:mod:`.reference`: the initial policy, or
+With ``kl_coef > 0`` a frozen reference model (:mod:`agentrl.trainer.reference`: the initial policy, or
 ``algorithm.ref_model``) gives the KL term's logprobs through the same packed forward, in a
 forward-only pass before the step's forward-backward, as slime and verl do.
 """
@@ -43,8 +43,8 @@ from agentrl.trainer.megatron.hf_weights import Layout
 from agentrl.trainer.megatron.logprobs import token_logprobs
 from agentrl.trainer.megatron.model import build_gpt_model
 from agentrl.trainer.megatron.packing import PackedMicroBatch, balance_across_ranks, pack, pack_by_budget
-from agentrl.trainer.megatron.reference import ReferenceModel, should_offload
 from agentrl.trainer.megatron.step_loss import GlobalDenominators, micro_batch_loss
+from agentrl.trainer.reference import ReferenceModel, should_offload
 from agentrl.trainer.step_metrics import StepMetrics, finish_totals, merge_totals
 
 

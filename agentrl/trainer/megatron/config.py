@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from agentrl.errors import ConfigError
-from agentrl.trainer.config import AlgorithmConfig, OptimizerConfig
+from agentrl.trainer.config import AlgorithmConfig, OptimizerConfig, RefOffload
 
 AttentionBackend = Literal["fused", "local", "te"]
 
@@ -70,7 +70,7 @@ class MegatronBackendConfig:
     """Shard fp32 master weights and Adam state over data-parallel ranks (ZeRO-1)."""
     grad_reduce_in_fp32: bool = True
     """All-reduce gradients in fp32 (exact accumulation over micro-batches and ranks)."""
-    ref_offload: Literal["auto", "always", "never"] = "auto"
+    ref_offload: RefOffload = "auto"
     """Where the KL reference model's bf16 weights wait between reference passes: ``always`` in pinned
     host memory (copied in for each pass), ``never`` on the GPU, ``auto`` on the host when they exceed
     a tenth of the GPU memory free once the policy and its optimizer are built."""

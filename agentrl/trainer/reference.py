@@ -1,15 +1,14 @@
-"""The frozen reference model of the KL term, and where its weights wait between uses.
+"""The frozen reference model of the KL term, and where its weights wait between uses (both backends).
 
 The Megatron backend builds the reference as a second set of model chunks with the policy's layout
 (the same TP / PP / virtual-pipeline shards, so the same packed forward and chunked logprob head run
-on it), loaded from the initial policy's HF folder or ``algorithm.ref_model``. It is never trained: no
-DDP wrapper, no gradients, no optimizer state, so it costs its bf16 weights only (2 bytes a parameter
-against the policy's 18 with fp32 main weights and Adam).
+on it), loaded from the initial policy's HF folder or ``algorithm.ref_model``; the torch backend, as
+one HF model. It is never trained: no DDP wrapper, no gradients, no optimizer state, so it costs its
+weights only (Megatron: 2 bytes a parameter against the policy's 18 with fp32 main weights and Adam).
 
 Where GPU memory is short those weights wait in pinned host memory: :meth:`ReferenceModel.resident`
 copies them in for one reference pass and afterwards drops the GPU copy without copying back, since
-they never change. This module imports no Megatron code (it is plain torch), so its logic is tested
-on CPU.
+they never change. Plain torch, so its logic is tested on CPU.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import torch
 
 OFFLOAD_FRACTION = 0.1
 """``ref_offload="auto"`` keeps the reference on the host when its weights exceed this share of the
-GPU memory free once the policy and its optimizer are built."""
+GPU memory free once the policy (and, on Megatron, its optimizer) is built."""
 
 
 def should_offload(mode: str, weight_bytes: int, free_bytes: int) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agentrl.trainer.megatron.reference import ReferenceModel, should_offload
+from agentrl.trainer.reference import ReferenceModel, should_offload
 
 
 def _chunks() -> list[torch.nn.Module]:
