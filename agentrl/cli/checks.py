@@ -40,7 +40,13 @@ def check_prompt_data(data: PromptDataConfig) -> None:
     resolve_reward(data.reward, build=False)
     keys = PromptKeys(data.input_key, data.label_key, data.metadata_key, data.tool_key)
     files = [("--prompt-data", data.prompt_data)] if data.prompt_data else []
-    files += [(f"--eval-prompt-data {name}", path) for name, path in data.eval_datasets().items()]
+    datasets = data.eval_datasets()
+    files += [(f"eval dataset {d.name}", d.path) for d in datasets]
+    for d in datasets:
+        if d.reward:
+            resolve_reward(
+                d.reward, f"--eval-config {data.eval_config}: dataset {d.name}: reward", build=False
+            )
     for flag, path in files:
         try:
             tasks = read_tasks(path, "check", keys)

@@ -36,6 +36,94 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 @dataclass(frozen=True)
+class EvalDataset:
+    """One eval dataset, with the settings it overrides (None: the run's own)."""
+
+    name: str
+    path: str
+    n_samples_per_prompt: int | None = None
+    temperature: float | None = None
+    max_new_tokens: int | None = None
+    reward: str | None = None
+    """Used for records without their own ``metadata.rm_type``."""
+
+    def settings(
+        self, n: int, temperature: float, sampled_temperature: float
+    ) -> tuple[int, float, int | None]:
+        """``(samples, temperature, max_new_tokens)`` for this dataset, from the run's ``n`` samples at
+        ``temperature``; overriding only the samples (to more than 1) samples at ``sampled_temperature``."""
+        samples = self.n_samples_per_prompt or n
+        if self.temperature is not None:
+            temperature = self.temperature
+        elif samples != n:
+            temperature = 0.0 if samples == 1 else sampled_temperature
+        return samples, temperature, self.max_new_tokens
+
+
+EVAL_CONFIG_FIELDS = {"name", "path", "n_samples_per_prompt", "temperature", "max_new_tokens", "reward"}
+
+
+def read_eval_config(path: str) -> list[EvalDataset]:
+    """The datasets of an ``--eval-config`` YAML file (slime's ``--eval-config``)::
+
+    datasets:
+      - name: aime
+        path: aime.jsonl            # relative to this file's folder
+        n_samples_per_prompt: 8     # the overrides are optional
+        temperature: 0.6
+        max_new_tokens: 1024
+        reward: boxed_math
+    """
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"--eval-config {path}: no such file")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--eval-config {path}: not valid YAML ({e})") from None
+    entries = data.get("datasets") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"--eval-config {path}: expected a mapping with a non-empty list `datasets:`")
+    out = []
+    for i, entry in enumerate(entries):
+        where = f"--eval-config {path}: datasets[{i}]"
+        if not isinstance(entry, dict) or not {"name", "path"} <= set(entry):
+            raise ConfigError(f"{where} must be a mapping with at least `name` and `path`, got {entry!r}")
+        unknown = set(entry) - EVAL_CONFIG_FIELDS
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(EVAL_CONFIG_FIELDS)}"
+            )
+        for key, kind, low in (
+            ("n_samples_per_prompt", "an integer", 1),
+            ("max_new_tokens", "an integer", 1),
+            ("temperature", "a number", 0),
+        ):
+            value = entry.get(key)
+            allowed = int if kind == "an integer" else int | float
+            if value is not None and (
+                not isinstance(value, allowed) or isinstance(value, bool) or value < low
+            ):
+                raise ConfigError(f"{where}.{key} must be {kind} >= {low}, got {value!r}")
+        dataset_path = Path(str(entry["path"]))
+        if not dataset_path.is_absolute():
+            dataset_path = file.parent / dataset_path
+        out.append(
+            EvalDataset(
+                name=str(entry["name"]),
+                path=str(dataset_path),
+                n_samples_per_prompt=entry.get("n_samples_per_prompt"),
+                temperature=None if entry.get("temperature") is None else float(entry["temperature"]),
+                max_new_tokens=entry.get("max_new_tokens"),
+                reward=entry.get("reward"),
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
 class PromptDataConfig:
     """Prompt files, their keys, the reward and the eval datasets (slime's data flags; docs/data.md)."""
 
@@ -61,6 +149,8 @@ class PromptDataConfig:
     """Tools the agent may call, by name (calculator) or package.module:function; makes episodes multi-turn."""
     eval_prompt_data: tuple[str, ...] = ()
     """Evaluate on these datasets: NAME PATH [NAME PATH ...]; metrics per dataset (eval/NAME/...)."""
+    eval_config: str | None = field(default=None, metadata={"rare": True})
+    """A YAML list of eval datasets with their own samples, temperature, max new tokens, reward."""
 
     def __post_init__(self) -> None:
         if len(self.eval_prompt_data) % 2:
@@ -69,32 +159,35 @@ class PromptDataConfig:
                 f"{' '.join(self.eval_prompt_data)}. Example: --eval-prompt-data gsm8k gsm8k.jsonl aime aime.jsonl"
             )
         names = self.eval_prompt_data[::2]
-        for name in names:
+        for name in [*names, *(d.name for d in self.eval_datasets()[len(names) :])]:
             if not _NAME.match(name) or Path(name).suffix in (".jsonl", ".json", ".parquet"):
                 raise ConfigError(
                     f"--eval-prompt-data: {name!r} is not a dataset name (letters, digits, _ . -); the values "
                     "are NAME PATH pairs, e.g. --eval-prompt-data gsm8k gsm8k.jsonl"
                 )
-        if len(set(names)) != len(names):
-            raise ConfigError(f"--eval-prompt-data names must differ, got {' '.join(names)}")
+        all_names = [d.name for d in self.eval_datasets()]
+        if len(set(all_names)) != len(all_names):
+            raise ConfigError(f"eval dataset names must differ, got {' '.join(all_names)}")
         if self.reward_concurrency < 1:
             raise ConfigError(f"--reward-concurrency={self.reward_concurrency} must be >= 1")
 
     @property
     def active(self) -> bool:
         """True when a prompt file or an eval dataset is given: the run uses this env, not --env."""
-        return bool(self.prompt_data or self.eval_prompt_data)
+        return bool(self.prompt_data or self.eval_prompt_data or self.eval_config)
 
-    def eval_datasets(self) -> dict[str, str]:
-        """``--eval-prompt-data`` as ``{name: path}``, in the given order."""
+    def eval_datasets(self) -> list[EvalDataset]:
+        """``--eval-prompt-data`` pairs, then the ``--eval-config`` file's datasets, in order."""
         pairs = self.eval_prompt_data
-        return dict(zip(pairs[::2], pairs[1::2], strict=True))
+        datasets = [EvalDataset(name, path) for name, path in zip(pairs[::2], pairs[1::2], strict=True)]
+        return datasets + (read_eval_config(self.eval_config) if self.eval_config else [])
 
     def env_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :class:`PromptDataEnv` these flags describe."""
         kwargs: dict[str, Any] = {
             "data": self.prompt_data,
-            "eval_data": self.eval_datasets() or None,
+            "eval_data": {d.name: d.path for d in self.eval_datasets()} or None,
+            "eval_rewards": {d.name: d.reward for d in self.eval_datasets() if d.reward} or None,
             "input_key": self.input_key,
             "label_key": self.label_key,
             "metadata_key": self.metadata_key,
@@ -150,7 +243,8 @@ class PromptDataEnv(ToolEnv):
     Truncated after ``max_turns`` turns (default 1, or 4 with tools).
 
     ## Arguments
-    * ``data``: the training prompt file. ``eval_data``: ``{name: path}`` of eval datasets.
+    * ``data``: the training prompt file. ``eval_data``: ``{name: path}`` of eval datasets;
+      ``eval_rewards``: ``{name: reward}`` for records of that dataset without their own ``rm_type``.
     * ``input_key``, ``label_key`` (None: no label), ``metadata_key``, ``tool_key``: record keys.
     * ``system_prompt``: a system message for prompts that have none.
     * ``reward``: see Reward. ``reward_concurrency``: async/batched reward calls in flight.
@@ -169,6 +263,7 @@ class PromptDataEnv(ToolEnv):
         split: str = "train",
         data: str | None = None,
         eval_data: dict[str, str] | None = None,
+        eval_rewards: dict[str, str] | None = None,
         input_key: str = "prompt",
         label_key: str | None = "label",
         metadata_key: str = "metadata",
@@ -185,7 +280,7 @@ class PromptDataEnv(ToolEnv):
         from agentrl.envs.rewards.runner import shared_runner
         from agentrl.tools.parsers import HermesParser
 
-        self.data, self.eval_data = data, dict(eval_data or {})
+        self.data, self.eval_data, self.eval_rewards = data, dict(eval_data or {}), dict(eval_rewards or {})
         self.keys = PromptKeys(input_key, label_key, metadata_key, tool_key)
         self.system_prompt = system_prompt
         self._tools = [load_tool(t) for t in tools]
@@ -215,9 +310,18 @@ class PromptDataEnv(ToolEnv):
                     [Task(f"{name}/{i}", r["prompt"], r["label"], _sample_meta(r)) for i, r in samples]
                 )
             else:
-                per_dataset.append(read_tasks(path, name, self.keys))
+                per_dataset.append(self._with_reward(read_tasks(path, name, self.keys), split, name))
         longest = max(len(tasks) for tasks in per_dataset)
         return [tasks[i] for i in range(longest) for tasks in per_dataset if i < len(tasks)]
+
+    def _with_reward(self, tasks: list[Task], split: str, name: str) -> list[Task]:
+        """An eval dataset's own reward (``--eval-config``) as the ``rm_type`` of records without one."""
+        reward = self.eval_rewards.get(name) if split != "train" else None
+        if not reward:
+            return tasks
+        for task in tasks:
+            task.meta["metadata"] = {"rm_type": reward, **task.meta["metadata"]}
+        return tasks
 
     @property
     def tools(self) -> list[Tool]:
@@ -272,6 +376,27 @@ class PromptDataEnv(ToolEnv):
         assert self.task is not None, "call reset() first"
         label = self.task.answer[0] if isinstance(self.task.answer, list) else self.task.answer
         return [f"The answer is \\boxed{{{label}}}."]
+
+
+def eval_batches(
+    keys: Sequence[str],
+    datasets: Sequence[EvalDataset],
+    n: int,
+    temperature: float,
+    sampled_temperature: float,
+) -> list[tuple[list[str], tuple[int, float, int | None]]]:
+    """Eval task keys (``"<entry>:<dataset>/<row>"``) in batches that share their ``(samples, temperature,
+    max_new_tokens)``: the run's ``n`` and ``temperature``, or a dataset's overrides (see
+    :meth:`EvalDataset.settings`). Keys of other envs share the run's settings."""
+    by_name = {d.name: d for d in datasets}
+    batches: dict[tuple[int, float, int | None], list[str]] = {}
+    for key in keys:
+        dataset = by_name.get(dataset_of(key.split(":", 1)[-1]))
+        settings = (
+            dataset.settings(n, temperature, sampled_temperature) if dataset else (n, temperature, None)
+        )
+        batches.setdefault(settings, []).append(key)
+    return [(batch, settings) for settings, batch in batches.items()]
 
 
 def dataset_of(task_id: str) -> str:

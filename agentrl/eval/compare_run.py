@@ -128,13 +128,19 @@ def plan_from_run(
         model=model,
         specs=specs,
         # --eval-prompt-data: the run evaluated every prompt of its eval datasets (Run.start)
-        first_tasks=0 if (config.get("data") or {}).get("eval_prompt_data") else int(config["eval_episodes"]),
+        first_tasks=0 if _evaluates_every_prompt(config) else int(config["eval_episodes"]),
         max_turns=None if rollout["max_turns"] is None else int(rollout["max_turns"]),
         max_new_tokens=int(rollout["max_new_tokens"]),
         max_context=int(rollout.get("max_context", 2048)),
         seed=int(config.get("seed", 0)),
         reference=run_reference(root),
     )
+
+
+def _evaluates_every_prompt(config: dict[str, Any]) -> bool:
+    """A run with eval datasets (--eval-prompt-data, --eval-config) evaluated every prompt of them."""
+    data = config.get("data") or {}
+    return bool(data.get("eval_prompt_data") or data.get("eval_config"))
 
 
 COMPARED = ("reward", "success", "turns", "tool_calls", "response_tokens", "total_tokens", "episodes")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agentrl.engines.config import EngineConfig
-from agentrl.envs.dataset import PROMPT_DATA_ID, PromptDataConfig, dataset_of
+from agentrl.envs.dataset import PROMPT_DATA_ID, PromptDataConfig, dataset_of, eval_batches
 from agentrl.errors import ConfigError
 from agentrl.eval.compare_run import RUN_DECIDES, EvalPlan, plan_from_run, run_comparison
 from agentrl.rollout.controller import RolloutConfig
@@ -251,12 +251,19 @@ def run_eval(config: EvalConfig, plan: EvalPlan | None = None) -> tuple[list[Env
         keys = manager.task_keys("eval")
         if plan.first_tasks:
             keys = keys[: plan.first_tasks]
-        settings = GenerationSettings(n_samples=n, temperature=rollout.temperature, top_p=rollout.top_p)
-        with tqdm(total=len(keys) * n, desc="eval", unit="episode", disable=not config.progress) as bar:
-            trajectories = manager.generate(keys, settings, on_episode=lambda _: bar.update(1))
+        sampled = rollout.temperature or 1.0  # a dataset that asks for several samples samples
+        batches = eval_batches(keys, config.data.eval_datasets(), n, rollout.temperature, sampled)
+        total = sum(len(batch) * samples for batch, (samples, _, _) in batches)
+        trajectories: list[Trajectory] = []
+        with tqdm(total=total, desc="eval", unit="episode", disable=not config.progress) as bar:
+            for batch, (samples, temperature, max_new_tokens) in batches:
+                settings = GenerationSettings(
+                    samples, temperature, rollout.top_p, max_new_tokens=max_new_tokens
+                )
+                trajectories += manager.generate(batch, settings, on_episode=lambda _: bar.update(1))
     finally:
         manager.close()
-    ks = powers_of_two_upto(n)
+    ks = powers_of_two_upto(max((samples for _, (samples, _, _) in batches), default=n))
     reports = []
     for i, spec in enumerate(plan.specs):
         mine = [t for t in trajectories if t.group_id.split("/", 1)[1].startswith(f"{i}:")]
@@ -269,7 +276,8 @@ def run_eval(config: EvalConfig, plan: EvalPlan | None = None) -> tuple[list[Env
             reports.append(summarize_env(spec.env, spec.split, mine, ks))
     source = f"the evaluation of run {config.run}" if config.run else (config.suite or config.env)
     if config.data.active and not config.run:
-        source = "prompt data " + ", ".join(config.data.eval_datasets() or [str(config.data.prompt_data)])
+        names = [d.name for d in config.data.eval_datasets()]
+        source = "prompt data " + ", ".join(names or [str(config.data.prompt_data)])
     meta: dict[str, Any] = {"suite": source, "model": plan.model, "n_samples_per_prompt": n}
     meta["temperature"] = rollout.temperature
     if config.run is not None:

@@ -100,6 +100,8 @@ class GenerationSettings:
     """Nucleus sampling."""
     step: int = 0
     """The rollout step (part of the sampling seed, recorded as the weight version)."""
+    max_new_tokens: int | None = None
+    """Per-turn cap on sampled tokens for this batch (an eval dataset's own); None: the rollout config's."""
 
 
 def has_signal(group: Sequence[Trajectory]) -> bool:
@@ -308,6 +310,8 @@ async def _generate(
     on_episode: Callable[[Trajectory], None] | None = None,
 ) -> list[Trajectory]:
     config = dataclasses.replace(manager.rollout, temperature=settings.temperature, top_p=settings.top_p)
+    if settings.max_new_tokens is not None:
+        config = dataclasses.replace(config, max_new_tokens=settings.max_new_tokens)
     controller = RolloutController(manager.engine, manager.tokenizer, config, policy=manager.policy)
     by_template: dict[str, RolloutController] = {}
 

@@ -146,7 +146,7 @@ class Run:
                 [actors.rollout.task_keys.remote("train"), actors.rollout.task_keys.remote("eval")]
             )
             sampler = TaskSampler(train_keys, seed=config.seed)
-            every = config.data.eval_prompt_data and config.eval_episodes  # eval datasets: every prompt
+            every = config.data.eval_datasets() and config.eval_episodes  # eval datasets: every prompt
             eval_keys = all_eval if every else all_eval[: config.eval_episodes]
         run = cls(config, log_dir, actors, sampler, eval_keys, logger=None, hooks=hooks)  # type: ignore[arg-type]
         if config.resume:
@@ -242,11 +242,19 @@ class Run:
         """Greedy episodes on the first ``eval_episodes`` tasks of the eval split (the same every time)."""
         import ray
 
-        n = self.config.n_samples_per_eval_prompt  # 1: greedy; more: sampled, for pass@k
-        temperature = 0.0 if n == 1 else self.config.rollout.temperature
-        settings = GenerationSettings(n_samples=n, temperature=temperature, step=0)
+        from agentrl.envs.dataset import eval_batches
+
+        c = self.config
+        n = c.n_samples_per_eval_prompt  # 1: greedy; more: sampled, for pass@k
+        temperature = 0.0 if n == 1 else c.rollout.temperature
         start = time.perf_counter()
-        trajectories = ray.get(self.actors.rollout.generate.remote(self.eval_keys, settings))
+        trajectories: list[Trajectory] = []
+        datasets = c.data.eval_datasets()  # --eval-config: a dataset's own samples, temperature, max tokens
+        for keys, (samples, temp, max_new) in eval_batches(
+            self.eval_keys, datasets, n, temperature, c.rollout.temperature
+        ):
+            settings = GenerationSettings(samples, temp, step=0, max_new_tokens=max_new)
+            trajectories += ray.get(self.actors.rollout.generate.remote(keys, settings))
         dump_rollouts(
             trajectories, self.log_dir, step, folder="eval_rollouts"
         )  # `agentrl eval --run` compares
@@ -254,12 +262,12 @@ class Run:
         per_dataset = dataset_metrics(trajectories)
         metrics.update(per_dataset)
         metrics["time/eval_s"] = time.perf_counter() - start
-        datasets = "".join(
+        shown = "".join(
             f"; {key[len('eval/') :]} {value:.3f}" for key, value in per_dataset.items() if "@" in key
         )
         self.logger.write(
             f"eval @ step {step}: reward {metrics['eval/reward']:.3f}, success {metrics['eval/success']:.3f}"
-            + datasets
+            + shown
         )
         return metrics
 

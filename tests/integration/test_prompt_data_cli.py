@@ -112,3 +112,21 @@ def test_eval_reports_each_dataset_with_pass_at_k(tiny_model: Path, tmp_path: Pa
     assert all(set(e["pass_at_k"]) == {"1", "2"} for e in report["envs"])
     assert report["envs"][1]["status"] == {"completed": 2, "failed": 2}
     assert "| a | test | 4 |" in done.stdout and "reward (mean@2)" in done.stdout
+
+
+def test_eval_config_gives_a_dataset_its_own_samples_and_token_budget(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    _, _, a, b = _data(tmp_path)
+    config = tmp_path / "evals.yaml"
+    config.write_text(
+        f"datasets:\n  - {{name: a, path: {a}, n_samples_per_prompt: 4, max_new_tokens: 2, reward: exact}}\n"
+        f"  - {{name: b, path: {b}}}\n"
+    )
+    done = _run("eval", tiny_model, "--eval-config", str(config), "--out", str(tmp_path / "report"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    a_report, b_report = report["envs"]
+    assert (a_report["env"], a_report["episodes"], set(a_report["pass_at_k"])) == ("a", 8, {"1", "2", "4"})
+    assert a_report["response_tokens"] <= 2.0  # its own max_new_tokens
+    assert (b_report["env"], b_report["episodes"], set(b_report["pass_at_k"])) == ("b", 2, {"1"})

@@ -349,3 +349,57 @@ def test_the_example_hooks_by_file_path() -> None:
         "rollout/sample_filtered": 0.0,
     }
     assert not hooks.sample_filter(second[1])
+
+
+def test_eval_config_overrides_per_dataset(tmp_path: Path) -> None:
+    from agentrl.envs.dataset import EvalDataset, eval_batches, read_eval_config
+
+    _jsonl(
+        tmp_path / "a.jsonl",
+        [{"prompt": "a", "label": "1"}, {"prompt": "b", "label": "2", "metadata": {"rm_type": "f1"}}],
+    )
+    config = tmp_path / "evals.yaml"
+    config.write_text(
+        "datasets:\n"
+        "  - {name: aime, path: a.jsonl, n_samples_per_prompt: 4, temperature: 0.6, max_new_tokens: 64, reward: exact}\n"
+        "  - {name: plain, path: /abs/p.jsonl}\n"
+    )
+    aime, plain = read_eval_config(str(config))
+    assert aime == EvalDataset("aime", str(tmp_path / "a.jsonl"), 4, 0.6, 64, "exact")  # relative to the file
+    assert plain == EvalDataset("plain", "/abs/p.jsonl")
+    # The run's settings: 1 greedy sample; a dataset's overrides win; more samples alone sample at 1.0.
+    assert aime.settings(1, 0.0, 1.0) == (4, 0.6, 64) and plain.settings(1, 0.0, 1.0) == (1, 0.0, None)
+    assert EvalDataset("x", "p", n_samples_per_prompt=8).settings(1, 0.0, 1.0) == (8, 1.0, None)
+    keys = ["0:aime/0", "0:plain/0", "0:aime/1", "0:other/0"]
+    assert eval_batches(keys, [aime, plain], 1, 0.0, 1.0) == [
+        (["0:aime/0", "0:aime/1"], (4, 0.6, 64)),
+        (["0:plain/0", "0:other/0"], (1, 0.0, None)),
+    ]
+    # The dataset's reward is the rm_type of its records that have none of their own.
+    env = PromptDataEnv(
+        split="test", eval_data={"aime": str(tmp_path / "a.jsonl")}, eval_rewards={"aime": "exact"}
+    )
+    assert [t.meta["metadata"]["rm_type"] for t in env.tasks] == ["exact", "f1"]
+    data = PromptDataConfig(eval_prompt_data=("gsm", "g.jsonl"), eval_config=str(config))
+    assert [d.name for d in data.eval_datasets()] == ["gsm", "aime", "plain"]
+    assert data.env_kwargs()["eval_rewards"] == {"aime": "exact"}
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("datasets: []\n", "non-empty list `datasets:`"),
+        ("datasets:\n  - {name: a}\n", r"datasets\[0\] must be a mapping with at least `name` and `path`"),
+        ("datasets:\n  - {name: a, path: a.jsonl, temprature: 1}\n", r"unknown field\(s\) \['temprature'\]"),
+        (
+            "datasets:\n  - {name: a, path: a.jsonl, n_samples_per_prompt: 0}\n",
+            r"n_samples_per_prompt must be an integer >= 1",
+        ),
+        ("datasets:\n  - {name: a, path: a.jsonl}\n  - {name: a, path: b.jsonl}\n", "names must differ"),
+    ],
+)
+def test_eval_config_errors_name_the_file_and_field(tmp_path: Path, text: str, error: str) -> None:
+    config = tmp_path / "evals.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=error):
+        PromptDataConfig(eval_config=str(config))
