@@ -220,7 +220,7 @@ def make_plan(config: EvalConfig, given: frozenset[str] = frozenset()) -> EvalPl
         return plan_from_flags(config)
     clash = sorted(given & RUN_DECIDES)
     if clash:
-        flags = ", ".join("--" + name.replace("_", "-") for name in clash)
+        flags = ", ".join("--" + name.rsplit(".", 1)[-1].replace("_", "-") for name in clash)
         raise ConfigError(
             f"{flags}: with --run these come from the run's config.json, so that the evaluation repeats the "
             f"run's own; drop them, or evaluate without --run (--model RUN/hf_model --suite ... )"

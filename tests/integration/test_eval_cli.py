@@ -55,7 +55,7 @@ def test_eval_writes_json_markdown_and_a_plot_per_env(tiny_model: Path, tmp_path
     assert envs[1]["turns"] == 1.0  # max_turns 1 from the suite entry's kwargs
     table = (out / "report.md").read_text().splitlines()
     assert table[2].startswith(
-        "| env | split | episodes | success | reward | turns | tool calls | pass@1 | pass@2 |"
+        "| env | split | episodes | success | reward (mean@2) | turns | tool calls | pass@1 | pass@2 |"
     )
     assert len([line for line in table if line.startswith("| agentrl/Search-v0")]) == 2
     plots = sorted(out.glob("*.png"))
