@@ -10,10 +10,10 @@ from collections.abc import Sequence
 
 import torch
 
-from agentrl.types import Status, Trajectory
 from agentrl.trainer.advantages import compute_advantages
 from agentrl.trainer.backend import TrainBatch
 from agentrl.trainer.config import AlgorithmConfig
+from agentrl.types import Status, Trajectory
 
 
 def trajectory_advantages(trajectories: Sequence[Trajectory], config: AlgorithmConfig) -> torch.Tensor:

@@ -8,10 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentrl.errors import ConfigError
-from agentrl.types import Status, Trajectory
 from agentrl.trainer.advantages import compute_advantages
 from agentrl.trainer.batch import trajectories_to_batch
 from agentrl.trainer.config import AlgorithmConfig
+from agentrl.types import Status, Trajectory
 
 
 def _adv(

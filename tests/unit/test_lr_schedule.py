@@ -7,8 +7,8 @@ import math
 import pytest
 
 from agentrl.errors import ConfigError
-from agentrl.trainer.config import OptimizerConfig
 from agentrl.run.train_config import TrainConfig
+from agentrl.trainer.config import OptimizerConfig
 
 
 def test_warmup_then_constant() -> None:
