@@ -35,9 +35,14 @@ def check_prompt_data(data: PromptDataConfig) -> None:
     ``--tools`` resolve. Reward-model classes are imported, not built."""
     from agentrl.envs.dataset import load_tool
     from agentrl.envs.prompt_files import PromptKeys, read_tasks
-    from agentrl.envs.rewards import resolve_reward
+    from agentrl.envs.rewards import BUILTIN_REWARDS, resolve_reward
 
     resolve_reward(data.reward, build=False)
+    if data.label_key is None and data.reward in BUILTIN_REWARDS:
+        raise ConfigError(
+            f"--reward {data.reward} compares answers with a label, but --label-key is none; name the "
+            "label's key, or use a reward that needs none (package.module:function, rm:PATH)"
+        )
     keys = PromptKeys(data.input_key, data.label_key, data.metadata_key, data.tool_key)
     files = [("--prompt-data", data.prompt_data)] if data.prompt_data else []
     datasets = data.eval_datasets()

@@ -130,3 +130,10 @@ def test_prompt_data_missing_file_and_bad_hook(tmp_path: Path, capsys: pytest.Ca
     data.write_text('{"prompt": "1 + 1?", "label": "2"}\n')
     err = _run(["train", "--prompt-data", str(data), "--group-filter", "no_module:keep"], capsys)
     assert "--group-filter 'no_module:keep': cannot import 'no_module'" in err
+
+
+def test_a_built_in_reward_needs_a_label_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "t.jsonl"
+    data.write_text('{"prompt": "1 + 1?"}\n')
+    err = _run(["train", "--prompt-data", str(data), "--label-key", "none", "--reward", "math"], capsys)
+    assert "--reward math compares answers with a label, but --label-key is none" in err

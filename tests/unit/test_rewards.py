@@ -162,3 +162,8 @@ def test_sequence_classifier_reward_model_scores_batches_like_single_passes(tmp_
     assert len(set(batched_scores)) == 3  # a random head still tells the three apart
     with pytest.raises(ConfigError, match="no Hugging Face model folder"):
         resolve_reward(f"rm:{tmp_path / 'none'}", build=False)
+
+
+def test_a_built_in_reward_without_a_label_is_an_error() -> None:
+    with pytest.raises(RewardError, match="compares with a label, and d/3 has none"):
+        RewardRunner("math").score(RewardSample("\\boxed{1}", None, task_id="d/3"))

@@ -70,6 +70,8 @@ def batched(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _builtin(score: Callable[[str, Any], float]) -> Callable[[RewardSample], float]:
     @functools.wraps(score)
     def reward(sample: RewardSample) -> float:
+        if sample.label is None:
+            raise RewardError(f"the built-in reward compares with a label, and {sample.task_id} has none")
         return score(sample.response, sample.label)
 
     return reward
