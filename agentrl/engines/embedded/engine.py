@@ -163,6 +163,11 @@ class EmbeddedEngine:
         self._admitting.set()
         await self.abort()
         await asyncio.to_thread(self._worker.join, 30)
+        if self._cuda is not None:
+            # The slot cache and the captured graphs go with the batcher: a closed engine holds no KV memory,
+            # so a second engine in the same process can size its cache from the free memory.
+            self._cuda = None
+            torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------ worker thread
     def _work(self) -> None:
