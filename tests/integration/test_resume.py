@@ -29,6 +29,8 @@ import ray, tiny_envs
 from agentrl.cli import main
 from agentrl.run import loop
 ray.cloudpickle.register_pickle_by_value(tiny_envs)
+import agentrl
+agentrl.register("tests/Letter-v0", entry_point=tiny_envs.LetterEnv)  # --env letter passes the input checks
 train = loop.train
 loop.train = lambda config: train(config, env_factory=functools.partial(tiny_envs.LetterEnv, num_tasks=10))
 sys.exit(main(["train", *sys.argv[1:]]))
