@@ -14,8 +14,10 @@ Layout of every KV tensor: ``(B, H, T, D)`` — batch, KV heads, tokens, head di
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 from transformers import DynamicCache
@@ -214,6 +216,20 @@ class _Entry:
     nbytes: int
 
 
+def longest_prefix(entries: Mapping[str, Any], ids: list[int]) -> tuple[int, str | None]:
+    """The entry (by key) whose ``ids`` share the longest prefix with ``ids``, leaving at least one id of
+    ``ids`` to feed the model; ``(0, None)`` when none shares any."""
+    query = torch.tensor(ids)
+    best, best_key = 0, None
+    for key, entry in entries.items():
+        m = min(len(entry.ids), len(ids) - 1)
+        differ = (entry.ids[:m] != query[:m]).nonzero()
+        n = int(differ[0]) if len(differ) else m
+        if n > best:
+            best, best_key = n, key
+    return best, best_key
+
+
 class PrefixStore:
     """KV of recent token sequences, found by longest common prefix, evicted least recently used."""
 
@@ -224,14 +240,7 @@ class PrefixStore:
 
     def lookup(self, ids: list[int]) -> tuple[int, KV | None]:
         """The longest stored prefix of ``ids`` shorter than ``ids``: its length and KV (views)."""
-        query = torch.tensor(ids)
-        best, best_key = 0, None
-        for key, entry in self._entries.items():
-            m = min(len(entry.ids), len(ids) - 1)  # at least one id left to feed the model
-            differ = (entry.ids[:m] != query[:m]).nonzero()
-            n = int(differ[0]) if len(differ) else m
-            if n > best:
-                best, best_key = n, key
+        best, best_key = longest_prefix(self._entries, ids)
         if best_key is None:
             return 0, None
         self._entries.move_to_end(best_key)

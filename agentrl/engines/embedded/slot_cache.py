@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from agentrl.engines.embedded.decoder import Spec
+from agentrl.engines.embedded.kv_cache import longest_prefix
 from agentrl.errors import ConfigError
 
 
@@ -95,14 +96,7 @@ class PrefixSlots:
         """The longest stored prefix of ``ids`` shorter than ``ids``: its length and slot."""
         if not self._entries:
             return 0, None
-        query = torch.tensor(ids)
-        best, best_key = 0, None
-        for key, entry in self._entries.items():
-            m = min(len(entry.ids), len(ids) - 1)  # at least one id left to feed the model
-            differ = (entry.ids[:m] != query[:m]).nonzero()
-            n = int(differ[0]) if len(differ) else m
-            if n > best:
-                best, best_key = n, key
+        best, best_key = longest_prefix(self._entries, ids)
         if best_key is None:
             return 0, None
         self._entries.move_to_end(best_key)
