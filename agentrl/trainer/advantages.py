@@ -32,9 +32,28 @@ def _group_stats(
     return mean[inverse], std[inverse], count[inverse]
 
 
-def _finish(adv: torch.Tensor, valid: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
-    """Zero invalid episodes and those alone in their group; back to float32."""
-    return torch.where(valid & (size > 1), adv, torch.zeros_like(adv)).float()
+def _uniform(rewards: torch.Tensor, group_index: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: the episode's group has one reward value among its valid episodes.
+
+    Such a group carries no signal and must get advantages of exactly 0; computed from the mean, they
+    would be rounding noise (three rewards of 0.1: 0.1 - 0.30000000000000004 / 3 = -1.4e-17 in float64,
+    -1.4e-11 after the std division) and Adam would take a step on it.
+    """
+    _, inverse = torch.unique(group_index, return_inverse=True)  # (N,)
+    n_groups = int(inverse.max().item()) + 1 if inverse.numel() else 0
+    r = rewards.double()
+    high = torch.full((n_groups,), -torch.inf, dtype=torch.float64)
+    low = torch.full((n_groups,), torch.inf, dtype=torch.float64)
+    high = high.scatter_reduce(0, inverse, torch.where(valid, r, -torch.inf), "amax")
+    low = low.scatter_reduce(0, inverse, torch.where(valid, r, torch.inf), "amin")
+    return (high == low)[inverse]
+
+
+def _finish(
+    adv: torch.Tensor, valid: torch.Tensor, size: torch.Tensor, uniform: torch.Tensor
+) -> torch.Tensor:
+    """Zero invalid episodes, those alone in their group and those of equal-reward groups; float32."""
+    return torch.where(valid & (size > 1) & ~uniform, adv, torch.zeros_like(adv)).float()
 
 
 def grpo_advantages(
@@ -54,7 +73,7 @@ def grpo_advantages(
     adv = rewards.double() - mean
     if normalize_std:
         adv = adv / (std + eps)
-    return _finish(adv, valid, size)
+    return _finish(adv, valid, size, _uniform(rewards, group_index, valid))
 
 
 def rloo_advantages(rewards: torch.Tensor, group_index: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -64,7 +83,7 @@ def rloo_advantages(rewards: torch.Tensor, group_index: torch.Tensor, valid: tor
     """
     mean, _, size = _group_stats(rewards, group_index, valid)
     adv = (rewards.double() - mean) * size / (size - 1.0).clamp(min=1.0)
-    return _finish(adv, valid, size)
+    return _finish(adv, valid, size, _uniform(rewards, group_index, valid))
 
 
 def reinforce_plus_plus_baseline_advantages(
@@ -77,13 +96,14 @@ def reinforce_plus_plus_baseline_advantages(
     Returns (N,) float32.
     """
     mean, _, size = _group_stats(rewards, group_index, valid)
-    centred = rewards.double() - mean  # (N,)
+    uniform = _uniform(rewards, group_index, valid)
+    centred = torch.where(uniform, 0.0, rewards.double() - mean)  # (N,) exact 0 in equal-reward groups
     keep = valid & (size > 1)
     if int(keep.sum().item()) < 2:
         return torch.zeros_like(rewards, dtype=torch.float32)
     vals = centred[keep]
     adv = (centred - vals.mean()) / (vals.std() + eps)
-    return _finish(adv, valid, size)
+    return _finish(adv, valid, size, uniform)
 
 
 def compute_advantages(

@@ -139,3 +139,15 @@ def test_trajectories_to_batch_rejects_broken_trajectories() -> None:
     bad.loss_mask = [1, 1]
     with pytest.raises(ValueError, match="mask entries"):
         trajectories_to_batch([bad], AlgorithmConfig())
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "dr_grpo", "rloo", "reinforce_plus_plus_baseline"])
+def test_equal_reward_groups_get_exactly_zero(estimator: str) -> None:
+    # 0.1 + 0.1 + 0.1 = 0.30000000000000004 in floating point: a mean-based advantage is -1.4e-17 or so,
+    # not 0. Group "a" (all 0.1) and "c" (all 0.7, one FAILED episode ignored) must be exactly 0.
+    rewards = torch.tensor([0.1, 0.1, 0.1, 1.0, 0.0, 0.7, 0.7, 0.2], dtype=torch.float64)
+    groups = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
+    valid = torch.tensor([True, True, True, True, True, True, True, False])
+    adv = compute_advantages(rewards, groups, valid, estimator, eps=1e-6)
+    assert adv[[0, 1, 2, 5, 6, 7]].tolist() == [0.0] * 6
+    assert adv[3] > 0 > adv[4]
