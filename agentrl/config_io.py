@@ -23,6 +23,7 @@ import textwrap
 import types
 import typing
 from dataclasses import MISSING
+from pathlib import Path
 from typing import Any, Literal
 
 from agentrl.errors import ConfigError
@@ -126,6 +127,19 @@ def coerce(tp: Any, value: Any) -> Any:
     ):
         raise ValueError(f"expected {getattr(inner, '__name__', inner)}, got {value!r}")
     return value
+
+
+def read_yaml(path: str | Path, flag: str) -> Any:
+    """The YAML (or JSON) document of the file ``path`` given to ``flag``; errors name both."""
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{flag} {path}: no such file")
+    try:
+        return yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{flag} {path}: not valid YAML ({e})") from e
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

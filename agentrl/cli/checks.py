@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from agentrl.errors import ConfigError
 
 if TYPE_CHECKING:
-    from agentrl.envs.dataset import PromptDataConfig
+    from agentrl.envs.prompt_data_config import PromptDataConfig
 
 
 def check_env_inputs(env: str, suite: str | None, env_kwargs: dict[str, Any] | None) -> None:

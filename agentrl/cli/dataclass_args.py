@@ -28,10 +28,17 @@ import re
 import typing
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-from agentrl.config_io import coerce, config_from_dict, field_docs, merge_trees, parse_text, unwrap_optional
+from agentrl.config_io import (
+    coerce,
+    config_from_dict,
+    field_docs,
+    merge_trees,
+    parse_text,
+    read_yaml,
+    unwrap_optional,
+)
 from agentrl.errors import ConfigError
 
 SHOW_RARE = False
@@ -160,15 +167,7 @@ def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 
 def _file_tree(path: str, spec: list[_Leaf]) -> dict[str, Any]:
     """The nested settings of a ``--config`` file; top-level flag names are mapped to their fields."""
-    import yaml
-
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"--config {path}: no such file")
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--config {path}: not valid YAML ({e})") from e
+    data = read_yaml(path, "--config")
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a mapping of settings, got {type(data).__name__}")
     by_flag = {leaf.flag[2:]: leaf for leaf in spec}

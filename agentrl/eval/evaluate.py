@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agentrl.engines.config import EngineConfig
-from agentrl.envs.dataset import PROMPT_DATA_ID, PromptDataConfig, dataset_of, eval_batches
+from agentrl.envs.prompt_data_config import PROMPT_DATA_ID, PromptDataConfig, dataset_of, eval_batches
 from agentrl.errors import ConfigError
 from agentrl.eval.compare_run import RUN_DECIDES, EvalPlan, plan_from_run, run_comparison
 from agentrl.rollout.controller import RolloutConfig

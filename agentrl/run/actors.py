@@ -16,7 +16,6 @@ exits non-zero and is resumed from the last checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -25,7 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -66,36 +65,31 @@ def init_ray(config: TrainConfig) -> None:
     )
 
 
-def make_backend(model_path: Path, config: TrainConfig) -> Any:
-    """The training backend ``config.backend`` names, on ``model_path``."""
-    return build_backend(
-        model_path,
-        backend=config.backend,
-        algorithm=config.algorithm,
-        optimizer=config.optimizer,
-        torch_options=config.torch,
-        seed=config.seed,
-        megatron_args=config.megatron_args,
-    )
+class BackendSettings(Protocol):
+    """What a training backend is made from: ``TrainConfig`` and ``SFTConfig`` both have it."""
+
+    @property
+    def backend(self) -> Literal["torch", "megatron"]: ...
+    @property
+    def algorithm(self) -> AlgorithmConfig: ...
+    @property
+    def optimizer(self) -> OptimizerConfig: ...
+    @property
+    def torch(self) -> TorchOptions: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def megatron_args(self) -> tuple[str, ...]: ...
 
 
-def build_backend(
-    model_path: Path,
-    *,
-    backend: str,
-    algorithm: AlgorithmConfig,
-    optimizer: OptimizerConfig,
-    torch_options: TorchOptions,
-    seed: int,
-    megatron_args: Sequence[str] = (),
-) -> Any:
-    """A torch or Megatron training backend on ``model_path`` (``agentrl train`` and ``agentrl sft``)."""
-    if backend == "torch":
+def make_backend(model_path: Path, config: BackendSettings) -> Any:
+    """The torch or Megatron training backend ``config.backend`` names, on ``model_path`` (``agentrl
+    train`` and ``agentrl sft``)."""
+    if config.backend == "torch":
         from agentrl.trainer.torch_backend import TorchBackend
 
-        options = {f.name: getattr(torch_options, f.name) for f in dataclasses.fields(TorchOptions)}
-        config = TorchBackendConfig(**options, algorithm=algorithm, optimizer=optimizer, seed=seed)
-        return TorchBackend(model_path, config)
+        options = TorchBackendConfig.of(config.torch, config.algorithm, config.optimizer, config.seed)
+        return TorchBackend(model_path, options)
     try:
         from agentrl.trainer.megatron.backend import MegatronBackend, MegatronBackendConfig
     except ImportError as e:
@@ -108,10 +102,10 @@ def build_backend(
     return MegatronBackend(
         model_path,
         MegatronBackendConfig(
-            algorithm=algorithm,
-            optimizer=optimizer,
-            seed=seed,
-            parallel=parse_megatron_args(list(megatron_args)),
+            algorithm=config.algorithm,
+            optimizer=config.optimizer,
+            seed=config.seed,
+            parallel=parse_megatron_args(list(config.megatron_args)),
         ),
     )
 

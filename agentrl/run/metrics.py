@@ -108,7 +108,7 @@ def dataset_metrics(trajectories: Sequence[Trajectory], prefix: str = "eval/") -
     averaged over each prompt's n samples, then over prompts), ``NAME/pass@k`` for k = 1, 2, 4 .. n
     (success), ``NAME/episodes`` and ``NAME/failed``. FAILED episodes (a reward that raised) count as
     reward 0 and unsolved. Trajectories of other envs are ignored."""
-    from agentrl.envs.dataset import PROMPT_DATA_ID, dataset_of
+    from agentrl.envs.prompt_data_config import PROMPT_DATA_ID, dataset_of
 
     by_dataset: dict[str, dict[str, list[Trajectory]]] = {}
     for t in trajectories:

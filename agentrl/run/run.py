@@ -242,7 +242,7 @@ class Run:
         """Greedy episodes on the first ``eval_episodes`` tasks of the eval split (the same every time)."""
         import ray
 
-        from agentrl.envs.dataset import eval_batches
+        from agentrl.envs.prompt_data_config import eval_batches
 
         c = self.config
         n = c.n_samples_per_eval_prompt  # 1: greedy; more: sampled, for pass@k

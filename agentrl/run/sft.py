@@ -122,7 +122,7 @@ def run_sft(config: SFTConfig, data: Dataset, model_path: Path) -> SFTResult:
     """Fine-tune ``model_path`` on ``data``; checkpoints, metrics and the HF export as configured."""
     from tqdm import tqdm
 
-    from agentrl.run.actors import build_backend
+    from agentrl.run.actors import make_backend
     from agentrl.run.metrics import MetricsLogger
     from agentrl.trainer.checkpoint import load_latest, save_checkpoint
 
@@ -134,15 +134,7 @@ def run_sft(config: SFTConfig, data: Dataset, model_path: Path) -> SFTResult:
     steps = batch_order(len(data.examples), config.global_batch_size, config.epochs, config.seed)
     steps = steps[: config.max_steps] if config.max_steps else steps
     torch.manual_seed(config.seed)
-    backend = build_backend(
-        model_path,
-        backend=config.backend,
-        algorithm=config.algorithm,
-        optimizer=config.optimizer,
-        torch_options=config.torch,
-        seed=config.seed,
-        megatron_args=config.megatron_args,
-    )
+    backend = make_backend(model_path, config)
     start = 0
     if config.resume:
         assert config.save is not None

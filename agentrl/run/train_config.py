@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from agentrl.engines.config import EngineConfig
-from agentrl.envs.dataset import PROMPT_DATA_ID, PromptDataConfig
 from agentrl.envs.presets import laptop_env_kwargs
+from agentrl.envs.prompt_data_config import PROMPT_DATA_ID, PromptDataConfig
 from agentrl.errors import ConfigError
 from agentrl.rollout.controller import RolloutConfig
 from agentrl.trainer.config import AlgorithmConfig, OptimizerConfig, TorchBackendConfig, TorchOptions
@@ -265,7 +265,4 @@ class TrainConfig:
 
     def torch_backend_config(self) -> TorchBackendConfig:
         """The torch backend's config with this run's algorithm, optimizer and seed."""
-        options = {f.name: getattr(self.torch, f.name) for f in dataclasses.fields(TorchOptions)}
-        return TorchBackendConfig(
-            **options, algorithm=self.algorithm, optimizer=self.optimizer, seed=self.seed
-        )
+        return TorchBackendConfig.of(self.torch, self.algorithm, self.optimizer, self.seed)

@@ -7,6 +7,7 @@ and the Megatron backend read the same one and call the same loss functions.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -175,6 +176,14 @@ class TorchBackendConfig(TorchOptions):
     """Optimizer and lr schedule."""
     seed: int = 0
     """Seed of torch's RNG at construction (dropout, if the model has any)."""
+
+    @classmethod
+    def of(
+        cls, options: TorchOptions, algorithm: AlgorithmConfig, optimizer: OptimizerConfig, seed: int
+    ) -> TorchBackendConfig:
+        """The backend config of a run: its torch options with the run's algorithm, optimizer and seed."""
+        fields = {f.name: getattr(options, f.name) for f in dataclasses.fields(TorchOptions)}
+        return cls(**fields, algorithm=algorithm, optimizer=optimizer, seed=seed)
 
     def __post_init__(self) -> None:
         if self.micro_batch_tokens <= 0:

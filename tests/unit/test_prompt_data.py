@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from agentrl.envs.dataset import PROMPT_DATA_ID, PromptDataConfig, PromptDataEnv
+from agentrl.envs.dataset import PromptDataEnv
+from agentrl.envs.prompt_data_config import PROMPT_DATA_ID, PromptDataConfig
 from agentrl.envs.prompt_files import PromptKeys, read_tasks
 from agentrl.errors import ConfigError
 from agentrl.run.metrics import dataset_metrics, rollout_metrics
@@ -352,7 +353,7 @@ def test_the_example_hooks_by_file_path() -> None:
 
 
 def test_eval_config_overrides_per_dataset(tmp_path: Path) -> None:
-    from agentrl.envs.dataset import EvalDataset, eval_batches, read_eval_config
+    from agentrl.envs.prompt_data_config import EvalDataset, eval_batches, read_eval_config
 
     _jsonl(
         tmp_path / "a.jsonl",
