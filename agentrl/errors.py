@@ -36,6 +36,20 @@ class EngineError(AgentRLError):
     """An inference engine failed (unreachable, crashed, bad answer)."""
 
 
+class EngineDeadError(EngineError):
+    """The engine can serve nothing any more (its restart budget is spent, a restart failed, or no
+    server it was given answered for too long): a run cannot go on, unlike one request's error."""
+
+
+class RunFailedError(AgentRLError):
+    """The run's failure policy stopped it (docs/reliability.md D25): ``component`` names what failed
+    (``engine``, ``env``, ``tool``, ``sandbox``, ``reward``); the message says what to check."""
+
+    def __init__(self, component: str, message: str) -> None:
+        super().__init__(message)
+        self.component = component
+
+
 class ModelNotFoundError(AgentRLError, FileNotFoundError):
     """A `--model` value is neither a known alias nor a folder with a model in it."""
 

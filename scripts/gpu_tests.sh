@@ -9,26 +9,16 @@ cd "$(dirname "$0")/.."
 if [ "${1:-}" = pack ]; then  # here, where a package index is reachable: fill .whl/
   dl() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$@"; }
-  dl .whl megatron-core==0.19.2 mbridge gymnasium==1.4.0 farama-notifications==0.0.6 docker==7.2.0 \
-    jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1
-  if [ ! -f .whl/ray-2.60.0-pruned.tar.xz ]; then
-    # Ray's 79 MB wheel without Java, RLlib, Serve, Data, Tune, Train and the dashboard client: about 20 MB.
-    # Unzipped by Python, which drops the executable bits: put them back (gcs_server, raylet, ...).
+  dl .whl megatron-core==0.19.2 mbridge==0.15.1 gymnasium==1.4.0 farama-notifications==0.0.6 docker==7.2.0 \
+    jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1 \
+    bm25s==0.3.16 gguf==0.19.0
+  if [ ! -f .whl/ray-2.60.0-pruned.tar.xz ]; then  # about 20 MB, executables kept (scripts/gpu_pack.py)
     tmp=$(mktemp -d)
     dl "$tmp" ray==2.60.0
-    python3 - "$tmp" <<'PY'
-import glob, os, sys, zipfile
-tmp = sys.argv[1]
-with zipfile.ZipFile(glob.glob(f"{tmp}/ray-*.whl")[0]) as z:
-    z.extractall(f"{tmp}/unpacked")
-    for info in z.infolist():
-        if (info.external_attr >> 16) & 0o111:
-            os.chmod(f"{tmp}/unpacked/{info.filename}", 0o755)
-PY
-    (cd "$tmp/unpacked" && rm -rf ray/jars ray/dashboard/client/build ray/rllib ray/serve ray/data ray/tune \
-      ray/train ray/llm && tar -c . | xz -T0 -9 >"$OLDPWD/.whl/ray-2.60.0-pruned.tar.xz")
+    python3 scripts/gpu_pack.py ray "$tmp"/ray-*.whl .whl/ray-2.60.0-pruned.tar.xz
     rm -rf "$tmp"
   fi
+  python3 scripts/gpu_pack.py check-ray .whl/ray-2.60.0-pruned.tar.xz
   du -sh .whl
   exit 0
 fi

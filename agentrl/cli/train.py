@@ -22,7 +22,7 @@ import sys
 from typing import Any
 
 from agentrl.cli.dataclass_args import add_dataclass_args, build_dataclass, compact_help_formatter
-from agentrl.errors import AgentRLError
+from agentrl.errors import AgentRLError, RunFailedError
 from agentrl.run.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         result = train(config)
+    except RunFailedError as e:  # the failure policy stopped it: not the user's input, exit 1
+        print(f"agentrl train: {e}", file=sys.stderr)
+        return 1
     except AgentRLError as e:
         # Raised inside an actor, Ray re-raises it as a RayTaskError that is also an AgentRLError, its
         # text a remote traceback: a user error is shown as the message it carries.

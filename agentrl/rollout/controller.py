@@ -29,7 +29,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from agentrl.engines.base import Engine, GenerateOutput, SamplingParams
-from agentrl.errors import ConfigError
+from agentrl.errors import (
+    ConfigError,
+    EngineDeadError,
+    EngineError,
+    RetrievalError,
+    SandboxError,
+)
 from agentrl.rollout.tokenize import Conversation
 from agentrl.types import Message, Status, Trajectory
 
@@ -40,6 +46,26 @@ T = TypeVar("T")
 
 Policy = Literal["model", "expert"]
 """Who writes the agent's turns: the engine's model, or the env's scripted expert (demonstrations)."""
+
+
+FailureComponent = Literal["engine", "env", "tool", "sandbox", "reward"]
+"""What a FAILED episode's fault lies with (``Trajectory.metrics["failed_component"]``)."""
+
+
+def failure_component(error: BaseException) -> FailureComponent:
+    """Whose fault an episode's exception is: the engine (anything ``engine.generate`` raised, or a bad
+    answer from it), a sandbox, a tool backend (the retriever), the reward function, else the env."""
+    from agentrl.envs.rewards import RewardError
+
+    if isinstance(error, EngineError):
+        return "engine"
+    if isinstance(error, SandboxError):
+        return "sandbox"
+    if isinstance(error, RetrievalError):
+        return "tool"
+    if isinstance(error, RewardError):
+        return "reward"
+    return "env"
 
 
 @dataclass(frozen=True)
@@ -161,6 +187,9 @@ class RolloutController:
         except Exception as e:  # a bad episode is data: record it, keep the batch going
             traj.status = Status.FAILED
             traj.error = f"{type(e).__name__}: {e}"
+            traj.metrics["failed_component"] = failure_component(e)
+            if isinstance(e, EngineDeadError):
+                traj.metrics["engine_dead"] = True  # the driver stops the command (nothing can generate)
             log.debug("episode %s/%d failed:\n%s", group_id, sample_index, traceback.format_exc())
         traj.metrics["episode_time_s"] = time.perf_counter() - started
         return traj
@@ -227,11 +256,18 @@ class RolloutController:
             seed=None if base_seed is None else base_seed + traj.sample_index + 1000 * len(traj.turns),
         )
         started = time.perf_counter()
-        out = await self.engine.generate(traj.prompt_ids + traj.response_ids, sampling, session_id=session)
+        try:
+            out = await self.engine.generate(
+                traj.prompt_ids + traj.response_ids, sampling, session_id=session
+            )
+        except EngineError:
+            raise
+        except Exception as e:  # e.g. a dead engine actor: the engine's fault, not the env's
+            raise EngineError(f"engine.generate raised {type(e).__name__}: {e}") from e
         if len(out.output_ids) != len(out.logprobs):
-            raise ValueError(f"engine returned {len(out.output_ids)} ids but {len(out.logprobs)} logprobs")
+            raise EngineError(f"engine returned {len(out.output_ids)} ids but {len(out.logprobs)} logprobs")
         if len(out.output_ids) > sampling.max_new_tokens:
-            raise ValueError(
+            raise EngineError(
                 f"engine returned {len(out.output_ids)} ids, over max_new_tokens={sampling.max_new_tokens}"
             )
         out.meta["latency_s"] = time.perf_counter() - started

@@ -3,8 +3,10 @@
 Training (inside a Ray actor), ``agentrl eval`` and ``agentrl rollout`` all call
 :meth:`RolloutManager.generate`, so the debugging command exercises the training path and failures are
 handled once: an env that cannot be built, or an episode that fails, becomes a FAILED trajectory with
-the error (never a crash of the batch), and an env whose episode FAILED is closed and replaced, since it
-may hold a dead sandbox.
+the error and the component at fault (``metrics["failed_component"]``: engine, env, tool, sandbox or
+reward; never a crash of the batch), and an env whose episode FAILED is closed and replaced, since it
+may hold a dead sandbox. The one exception is an engine that can serve nothing any more: once the batch
+is over, :class:`~agentrl.errors.EngineDeadError` ends the command.
 
 Task keys are ``"<entry>:<task id>"`` strings, ``<entry>`` being the index of the env spec (one for
 ``--env``, one per suite entry), so one task sampler orders tasks across a whole suite. Sampling seeds are
@@ -30,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from agentrl.engines.base import Engine, GenerateOutput, SamplingParams
-from agentrl.errors import ConfigError, EngineError
-from agentrl.rollout.controller import Policy, RolloutConfig, RolloutController
+from agentrl.errors import ConfigError, EngineDeadError, EngineError
+from agentrl.rollout.controller import Policy, RolloutConfig, RolloutController, failure_component
 from agentrl.types import Status, Trajectory
 
 EnvFactory = Callable[..., Any]
@@ -297,7 +299,7 @@ def _failed(key: str, group_id: str, index: int, env_id: str, error: Exception) 
         sample_index=index,
         env_id=env_id,
         error=f"{type(error).__name__}: {error}",
-        metrics={"failed_at": "env_construction"},
+        metrics={"failed_at": "env_construction", "failed_component": failure_component(error)},
     )
 
 
@@ -356,7 +358,11 @@ async def _generate(
 
     try:
         jobs = [one(key, i) for key in keys for i in range(settings.n_samples)]
-        return list(await asyncio.gather(*jobs))
+        trajectories = list(await asyncio.gather(*jobs))
     finally:
         for c in (controller, *by_template.values()):
             c.env_threads.shutdown(wait=False)
+    dead = next((t for t in trajectories if t.metrics.get("engine_dead")), None)
+    if dead is not None:  # every later request would fail the same way: the command must stop
+        raise EngineDeadError(dead.error.removeprefix("EngineDeadError: "))
+    return trajectories

@@ -17,8 +17,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from agentrl.errors import EngineError, RunFailedError
 from agentrl.rollout.driver import EnvFactory
-from agentrl.run.metrics import dump_rollouts, plot_curves, read_metrics, summarize
+from agentrl.run.failures import FailurePolicy, write_summary
+from agentrl.run.metrics import dump_rollouts, plot_curves, read_metrics
 from agentrl.run.run import Run
 from agentrl.run.train_config import TrainConfig
 
@@ -49,9 +51,11 @@ def timed(metrics: dict[str, float], name: str) -> Iterator[None]:
 
 
 def train(config: TrainConfig, *, env_factory: EnvFactory | None = None) -> RunResult:
-    """Run ``config`` to the end; raises if an actor dies (the run is then resumed from a checkpoint)."""
+    """Run ``config`` to the end; raises if an actor dies (the run is then resumed from a checkpoint), and
+    :class:`RunFailedError` when the failure policy stops it (:mod:`agentrl.run.failures`)."""
     clock = Deadline(config.time_limit_s)
     run = Run.start(config, env_factory=env_factory)
+    policy = FailurePolicy.of(config, run.log_dir)
     last_step, stopped_early = run.start_step, False
     try:
         if run.start_step == 0 and run.can_evaluate:
@@ -73,6 +77,7 @@ def train(config: TrainConfig, *, env_factory: EnvFactory | None = None) -> RunR
             metrics.update(rollout_stats)  # of every episode generated, the filtered-out ones included
             if config.dump_interval and step % config.dump_interval == 0:
                 dump_rollouts(trajectories, run.log_dir, step)
+            policy.check_rollout(step, metrics, run.logger.log)  # too many FAILED episodes: stop
             if not config.debug_rollout_only:
                 with timed(metrics, "train"):
                     metrics.update(run.train(trajectories))  # advantages + steps_per_rollout optimizer steps
@@ -90,18 +95,20 @@ def train(config: TrainConfig, *, env_factory: EnvFactory | None = None) -> RunR
                 run.checkpoint(step)
             last_step = step
             clock.step_ended()
+            policy.check_trained(step, metrics)  # --max-skipped-steps in a row: stop
         if stopped_early and config.save and last_step > run.start_step and last_step % config.save_interval:
             run.checkpoint(last_step)  # where --resume picks up
         evaluated = config.eval_interval and last_step % config.eval_interval == 0
         if run.can_evaluate and last_step > 0 and not evaluated:
             run.logger.log(last_step, run.evaluate(step=last_step))
         hf_dir = run.export_hf() if config.export_hf and not config.debug_rollout_only else None
+    except (RunFailedError, EngineError) as error:  # never a silent success; save what is safe first
+        raise policy.stopped(run, last_step, error)  # noqa: B904 (the engine's error is its context)
     finally:
         run.close()
     records = read_metrics(run.log_dir / "metrics.jsonl")
     plot_curves(records, run.log_dir / "curves.png")
-    summary = summarize(records)
-    (run.log_dir / "summary.txt").write_text(summary + "\n", encoding="utf-8")
+    summary = write_summary(run.log_dir)
     return RunResult(run.log_dir, last_step, summary, hf_dir, stopped_early)
 
 

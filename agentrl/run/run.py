@@ -21,6 +21,7 @@ from agentrl.config_io import config_to_dict
 from agentrl.errors import CheckpointError, ConfigError
 from agentrl.rollout.driver import EnvFactory, GenerationSettings, GroupFilter, keep_informative_groups
 from agentrl.run.actors import Actors, create_actors
+from agentrl.run.failures import failure_metrics
 from agentrl.run.metrics import MetricsLogger, dataset_metrics, dump_rollouts, rollout_metrics
 from agentrl.run.task_sampler import TaskSampler
 from agentrl.run.train_config import TrainConfig
@@ -124,6 +125,9 @@ class Run:
     logger: MetricsLogger
     start_step: int = 0
     hooks: DataHooks = field(default_factory=DataHooks)
+    sampler_before_rollout: tuple[int, dict[str, Any]] | None = None
+    """(step, task sampler state) before the latest rollout: a run stopped by a failed rollout is
+    checkpointed with it, so that --resume redoes that rollout (:mod:`agentrl.run.failures`)."""
 
     @classmethod
     def start(cls, config: TrainConfig, *, env_factory: EnvFactory | None = None) -> Run:
@@ -173,10 +177,14 @@ class Run:
         assert self.sampler is not None
         n_prompts = math.ceil(c.rollout_batch_size * (c.over_sample if c.dynamic_filter else 1.0))
         settings = GenerationSettings(c.n_samples_per_prompt, c.rollout.temperature, c.rollout.top_p, step)
+        self.sampler_before_rollout = (step, self.sampler.state_dict())
         keys = self.sampler.sample(n_prompts)
         trajectories = ray.get(self.actors.rollout.generate.remote(keys, settings))
+        lost = [t for t in trajectories if not t.trainable]
+        if lost:  # the filters keep them out of training and of rollouts/: their errors are here
+            dump_rollouts(lost, self.log_dir, step, folder="failed_rollouts")
         kept, counts = self.hooks.select(trajectories, c.rollout_batch_size, c.dynamic_filter, step)
-        return kept, {**rollout_metrics(trajectories), **counts}
+        return kept, {**rollout_metrics(trajectories), **failure_metrics(trajectories), **counts}
 
     def _replay(self, step: int) -> list[Trajectory]:
         source = Path(self.config.debug_train_only or "")
@@ -215,7 +223,7 @@ class Run:
         trainable = [t for t in trajectories if t.trainable]
         if not trainable:  # e.g. the dynamic filter dropped every group
             return False
-        if algo.kl_coef > 0 or algo.entropy_coef != 0:
+        if algo.kl_coef > 0 or algo.entropy_coef != 0 or algo.uses_critic:  # ppo: the critic always learns
             return True
         return bool(trajectory_advantages(trainable, algo).abs().max() > 0)
 
@@ -310,6 +318,8 @@ class Run:
 
         folder = self.log_dir / "hf_model"
         ray.get(self.actors.trainer.export_hf.remote(str(folder)))
+        if self.config.algorithm.uses_critic:  # beside the policy, never inside what engines load
+            ray.get(self.actors.trainer.export_critic_hf.remote(str(self.log_dir / "critic_hf")))
         return folder
 
     def close(self) -> None:

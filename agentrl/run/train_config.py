@@ -17,7 +17,13 @@ from agentrl.envs.presets import laptop_env_kwargs
 from agentrl.envs.prompt_data_config import PROMPT_DATA_ID, PromptDataConfig
 from agentrl.errors import ConfigError
 from agentrl.rollout.controller import RolloutConfig
-from agentrl.trainer.config import AlgorithmConfig, OptimizerConfig, TorchBackendConfig, TorchOptions
+from agentrl.trainer.config import (
+    AlgorithmConfig,
+    CriticConfig,
+    OptimizerConfig,
+    TorchBackendConfig,
+    TorchOptions,
+)
 
 
 def _default_algorithm() -> AlgorithmConfig:
@@ -151,6 +157,12 @@ class TrainConfig:
     """Wall-clock budget in seconds (0: none). The run stops before a rollout it could not finish in time
     (estimated from its slowest so far, plus one evaluation), checkpoints (with --save), evaluates and
     exports as at its end; --resume continues it. For schedulers and time-limited machines."""
+    max_failed_fraction: float = field(default=0.5, metadata={"group": "run"})
+    """Stop the run (exit 1) when more than this fraction of one rollout's episodes FAILED or were
+    ABORTED (a dead engine, sandbox, env, tool or reward); 1 never stops."""
+    max_skipped_steps: int = field(default=20, metadata={"group": "run"})
+    """Stop the run (exit 1) after this many rollouts in a row trained nothing (every group's rewards
+    agreed); 0 never stops."""
     ray_address: str | None = field(default=None, metadata={"group": "run", "rare": True})
     """Ray cluster address; none starts a local Ray bound to 127.0.0.1."""
     num_cpus: int | None = field(default=None, metadata={"group": "run", "rare": True})
@@ -166,6 +178,8 @@ class TrainConfig:
     """Advantage estimator, policy loss, clipping, KL, TIS."""
     optimizer: OptimizerConfig = field(default_factory=_default_optimizer)
     """AdamW and the lr schedule."""
+    critic: CriticConfig = field(default_factory=CriticConfig, metadata={"group": "critic"})
+    """The value model of --advantage-estimator ppo (docs/critic.md)."""
     torch: TorchOptions = field(default_factory=TorchOptions, metadata={"rare": True})
     """Settings of the torch backend (device, precision, micro-batch size)."""
 
@@ -178,6 +192,10 @@ class TrainConfig:
         if opt.lr_decay_style != "constant" and opt.lr_decay_steps == 0:  # resolved: the config shows it
             budget = max(1, self.num_rollouts * self.steps_per_rollout - opt.warmup_steps)
             object.__setattr__(self, "optimizer", dataclasses.replace(opt, lr_decay_steps=budget))
+        critic = self.critic
+        if critic.critic_lr_decay_style != "constant" and critic.critic_lr_decay_steps == 0:
+            budget = max(1, self.num_rollouts * self.steps_per_rollout - critic.critic_lr_warmup_steps)
+            object.__setattr__(self, "critic", dataclasses.replace(critic, critic_lr_decay_steps=budget))
         if self.num_rollouts < 0:
             raise ConfigError(f"--num-rollouts={self.num_rollouts} must be >= 0 (0: only evaluate)")
         if self.n_samples_per_eval_prompt < 1:
@@ -193,6 +211,12 @@ class TrainConfig:
         for name, value in {"eval_interval": self.eval_interval, "eval_episodes": self.eval_episodes}.items():
             if value < 0:
                 raise ConfigError(f"--{name.replace('_', '-')}={value} must be >= 0 (0 turns it off)")
+        if not 0 <= self.max_failed_fraction <= 1:
+            raise ConfigError(
+                f"--max-failed-fraction={self.max_failed_fraction} must be in [0, 1] (1: never stop)"
+            )
+        if self.max_skipped_steps < 0:
+            raise ConfigError(f"--max-skipped-steps={self.max_skipped_steps} must be >= 0 (0: never stop)")
         if self.time_limit_s < 0:
             raise ConfigError(f"--time-limit-s={self.time_limit_s} must be >= 0 (0: no limit)")
         if self.dump_interval < 0:
@@ -265,4 +289,4 @@ class TrainConfig:
 
     def torch_backend_config(self) -> TorchBackendConfig:
         """The torch backend's config with this run's algorithm, optimizer and seed."""
-        return TorchBackendConfig.of(self.torch, self.algorithm, self.optimizer, self.seed)
+        return TorchBackendConfig.of(self.torch, self.algorithm, self.optimizer, self.seed, self.critic)

@@ -6,11 +6,17 @@ connects to running servers / a router given by URL, and speaks SGLang's native 
 What it promises (docs/reliability.md D20-D21):
 
 * Every request is bounded: a timeout, retries with exponential backoff, a concurrency cap per server.
-* A health monitor probes ``/health_generate``; a server that fails is marked dead and routed around.
-  A request whose server dies mid-flight is retried on another live server, or returns
-  ``finish_reason="abort"`` — it is never lost and never raises into the rollout.
-* A launched server that dies is restarted (reloading the latest weights) while the restart budget
-  lasts; once it is spent the engine fails loudly: every later ``generate`` raises :class:`EngineError`.
+* A health monitor probes ``/health_generate``; a server that fails (dead, or hung: it accepts
+  connections but does not answer in ``health_timeout_s``) is marked dead and routed around. A request
+  whose server dies or hangs mid-flight is retried on another live server, or returns
+  ``finish_reason="abort"``. A 5xx answer is retried the same way; a 4xx answer is this request's fault
+  and raises :class:`EngineError` naming the server, the status and SGLang's message.
+* A launched server that dies is restarted (loading the newest synced weights, even when a weight update
+  landed while it started) while the restart budget lasts; once it is spent, or a restart fails, or the
+  servers given by URL all stay dead for ``server_wait_s``, the engine fails loudly: every later
+  ``generate`` raises :class:`~agentrl.errors.EngineDeadError`.
+* After every weight update and every restart, each server's served ``weight_version`` is checked
+  against the trainer's: a sample is never labelled with a policy that did not produce it.
 * Requests of one ``session_id`` (one episode) stick to one server while it lives, for its prefix cache.
 
 Example::
@@ -41,7 +47,7 @@ from agentrl.engines.sglang.launcher import (
     find_sglang_python,
     free_port,
 )
-from agentrl.errors import EngineError
+from agentrl.errors import EngineDeadError, EngineError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +59,7 @@ class SGLangEngine(ServerHealth):
         self.config = config
         self.weight_version = 0
         self._weights_path = config.model_path
+        self._weights_lock = asyncio.Lock()
         self._servers: list[_Server] = []
         self._sessions: OrderedDict[str, _Server] = OrderedDict()
         self._aborted: set[str] = set()
@@ -175,33 +182,48 @@ class SGLangEngine(ServerHealth):
         assert self._client is not None, "call start() first"
         async with server.semaphore:
             server.inflight[rid] = session_id
-            try:
-                response = await self._client.post(
+            request = asyncio.create_task(
+                self._client.post(
                     f"{server.url}/generate", json=proto.generate_payload(input_ids, sampling, rid)
                 )
+            )
+            server.requests[rid] = request
+            try:
+                response = await request
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():  # our caller cancelled us
+                    raise
+                raise _ServerFailed(f"{server.url} stopped answering (failed its health probes)") from None
             finally:
                 server.inflight.pop(rid, None)
+                server.requests.pop(rid, None)
         self._aborted.discard(rid)
         if response.status_code >= 500:
             raise _ServerFailed(f"HTTP {response.status_code}: {response.text[:500]}")
-        if response.status_code != 200:
+        if response.status_code != 200:  # 4xx: this request is wrong, not the server; no retry
             raise EngineError(
-                f"SGLang {server.url}/generate rejected a request with {len(input_ids)} input ids: "
-                f"HTTP {response.status_code} {response.text[:500]}"
+                f"SGLang {server.url}/generate rejected a request with {len(input_ids)} input ids "
+                f"(max_new_tokens {sampling.max_new_tokens}): HTTP {response.status_code} {response.text[:500]}"
             )
         out = proto.parse_generate_response(response.json(), self.weight_version)
         out.meta["server"] = server.url
         return out
 
     async def update_weights(self, source: Any, *, version: int) -> None:
-        """Load an HF folder (``source``) on every live server with ``/update_weights_from_disk``."""
+        """Load an HF folder (``source``) on every live server with ``/update_weights_from_disk``, then
+        check that each serves ``version``. A server restarting meanwhile loads it when it rejoins."""
         path = str(source)
         self._raise_if_failed()
-        await self._broadcast(
-            "/update_weights_from_disk", proto.update_weights_from_disk_payload(path, version)
-        )
-        self._weights_path = path
-        self.weight_version = version
+        async with self._weights_lock:
+            live = self._live()
+            if live or not any(s.restarting for s in self._servers):
+                await self._broadcast(
+                    "/update_weights_from_disk", proto.update_weights_from_disk_payload(path, version)
+                )
+                await asyncio.gather(*(self._check_version(s, version) for s in live))
+            self._weights_path = path
+            self.weight_version = version
 
     async def health(self) -> bool:
         """True while the engine is usable and at least one server answers ``/health_generate``."""
@@ -281,12 +303,24 @@ class SGLangEngine(ServerHealth):
                 return None
             remaining = deadline - loop.time()
             if remaining <= 0:
+                self._raise_if_none_can_return()
                 return None
             self._alive_changed.clear()
             try:
                 await asyncio.wait_for(self._alive_changed.wait(), timeout=remaining)
             except TimeoutError:
+                self._raise_if_none_can_return()
                 return None
+
+    def _raise_if_none_can_return(self) -> None:
+        """``server_wait_s`` passed with no live server: a restart may still finish (this request is
+        aborted), but servers given by URL that all stay dead fail the engine for good."""
+        if not any(s.restarting for s in self._servers):
+            self._fatal = EngineDeadError(
+                f"no SGLang server answered /health_generate for {self.config.server_wait_s:.0f} s "
+                f"({', '.join(s.url for s in self._servers)}); check that they are running"
+            )
+            raise self._fatal
 
     def _remember(self, session_id: str, server: _Server) -> None:
         self._sessions[session_id] = server

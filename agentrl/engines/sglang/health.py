@@ -1,9 +1,15 @@
 """Server health for :class:`~agentrl.engines.sglang.engine.SGLangEngine`: probes, dead-marking, restarts.
 
 Kept apart from request routing: the engine mixes :class:`ServerHealth` in, and this module owns what
-"alive" means (``/health_generate`` answers, the process runs), when a server is given up on
-(``health_failures`` probes in a row, or its process exited) and how it comes back (a fresh process with
-the latest weights while the restart budget lasts; after that the engine is failed for good).
+"alive" means (``/health_generate`` answers in ``health_timeout_s``, the process runs), when a server is
+given up on (``health_failures`` probes in a row, e.g. a hung or SIGSTOPped server that still accepts
+connections, or its process exited; its requests in flight are then cut and retried elsewhere) and how
+it comes back (a fresh process with the newest synced weights while the restart budget lasts; after that
+the engine is failed for good: :class:`~agentrl.errors.EngineDeadError`).
+
+Weights and restarts share one lock, so a restart that began before a weight update cannot come back
+with the old weights under the new version: the restarted server loads whatever is newest when it
+rejoins, and its served ``weight_version`` (``/model_info``) is checked against the engine's.
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ from typing import Any
 
 import httpx
 
+from agentrl.engines.sglang import protocol as proto
 from agentrl.engines.sglang.config import SGLangEngineConfig
 from agentrl.engines.sglang.launcher import SGLangServerProcess
-from agentrl.errors import EngineError
+from agentrl.errors import EngineDeadError, EngineError
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +50,8 @@ class _Server:
     restarting: bool = False
     inflight: dict[str, str | None] = field(default_factory=dict)
     """rid -> session_id of requests sent to this server and not answered yet."""
+    requests: dict[str, asyncio.Task[httpx.Response]] = field(default_factory=dict)
+    """rid -> the HTTP call in flight, cancelled when the server is declared dead (it may be hung)."""
 
 
 class ServerHealth:
@@ -56,6 +65,7 @@ class ServerHealth:
     _fatal: EngineError | None
     _restarts_used: int
     _weights_path: str | None
+    _weights_lock: asyncio.Lock
     _client: httpx.AsyncClient | None
     _background: set[asyncio.Task[None]]
 
@@ -100,6 +110,12 @@ class ServerHealth:
         server.failures += 1
         exited = server.process is not None and not server.process.running()
         if exited or server.failures >= self.config.health_failures:
+            if server.alive or server.requests:
+                log.warning(
+                    "SGLang server %s failed %d health probes: routing around it", server.url, server.failures
+                )
+            for request in server.requests.values():  # a hung server would hold them until the timeout
+                request.cancel()
             self._mark_dead(server)
 
     def _mark_dead(self, server: _Server) -> None:
@@ -111,7 +127,7 @@ class ServerHealth:
         if process.running() and server.failures < self.config.health_failures:
             return  # one failed request is not proof; the monitor decides
         if self._restarts_used >= self.config.restart_budget:
-            self._fatal = EngineError(
+            self._fatal = EngineDeadError(
                 f"SGLang server {server.url} died and the restart budget ({self.config.restart_budget}) "
                 f"is spent. Log {process.log_path}, last lines:\n{process.log_tail()}"
             )
@@ -136,18 +152,38 @@ class ServerHealth:
         )
         await asyncio.to_thread(old.kill)
         index = self._servers.index(server)
-        process = self._new_process(index, self._weights_path)
+        launched_with = self._weights_path
+        process = self._new_process(index, launched_with)
         process.start()
         server.url = process.url
         try:
             await process.wait_healthy(self.config.startup_timeout_s)
-            if self.weight_version:
-                await self._post(server, "/update_weight_version", {"new_version": str(self.weight_version)})
-        except EngineError as exc:
-            self._fatal = EngineError(f"restarting SGLang server {server.url} failed: {exc}")
-            self._alive_changed.set()
-            return
+            async with self._weights_lock:  # no weight update between this check and rejoining
+                if self._weights_path != launched_with:  # an update landed while it started
+                    payload = proto.update_weights_from_disk_payload(
+                        str(self._weights_path), self.weight_version
+                    )
+                    await self._post(server, "/update_weights_from_disk", payload)
+                elif self.weight_version:
+                    await self._post(
+                        server, "/update_weight_version", {"new_version": str(self.weight_version)}
+                    )
+                await self._check_version(server, self.weight_version)
+                server.process, server.failures, server.alive = process, 0, True
+        except (EngineError, *_TRANSIENT) as exc:
+            self._fatal = EngineDeadError(f"restarting SGLang server {server.url} failed: {exc}")
+            await asyncio.to_thread(process.kill)
         finally:
             server.restarting = False
-        server.process, server.failures, server.alive = process, 0, True
-        self._alive_changed.set()
+            self._alive_changed.set()
+
+    async def _check_version(self, server: _Server, version: int) -> None:
+        """Raise unless ``server`` reports serving ``version`` (``/model_info``'s ``weight_version``)."""
+        assert self._client is not None, "call start() first"
+        response = await self._client.get(f"{server.url}/model_info", timeout=self.config.control_timeout_s)
+        served = response.json().get("weight_version") if response.status_code == 200 else None
+        if proto.parse_weight_version(served, default=0) != version:
+            raise EngineError(
+                f"SGLang server {server.url} serves weight version {served!r}, the trainer's is {version} "
+                f"(HTTP {response.status_code}); its samples would be labelled with the wrong policy"
+            )
