@@ -40,7 +40,13 @@ from agentrl.run.placement import (
     start_trainer_ranks,
 )
 from agentrl.run.train_config import TrainConfig
-from agentrl.trainer.config import AlgorithmConfig, OptimizerConfig, TorchBackendConfig, TorchOptions
+from agentrl.trainer.config import (
+    AlgorithmConfig,
+    CriticConfig,
+    OptimizerConfig,
+    TorchBackendConfig,
+    TorchOptions,
+)
 from agentrl.types import Trajectory
 
 log = logging.getLogger(__name__)
@@ -88,7 +94,8 @@ def make_backend(model_path: Path, config: BackendSettings) -> Any:
     if config.backend == "torch":
         from agentrl.trainer.torch_backend import TorchBackend
 
-        options = TorchBackendConfig.of(config.torch, config.algorithm, config.optimizer, config.seed)
+        critic = getattr(config, "critic", None)  # agentrl sft trains no critic
+        options = TorchBackendConfig.of(config.torch, config.algorithm, config.optimizer, config.seed, critic)
         return TorchBackend(model_path, options)
     try:
         from agentrl.trainer.megatron.backend import MegatronBackend, MegatronBackendConfig
@@ -106,6 +113,7 @@ def make_backend(model_path: Path, config: BackendSettings) -> Any:
             optimizer=config.optimizer,
             seed=config.seed,
             parallel=parse_megatron_args(list(config.megatron_args)),
+            critic=getattr(config, "critic", None) or CriticConfig(),
         ),
     )
 
@@ -141,12 +149,17 @@ class TrainerWorker:
 
         sums: dict[str, float] = {}
         parts = split_by_group(trajectories, self.config.steps_per_rollout)
-        for part in parts:
-            batch, batch_metrics = trajectories_to_batch(part, self.config.algorithm)
+        converted = [trajectories_to_batch(part, self.config.algorithm) for part in parts]
+        batches = [batch for batch, _ in converted]
+        value_metrics: dict[str, float] = {}
+        if self.config.algorithm.uses_critic:  # ppo: the critic values the whole rollout before any step
+            batches, value_metrics = self.backend.estimate_advantages(batches)
+        for batch, (_, batch_metrics) in zip(batches, converted, strict=True):
             step_metrics = self.backend.train_step(batch) if len(batch) else {}
             for key, value in {**batch_metrics, **step_metrics}.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
         out = {f"train/{k}": v / max(1, len(parts)) for k, v in sums.items()}
+        out.update({f"train/{k}": v for k, v in value_metrics.items()})
         out["train/optimizer_steps"] = float(len(parts))
         return out
 
@@ -156,6 +169,10 @@ class TrainerWorker:
 
     def export_hf(self, path: str) -> str:
         self.backend.export_hf(Path(path))
+        return path
+
+    def export_critic_hf(self, path: str) -> str:
+        self.backend.export_critic_hf(Path(path))
         return path
 
     def save(self, path: str) -> None:

@@ -124,6 +124,11 @@ def compute_advantages(
         return rloo_advantages(rewards, group_index, valid)
     if estimator == "reinforce_plus_plus_baseline":
         return reinforce_plus_plus_baseline_advantages(rewards, group_index, valid, eps=eps)
+    if estimator == "ppo":
+        raise ConfigError(
+            "ppo's advantages are per token and need the critic's values (agentrl.trainer.gae.fill_gae), "
+            "not rewards alone"
+        )
     raise ConfigError(
         f"unknown advantage estimator {estimator!r}; choose one of {', '.join(ADVANTAGE_ESTIMATORS)}"
     )

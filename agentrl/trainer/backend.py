@@ -30,6 +30,14 @@ class TrainBatch:
     """Each (T_i,) float32: the trainer's logprobs before this update (for the PPO ratio)."""
     ref_logprobs: list[torch.Tensor] | None = None
     """Each (T_i,) float32: the reference model's logprobs (for KL)."""
+    rewards: list[float] | None = None
+    """``ppo``: each sequence's episode reward; with the critic's values it becomes per-token
+    advantages and value targets (:func:`agentrl.trainer.gae.fill_gae`)."""
+    old_values: list[torch.Tensor] | None = None
+    """``ppo``: each (T_i,) float32, the critic's values when the advantages were computed (entry ``t``:
+    the value of the state before token ``t``; 0 where the mask is 0); the value clip's anchor."""
+    returns: list[torch.Tensor] | None = None
+    """``ppo``: each (T_i,) float32, the critic's targets (advantage + old value; 0 where the mask is 0)."""
 
     def __len__(self) -> int:
         return len(self.input_ids)

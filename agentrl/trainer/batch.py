@@ -17,7 +17,8 @@ from agentrl.types import Status, Trajectory
 
 
 def trajectory_advantages(trajectories: Sequence[Trajectory], config: AlgorithmConfig) -> torch.Tensor:
-    """One advantage per trajectory, (N,) float32, 0 for the non-trainable ones."""
+    """One advantage per trajectory, (N,) float32, 0 for the non-trainable ones (critic-free
+    estimators; ``ppo``'s per-token advantages need the critic: :func:`agentrl.trainer.gae.fill_gae`)."""
     slots: dict[str, int] = {}
     group_index = torch.tensor(
         [slots.setdefault(t.group_id, len(slots)) for t in trajectories], dtype=torch.long
@@ -34,7 +35,8 @@ def trajectories_to_batch(
 
     Each sequence is ``prompt_ids + response_ids``; prompt tokens get mask 0, logprob 0 and advantage 0;
     response tokens keep the controller's mask and the engine's logprobs, and carry the episode's
-    advantage where the mask is 1.
+    advantage where the mask is 1. With ``ppo`` the advantages are left at 0 and the batch carries the
+    rewards instead: the backend turns them into per-token advantages with its critic.
 
     Returns:
         ``(batch, metrics)``; metrics: ``n_trajectories``, ``n_trainable``, ``n_failed``,
@@ -43,8 +45,10 @@ def trajectories_to_batch(
     """
     for t in trajectories:
         t.check()
-    adv = trajectory_advantages(trajectories, config)  # (N,)
+    ppo = config.uses_critic
+    adv = torch.zeros(len(trajectories)) if ppo else trajectory_advantages(trajectories, config)  # (N,)
     batch = TrainBatch(input_ids=[], loss_mask=[], advantages=[], rollout_logprobs=[])
+    batch.rewards = [float(t.reward) for t in trajectories if t.trainable] if ppo else None
     kept: list[float] = []
     for t, a in zip(trajectories, adv.tolist(), strict=True):
         if not t.trainable:
@@ -64,8 +68,9 @@ def trajectories_to_batch(
         "n_trainable": float(len(kept)),
         "n_failed": float(sum(t.status == Status.FAILED for t in trajectories)),
         "n_aborted": float(sum(t.status == Status.ABORTED for t in trajectories)),
-        "adv_mean": float(kept_t.mean().item()) if kept else 0.0,
-        "adv_abs_mean": float(kept_t.abs().mean().item()) if kept else 0.0,
-        "frac_zero_adv": float((kept_t == 0).float().mean().item()) if kept else 0.0,
     }
+    if not ppo:  # ppo's advantages exist only once the critic has valued the batch
+        metrics["adv_mean"] = float(kept_t.mean().item()) if kept else 0.0
+        metrics["adv_abs_mean"] = float(kept_t.abs().mean().item()) if kept else 0.0
+        metrics["frac_zero_adv"] = float((kept_t == 0).float().mean().item()) if kept else 0.0
     return batch, metrics

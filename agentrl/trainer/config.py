@@ -14,13 +14,14 @@ from typing import Literal
 
 from agentrl.errors import ConfigError
 
-AdvantageEstimator = Literal["grpo", "dr_grpo", "rloo", "reinforce_plus_plus_baseline"]
+AdvantageEstimator = Literal["grpo", "dr_grpo", "rloo", "reinforce_plus_plus_baseline", "ppo"]
 PolicyLoss = Literal["ppo", "gspo"]
 LossType = Literal["policy", "sft"]
 LossAggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 KLEstimator = Literal["k1", "k2", "k3", "low_var_kl"]
 LRDecayStyle = Literal["constant", "linear", "cosine"]
 RefOffload = Literal["auto", "always", "never"]
+Offload = Literal["auto", "always", "never"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,14 @@ class AlgorithmConfig:
     advantage_estimator: AdvantageEstimator = "grpo"
     """``grpo``: (r - group mean) / (group std + eps); ``dr_grpo``: r - group mean (no std division);
     ``rloo``: r - mean of the other samples of the group; ``reinforce_plus_plus_baseline``: r - group
-    mean, then normalised by the std over the whole batch."""
+    mean, then normalised by the std over the whole batch; ``ppo``: token-level GAE with a learned
+    critic (the ``--critic-*`` flags; docs/critic.md)."""
+    gamma: float = field(default=1.0, metadata={"rare": True})
+    """``ppo``: GAE's discount per sampled token (tool-output tokens are not steps). 1.0 (slime, verl):
+    the reward at the end is not shrunk by the episode's length."""
+    lambd: float = field(default=0.95, metadata={"rare": True})
+    """``ppo``: GAE's lambda (slime's ``--lambd``): 1.0 is the Monte-Carlo return minus the value
+    (unbiased, high variance), 0.0 the one-step TD error (leans on the critic)."""
     adv_eps: float = field(default=1e-6, metadata={"rare": True})
     """Added to the std before dividing, so a group of equal rewards gives 0, not NaN."""
     policy_loss: PolicyLoss = "ppo"
@@ -86,6 +94,15 @@ class AlgorithmConfig:
             raise ConfigError(f"tis_cap={self.tis_cap} must be > 0 (typical: 2.0) or None")
         if self.loss_norm_tokens is not None and self.loss_norm_tokens <= 0:
             raise ConfigError(f"loss_norm_tokens={self.loss_norm_tokens} must be a positive int or None")
+        if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.lambd <= 1.0):
+            raise ConfigError(
+                f"gamma={self.gamma} and lambd={self.lambd} must be in [0, 1] (typical: 1.0, 0.95)"
+            )
+
+    @property
+    def uses_critic(self) -> bool:
+        """Whether advantages come from a learned value model (``ppo``) rather than rewards alone."""
+        return self.advantage_estimator == "ppo"
 
 
 @dataclass(frozen=True)
@@ -138,6 +155,65 @@ class OptimizerConfig:
 
 
 @dataclass(frozen=True)
+class CriticConfig:
+    """The value model of ``--advantage-estimator ppo``: the policy's architecture with a scalar head.
+
+    It has its own optimizer and lr schedule (AdamW, as the policy's), is saved in checkpoints and
+    exported beside the policy, and is never sent to the inference engines. Ignored by other estimators.
+    """
+
+    critic_model: str | None = None
+    """Where the critic starts: an HF folder of the policy's architecture (a critic exported by an
+    earlier run brings its value head, ``value_head.safetensors``). ``None``: the initial policy's
+    weights (``--model``) with a new value head initialised to 0."""
+    critic_lr: float = 1e-5
+    """Peak learning rate of the critic (critics usually take a larger one than the policy)."""
+    critic_warmup_steps: int = 0
+    """Train steps at the start that update only the critic (the policy stays as it is), so the first
+    policy updates see advantages of a critic that has already learned something."""
+    critic_lr_warmup_steps: int = field(default=0, metadata={"rare": True})
+    """Critic optimizer steps over which its lr ramps linearly up to critic_lr."""
+    critic_lr_decay_style: LRDecayStyle = field(default="constant", metadata={"rare": True})
+    """After warmup: constant, or linear / cosine decay from critic_lr to critic_min_lr."""
+    critic_min_lr: float = field(default=0.0, metadata={"rare": True})
+    """Where the critic's linear / cosine decay ends."""
+    critic_lr_decay_steps: int = field(default=0, metadata={"rare": True})
+    """Critic optimizer steps of the decay after warmup; 0: the run's whole budget."""
+    critic_weight_decay: float = field(default=0.0, metadata={"rare": True})
+    """Decoupled weight decay of the critic's AdamW."""
+    critic_max_grad_norm: float | None = field(default=1.0, metadata={"rare": True})
+    """Clip the critic's gradient norm to this; ``None``: no clipping."""
+    value_clip: float | None = 0.2
+    """Value-loss clipping (PPO2): a value may move at most this far from its value before the
+    update, ``0.5 * max((V - G)^2, (V_old + clip(V - V_old, -c, c) - G)^2)``. ``None`` turns it off."""
+    critic_offload: Offload = field(default="auto", metadata={"rare": True})
+    """On GPU, where the critic's weights and Adam state wait between its passes: ``always`` on the
+    host, ``never`` on the GPU, ``auto`` on the host when they exceed a tenth of the free GPU memory
+    (colocated runs, where engines need the memory while the trainer waits). Ignored on CPU."""
+
+    def __post_init__(self) -> None:
+        if self.critic_warmup_steps < 0:
+            raise ConfigError(f"critic_warmup_steps={self.critic_warmup_steps} must be >= 0")
+        if self.value_clip is not None and self.value_clip <= 0:
+            raise ConfigError(f"value_clip={self.value_clip} must be > 0 (typical: 0.2) or None")
+        if self.critic_offload not in ("auto", "always", "never"):
+            raise ConfigError(f"critic_offload={self.critic_offload!r}: choose auto, always or never")
+        self.optimizer()  # validates the lr settings
+
+    def optimizer(self) -> OptimizerConfig:
+        """The critic's AdamW and lr schedule as an :class:`OptimizerConfig`."""
+        return OptimizerConfig(
+            lr=self.critic_lr,
+            weight_decay=self.critic_weight_decay,
+            warmup_steps=self.critic_lr_warmup_steps,
+            lr_decay_style=self.critic_lr_decay_style,
+            min_lr=self.critic_min_lr,
+            lr_decay_steps=self.critic_lr_decay_steps,
+            max_grad_norm=self.critic_max_grad_norm,
+        )
+
+
+@dataclass(frozen=True)
 class TorchOptions:
     """Settings of the plain-torch backend of its own (a run's algorithm, optimizer and seed are shared)."""
 
@@ -176,14 +252,24 @@ class TorchBackendConfig(TorchOptions):
     """Optimizer and lr schedule."""
     seed: int = 0
     """Seed of torch's RNG at construction (dropout, if the model has any)."""
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    """The value model (only built when ``algorithm.advantage_estimator`` is ``ppo``)."""
 
     @classmethod
     def of(
-        cls, options: TorchOptions, algorithm: AlgorithmConfig, optimizer: OptimizerConfig, seed: int
+        cls,
+        options: TorchOptions,
+        algorithm: AlgorithmConfig,
+        optimizer: OptimizerConfig,
+        seed: int,
+        critic: CriticConfig | None = None,
     ) -> TorchBackendConfig:
-        """The backend config of a run: its torch options with the run's algorithm, optimizer and seed."""
+        """The backend config of a run: its torch options with the run's algorithm, optimizer, seed and
+        critic."""
         fields = {f.name: getattr(options, f.name) for f in dataclasses.fields(TorchOptions)}
-        return cls(**fields, algorithm=algorithm, optimizer=optimizer, seed=seed)
+        return cls(
+            **fields, algorithm=algorithm, optimizer=optimizer, seed=seed, critic=critic or CriticConfig()
+        )
 
     def __post_init__(self) -> None:
         if self.micro_batch_tokens <= 0:

@@ -266,3 +266,52 @@ def _ratio_metrics(
         "ratio_max": torch.where(any_token, torch.where(sel, r, -math.inf).amax(), nan),
         "ratio_min": torch.where(any_token, torch.where(sel, r, math.inf).amin(), nan),
     }
+
+
+def value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float | None,
+    mode: str,
+    *,
+    num_tokens: float | None = None,
+    num_seqs: float | None = None,
+    norm_tokens: float | None = None,
+) -> PolicyLossOutput:
+    """The critic's clipped squared error (PPO2, as verl and slime), aggregated like the policy loss.
+
+    ``loss_t = 0.5 * max((V_t - G_t)^2, (V_old_t + clip(V_t - V_old_t, -c, c) - G_t)^2)``: a value may
+    not profit from moving more than ``c`` away from its value before the update. ``clip=None``: plain
+    ``0.5 * (V_t - G_t)^2``.
+
+    Args:
+        values: (B, T) the critic's values (with grad).
+        old_values: (B, T) its values when the returns were computed (no grad).
+        returns: (B, T) the targets G.
+        mask: (B, T) 0/1, the sampled tokens.
+        clip: the clip range c, or None.
+        mode, num_tokens, num_seqs, norm_tokens: as :func:`aggregate_loss`.
+
+    Returns:
+        ``loss`` and metrics ``vf_loss`` (the loss, detached) and ``vf_clip_frac`` (tokens where the
+        clipped term was the larger one, so its gradient is zero).
+    """
+    mask_f = mask.to(values.dtype)
+    unclipped = (values - returns) ** 2  # (B, T)
+    if clip is None:
+        per_token, clipped = unclipped, torch.zeros_like(unclipped, dtype=torch.bool)
+    else:
+        moved = old_values + (values - old_values).clamp(-clip, clip)
+        clipped_sq = (moved - returns) ** 2
+        clipped = clipped_sq > unclipped  # where (not maximum): ties keep the unclipped gradient
+        per_token = torch.where(clipped, clipped_sq, unclipped)
+    loss = 0.5 * aggregate_loss(
+        per_token, mask_f, mode, num_tokens=num_tokens, num_seqs=num_seqs, norm_tokens=norm_tokens
+    )
+    metrics = {
+        "vf_loss": loss.detach(),
+        "vf_clip_frac": _masked_mean(clipped.to(mask_f.dtype), mask_f),
+    }
+    return PolicyLossOutput(loss=loss, metrics=metrics)

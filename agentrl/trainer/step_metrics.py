@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-SUMMED = frozenset({"loss", "pg_loss"})
+SUMMED = frozenset({"loss", "pg_loss", "vf_loss"})
 """Metrics whose micro-batch values are shares of a whole-batch total (normalised by global denominators)."""
 
 Number = torch.Tensor | float

@@ -30,9 +30,12 @@ from torch.nn.utils.rnn import pad_sequence
 from agentrl.errors import CheckpointError, ConfigError
 from agentrl.trainer.backend import TrainBatch
 from agentrl.trainer.config import TorchBackendConfig
+from agentrl.trainer.critic import TorchCritic
 from agentrl.trainer.device_copy import to_device
+from agentrl.trainer.gae import fill_gae
 from agentrl.trainer.kl import entropy_from_logits
 from agentrl.trainer.losses import policy_loss
+from agentrl.trainer.micro_batches import pad_right, plan_micro_batches
 from agentrl.trainer.reference import ReferenceModel, should_offload
 from agentrl.trainer.step_metrics import StepMetrics
 
@@ -40,22 +43,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 STATE_FILE = "trainer_state.pt"
-
-
-def plan_micro_batches(lengths: list[int], token_budget: int) -> list[list[int]]:
-    """Group sequence indices so that (longest length x count) <= ``token_budget`` per group.
-
-    Longest first, so each group's padding is small; a sequence over the budget gets its own group.
-    Deterministic: ties keep the input order.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    groups: list[list[int]] = []
-    for i in order:
-        if groups and lengths[groups[-1][0]] * (len(groups[-1]) + 1) <= token_budget:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    return groups
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -72,10 +59,6 @@ def _scales_logits(model: torch.nn.Module) -> bool:
     the fp32 head path of :meth:`TorchBackend._forward` would skip."""
     cfg = getattr(model, "config", None)
     return any(getattr(cfg, k, None) not in (None, 1.0) for k in ("logit_scale", "final_logit_softcapping"))
-
-
-def _pad(tensors: list[torch.Tensor], device: torch.device, value: float = 0.0) -> torch.Tensor:
-    return to_device(pad_sequence(tensors, batch_first=True, padding_value=value), device)
 
 
 class TorchBackend:
@@ -119,6 +102,17 @@ class TorchBackend:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: opt.lr_at(s) / opt.lr)
         self.step = 0
+        self.critic: TorchCritic | None = None
+        if self.config.algorithm.uses_critic:
+            self.critic = TorchCritic(
+                self.model_path,
+                self.config.critic,
+                device=self.device,
+                autocast=self._autocast,
+                micro_batch_tokens=self.config.micro_batch_tokens,
+                pad_id=self.pad_id,
+                gradient_checkpointing=self.config.gradient_checkpointing,
+            )
 
     def _build_reference(self, *, copy_policy: bool) -> ReferenceModel:
         """The frozen reference: ``algorithm.ref_model``, else a copy of the (untrained) policy or the
@@ -164,7 +158,7 @@ class TorchBackend:
         (B, T) at its nonzero positions. Columns before ``first`` are 0.0: the LM head runs only on the
         positions that predict tokens ``first..T-1`` (a prompt shared by the batch costs no logits).
         Full-vocab fp32 logits live only inside this call."""
-        input_ids = _pad(ids, self.device, self.pad_id).long()  # (B, T)
+        input_ids = pad_right(ids, self.device, self.pad_id).long()  # (B, T)
         n_seq, seq_len = input_ids.shape
         lengths = torch.tensor([len(x) for x in ids], device=self.device)
         attention_mask = (torch.arange(seq_len, device=self.device)[None] < lengths[:, None]).long()
@@ -219,6 +213,13 @@ class TorchBackend:
         with self._reference().resident() as (ref,):
             return self._logprobs_with(ref, input_ids)
 
+    def estimate_advantages(self, batches: list[TrainBatch]) -> tuple[list[TrainBatch], dict[str, float]]:
+        """``ppo``: the critic values every batch of a rollout before any is trained on, then GAE
+        (:func:`agentrl.trainer.gae.fill_gae`); other estimators: the batches as they are."""
+        if self.critic is None:
+            return batches, {}
+        return fill_gae(batches, [self.critic.values(b.input_ids) for b in batches], self.config.algorithm)
+
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
         """One AdamW step over ``batch``; gradients accumulate over token-budget micro-batches.
 
@@ -226,6 +227,10 @@ class TorchBackend:
         update); ``ref_logprobs`` are computed from the reference model when needed and not given: per
         micro-batch, or for the whole batch first when its weights wait on the host (one copy in).
         A non-finite gradient norm skips the update (reported as ``skipped_nonfinite``).
+
+        With ``ppo`` the critic takes a step too (advantages from :meth:`estimate_advantages` when the
+        batch has none yet), and during its first ``critic_warmup_steps`` steps only the critic does
+        (``critic_warmup`` 1, the policy unchanged).
         """
         n_tokens = float(sum(float(m.sum()) for m in batch.loss_mask))
         if len(batch) == 0 or n_tokens == 0:
@@ -235,6 +240,15 @@ class TorchBackend:
             "num_seqs": float(len(batch)),
             "norm_tokens": float(max(float(m.sum()) for m in batch.loss_mask)),
         }
+        critic_metrics: dict[str, float] = {}
+        if self.critic is not None:
+            if batch.returns is None:
+                (batch,), critic_metrics = self.estimate_advantages([batch])
+            warming_up = self.critic.step < self.config.critic.critic_warmup_steps
+            mode = self.config.algorithm.loss_agg_mode
+            critic_metrics.update(self.critic.train_step(batch, mode, denominators))
+            if warming_up:
+                return {**critic_metrics, "critic_warmup": 1.0, "num_tokens": n_tokens}
         if self.config.algorithm.kl_coef > 0 and batch.ref_logprobs is None and self._reference().offload:
             batch = replace(batch, ref_logprobs=self.ref_logprobs(batch.input_ids))
         self.model.train()
@@ -244,7 +258,7 @@ class TorchBackend:
         for group in groups:
             acc.add(*self._micro_step(batch, group, denominators))
         self.model.eval()
-        result = {"loss": 0.0, **acc.result()}
+        result = {"loss": 0.0, **acc.result(), **critic_metrics}
         result.update(self._optimizer_step())
         result.update(num_tokens=n_tokens, num_micro_batches=float(len(groups)))
         return result
@@ -258,7 +272,7 @@ class TorchBackend:
         ids = [batch.input_ids[i] for i in group]
 
         def pick(tensors: list[torch.Tensor]) -> torch.Tensor:  # (B, T) float32, zero-padded
-            return _pad([tensors[i].float() for i in group], self.device)
+            return pad_right([tensors[i].float() for i in group], self.device)
 
         host_mask = pad_sequence([batch.loss_mask[i].float() for i in group], batch_first=True)  # (B, T) CPU
         trained = host_mask.any(dim=0)  # decided on the host: no wait for the device
@@ -308,7 +322,8 @@ class TorchBackend:
             yield name, tensor.detach()
 
     def save(self, path: Path) -> None:
-        """Write model, optimizer, scheduler, step and torch RNG state to ``path/trainer_state.pt``."""
+        """Write model, optimizer, scheduler, step, torch RNG state (and the critic's weights, optimizer,
+        schedule and step) to ``path/trainer_state.pt``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         rng = {"cpu": torch.get_rng_state()}
@@ -321,6 +336,8 @@ class TorchBackend:
             "step": self.step,
             "rng": rng,
         }
+        if self.critic is not None:
+            state["critic"] = self.critic.state_dict()
         torch.save(state, path / STATE_FILE)
 
     def load(self, path: Path) -> None:
@@ -336,6 +353,8 @@ class TorchBackend:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
+        if self.critic is not None and "critic" in state:  # a run switched to ppo keeps its new critic
+            self.critic.load_state_dict(state["critic"])
         torch.set_rng_state(state["rng"]["cpu"].cpu())
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
@@ -347,3 +366,9 @@ class TorchBackend:
         self.model.save_pretrained(path, safe_serialization=True)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(path)
+
+    def export_critic_hf(self, path: Path) -> None:
+        """The critic as an HF folder with its value head (``--critic-model`` loads it); ``ppo`` only."""
+        if self.critic is None:
+            raise ConfigError("no critic to export: it exists with --advantage-estimator ppo only")
+        self.critic.export_hf(path)

@@ -72,7 +72,7 @@ def test_singleton_groups_get_zero() -> None:
 
 def test_unknown_estimator() -> None:
     with pytest.raises(ConfigError, match="grpo"):
-        _adv([1.0], [0], "ppo")
+        _adv([1.0], [0], "grpoo")
 
 
 @settings(max_examples=60, deadline=None)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from agentrl.errors import ConfigError
-from agentrl.trainer.config import AlgorithmConfig, OptimizerConfig, RefOffload
+from agentrl.trainer.config import AlgorithmConfig, CriticConfig, OptimizerConfig, RefOffload
 
 AttentionBackend = Literal["fused", "local", "te"]
 
@@ -76,6 +76,8 @@ class MegatronBackendConfig:
     a tenth of the GPU memory free once the policy and its optimizer are built."""
     seed: int = 1234
     """Seed of Megatron's model-parallel RNG (initialisation of weights not loaded from HF)."""
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    """The value model of ``ppo`` (a second model of the policy's layout and parallelism)."""
 
     def __post_init__(self) -> None:
         if self.micro_batch_tokens <= 0 or self.logprob_chunk_tokens <= 0:
