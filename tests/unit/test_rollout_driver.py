@@ -13,7 +13,8 @@ from rollout_harness import ScriptedEngine, ScriptedEnv, ScriptTurn, run_with_dr
 from transformers import AutoTokenizer
 
 from agentrl.engines.base import GenerateOutput, SamplingParams
-from agentrl.errors import EngineError, SandboxError
+from agentrl.envs.rewards import RewardError
+from agentrl.errors import EngineDeadError, EngineError, RetrievalError, SandboxError
 from agentrl.models import make_tiny_gpt2
 from agentrl.rollout.controller import RolloutConfig, RolloutController
 from agentrl.rollout.driver import (
@@ -92,6 +93,7 @@ def test_env_and_sandbox_errors_become_failed(tok: Any) -> None:
     controller = RolloutController(LoopingEngine(tok, SCRIPT), tok)
     traj = run(controller.run_episode(Broken(SCRIPT), task_id="t0", group_id="g"))
     assert traj.status is Status.FAILED and traj.error == "SandboxError: container died"
+    assert traj.metrics["failed_component"] == "sandbox"
     assert not traj.trainable
     traj.check()
     assert len(traj.turns) == 1 and sum(traj.loss_mask) == traj.turns[0]["n_sampled"] == len(
@@ -104,6 +106,7 @@ def test_engine_error_and_abort(tok: Any) -> None:
         RolloutController(LoopingEngine(tok, SCRIPT, fail="raise"), tok).run_episode(ScriptedEnv(SCRIPT))
     )
     assert failed.status is Status.FAILED and "EngineError: server unreachable" in failed.error
+    assert failed.metrics["failed_component"] == "engine"
     env = ScriptedEnv(SCRIPT)
     aborted = run(RolloutController(LoopingEngine(tok, SCRIPT, fail="abort"), tok).run_episode(env))
     assert aborted.status is Status.ABORTED and env.received == []  # an aborted turn is not stepped
@@ -158,6 +161,7 @@ def test_failed_env_construction_is_an_episode_failure(tok: Any, model_dir: Path
     groups = run_with_driver(LoopingEngine(tok, SCRIPT), model_dir, factory, ["0:t0"], 3)
     assert [t.status for t in groups[0]] == [Status.FAILED] * 3
     assert all(t.error == "SandboxError: docker is down" and t.task_id == "t0" for t in groups[0])
+    assert all(t.metrics["failed_component"] == "sandbox" for t in groups[0])
 
 
 def test_an_env_whose_episode_failed_is_closed_not_reused(tok: Any, model_dir: Path) -> None:
@@ -180,6 +184,57 @@ def test_an_env_whose_episode_failed_is_closed_not_reused(tok: Any, model_dir: P
     groups = run_with_driver(LoopingEngine(tok, SCRIPT), model_dir, factory, ["0:t0"], 3, config)
     assert [t.status for t in groups[0]] == [Status.FAILED] * 3
     assert len(made) == 3 and sorted(closed) == sorted(id(e) for e in made)  # one fresh env per episode
+
+
+@pytest.mark.parametrize(
+    ("error", "component"),
+    [
+        (RewardError("reward 'em' raised KeyError"), "reward"),
+        (RetrievalError("retriever at http://x unreachable"), "tool"),
+        (SandboxError("container died"), "sandbox"),
+        (RuntimeError("bad state in the env"), "env"),
+    ],
+)
+def test_env_step_failures_are_counted_by_component(tok: Any, error: Exception, component: str) -> None:
+    class Raising(ScriptedEnv):
+        def turn(self, text: str) -> Any:
+            raise error
+
+    traj = run(RolloutController(LoopingEngine(tok, SCRIPT), tok).run_episode(Raising(SCRIPT)))
+    assert traj.status is Status.FAILED and traj.metrics["failed_component"] == component
+
+
+def test_anything_the_engine_raises_is_the_engines_fault(tok: Any) -> None:
+    """A dead engine actor raises Ray's errors, not EngineError: still the engine's, not the env's."""
+
+    class DeadActor(LoopingEngine):
+        async def generate(self, *args: Any, **kwargs: Any) -> GenerateOutput:
+            raise ConnectionResetError("actor gone")
+
+    class Overlong(LoopingEngine):
+        async def generate(self, *args: Any, **kwargs: Any) -> GenerateOutput:
+            return GenerateOutput([1] * 10_000, [0.0] * 10_000, "stop")
+
+    for engine, text in ((DeadActor, "ConnectionResetError: actor gone"), (Overlong, "over max_new_tokens")):
+        traj = run(RolloutController(engine(tok, SCRIPT), tok).run_episode(ScriptedEnv(SCRIPT)))
+        assert traj.status is Status.FAILED and traj.metrics["failed_component"] == "engine"
+        assert text in traj.error
+
+
+def test_a_dead_engine_stops_the_batch_after_every_episode_returned(tok: Any, model_dir: Path) -> None:
+    """EngineDeadError (restart budget spent) is not one episode's fault: the driver raises it, once the
+    batch is over (nothing left running in its event loop)."""
+    calls: list[str] = []
+
+    class Dead(LoopingEngine):
+        async def generate(self, input_ids: list[int], sampling: SamplingParams, **kw: Any) -> GenerateOutput:
+            calls.append(kw.get("session_id") or "")
+            raise EngineDeadError("SGLang server http://x died and the restart budget (2) is spent")
+
+    with pytest.raises(EngineDeadError, match="restart budget") as caught:
+        run_with_driver(Dead(tok, SCRIPT), model_dir, lambda **kw: ScriptedEnv(SCRIPT, **kw), ["0:t0"], 4)
+    assert not caught.value.args[0].startswith("EngineDeadError")
+    assert len(calls) == 4  # every episode ran (and failed) before the driver raised
 
 
 def _traj(group: str, reward: float, status: Status = Status.COMPLETED) -> Trajectory:
