@@ -1,0 +1,194 @@
+"""SGLangEngine's answers to server faults, against small fake SGLang servers over real HTTP
+(docs/reliability.md D20-D21): a 4xx is a clear error and not retried, a 5xx is retried on another
+server, a hung server (it accepts connections but answers nothing, as a SIGSTOPped one does) is found by
+the health probes and its requests in flight are cut and retried elsewhere, and a server that does not
+serve the synced weight version is an error. The real-server versions are in
+tests/integration/test_sglang_failover.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from agentrl.engines.base import SamplingParams
+from agentrl.engines.sglang.engine import SGLangEngine, SGLangEngineConfig
+from agentrl.errors import EngineDeadError, EngineError
+
+
+class FakeSGLang:
+    """Answers /health_generate, /model_info, /generate and /update_weights_from_disk like SGLang.
+
+    ``statuses``: HTTP codes to answer the next /generate calls with (then 200). ``hung``: while set,
+    every request blocks (connections are accepted; nothing is answered). ``ignore_updates``: report the
+    old weight version after an update (a server that did not load)."""
+
+    def __init__(self) -> None:
+        self.statuses: list[int] = []
+        self.generate_calls = 0
+        self.version = "default"
+        self.ignore_updates = False
+        self.awake = threading.Event()
+        self.awake.set()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                return None
+
+            def _answer(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                fake.awake.wait()
+                if self.path == "/model_info":
+                    self._answer(200, {"weight_version": fake.version})
+                else:
+                    self._answer(200, {})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.awake.wait()
+                if self.path == "/update_weights_from_disk":
+                    if not fake.ignore_updates:
+                        fake.version = body["weight_version"]
+                    self._answer(200, {"success": True})
+                    return
+                fake.generate_calls += 1
+                status = fake.statuses.pop(0) if fake.statuses else 200
+                if status != 200:
+                    self._answer(status, {"error": {"message": f"fake error {status}"}})
+                    return
+                ids = [7] * body["sampling_params"]["max_new_tokens"]
+                meta = {
+                    "finish_reason": {"type": "length"},
+                    "weight_version": fake.version,
+                    "output_token_logprobs": [[-1.0, i, None] for i in ids],
+                }
+                self._answer(200, {"output_ids": ids, "meta_info": meta})
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.awake.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def servers() -> Iterator[list[FakeSGLang]]:
+    fakes = [FakeSGLang(), FakeSGLang()]
+    yield fakes
+    for fake in fakes:
+        fake.close()
+
+
+def _engine(fakes: list[FakeSGLang], **overrides: Any) -> SGLangEngine:
+    config = SGLangEngineConfig(
+        server_urls=tuple(f.url for f in fakes),
+        health_interval_s=0.1,
+        health_timeout_s=0.5,
+        health_failures=2,
+        retry_backoff_s=0.01,
+        server_wait_s=2.0,
+        **overrides,
+    )
+    return SGLangEngine(config)
+
+
+SHORT = SamplingParams(max_new_tokens=3)
+
+
+def test_a_4xx_answer_is_a_clear_error_and_not_retried(servers: list[FakeSGLang]) -> None:
+    async def main() -> None:
+        async with _engine(servers[:1]) as engine:
+            servers[0].statuses = [400]
+            with pytest.raises(EngineError, match="HTTP 400") as caught:
+                await engine.generate([1, 2, 3], SHORT, session_id="s")
+            assert servers[0].url in str(caught.value) and "fake error 400" in str(caught.value)
+            assert "3 input ids" in str(caught.value)
+            assert servers[0].generate_calls == 1  # the request is wrong, not the server: no retry
+            assert engine.alive_urls() == [servers[0].url]
+            out = await engine.generate([1, 2, 3], SHORT, session_id="s")  # the server still serves
+            assert out.output_ids == [7, 7, 7]
+
+    asyncio.run(main())
+
+
+def test_a_5xx_answer_is_retried_on_another_server(servers: list[FakeSGLang]) -> None:
+    async def main() -> None:
+        async with _engine(servers) as engine:
+            servers[0].statuses = [503]
+            engine._remember("s", engine._servers[0])
+            out = await engine.generate([1, 2, 3], SHORT, session_id="s")
+            assert out.finish_reason == "length" and out.output_ids == [7, 7, 7]
+            assert out.meta["server"] == servers[1].url
+            assert (servers[0].generate_calls, servers[1].generate_calls) == (1, 1)
+
+    asyncio.run(main())
+
+
+def test_a_hung_server_is_routed_around_and_its_requests_in_flight_retried(servers: list[FakeSGLang]) -> None:
+    async def main() -> None:
+        async with _engine(servers, request_timeout_s=60.0) as engine:
+            hung = servers[0]
+            engine._remember("s", engine._servers[0])
+            hung.awake.clear()  # accepts connections, answers nothing (like SIGSTOP)
+            started = time.monotonic()
+            out = await asyncio.wait_for(engine.generate([1, 2, 3], SHORT, session_id="s"), 30)
+            # Cut by the health probes (2 x 0.5 s timeouts), not by the 60 s request timeout:
+            assert time.monotonic() - started < 10
+            assert out.meta["server"] == servers[1].url and out.output_ids == [7, 7, 7]
+            assert engine.alive_urls() == [servers[1].url]
+            more = await engine.generate([1], SHORT, session_id="s")
+            assert more.meta["server"] == servers[1].url
+            hung.awake.set()  # it answers again: the monitor brings it back
+            deadline = time.monotonic() + 10
+            while len(engine.alive_urls()) < 2:
+                assert time.monotonic() < deadline, "the recovered server never came back"
+                await asyncio.sleep(0.1)
+
+    asyncio.run(main())
+
+
+def test_servers_given_by_url_that_all_stay_dead_fail_the_engine(servers: list[FakeSGLang]) -> None:
+    async def main() -> None:
+        async with _engine(servers[:1]) as engine:
+            servers[0].close()
+            started = time.monotonic()
+            with pytest.raises(EngineDeadError, match="no SGLang server answered"):
+                for _ in range(100):
+                    await engine.generate([1], SHORT)
+            assert time.monotonic() - started < 15  # server_wait_s (2 s) plus detection
+            with pytest.raises(EngineDeadError):  # and it stays failed
+                await engine.generate([1], SHORT)
+
+    asyncio.run(main())
+
+
+def test_served_weight_version_is_checked_after_every_update(servers: list[FakeSGLang]) -> None:
+    async def main() -> None:
+        async with _engine(servers) as engine:
+            await engine.update_weights("/ckpt/v1", version=1)
+            assert [s.version for s in servers] == ["1", "1"] and engine.weight_version == 1
+            out = await engine.generate([1], SHORT)
+            assert out.weight_version == 1
+            servers[1].ignore_updates = True  # it answers 200 but keeps serving version 1
+            with pytest.raises(EngineError, match=r"serves weight version '1', the trainer's is 2"):
+                await engine.update_weights("/ckpt/v2", version=2)
+
+    asyncio.run(main())
