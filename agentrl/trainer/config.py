@@ -162,13 +162,13 @@ class CriticConfig:
     exported beside the policy, and is never sent to the inference engines. Ignored by other estimators.
     """
 
-    critic_model: str | None = None
+    critic_model: str | None = field(default=None, metadata={"rare": True})
     """Where the critic starts: an HF folder of the policy's architecture (a critic exported by an
     earlier run brings its value head, ``value_head.safetensors``). ``None``: the initial policy's
     weights (``--model``) with a new value head initialised to 0."""
     critic_lr: float = 1e-5
     """Peak learning rate of the critic (critics usually take a larger one than the policy)."""
-    critic_warmup_steps: int = 0
+    critic_warmup_steps: int = field(default=0, metadata={"rare": True})
     """Train steps at the start that update only the critic (the policy stays as it is), so the first
     policy updates see advantages of a critic that has already learned something."""
     critic_lr_warmup_steps: int = field(default=0, metadata={"rare": True})
@@ -183,7 +183,7 @@ class CriticConfig:
     """Decoupled weight decay of the critic's AdamW."""
     critic_max_grad_norm: float | None = field(default=1.0, metadata={"rare": True})
     """Clip the critic's gradient norm to this; ``None``: no clipping."""
-    value_clip: float | None = 0.2
+    value_clip: float | None = field(default=0.2, metadata={"rare": True})
     """Value-loss clipping (PPO2): a value may move at most this far from its value before the
     update, ``0.5 * max((V - G)^2, (V_old + clip(V - V_old, -c, c) - G)^2)``. ``None`` turns it off."""
     critic_offload: Offload = field(default="auto", metadata={"rare": True})

@@ -9,6 +9,10 @@ step Megatron's (distributed) optimizer. Weights come from and go back to HF saf
 With ``kl_coef > 0`` a frozen reference model (:mod:`agentrl.trainer.reference`: the initial policy, or
 ``algorithm.ref_model``) gives the KL term's logprobs through the same packed forward, in a
 forward-only pass before the step's forward-backward, as slime and verl do.
+
+With ``--advantage-estimator ppo`` a critic (:mod:`.critic`: the same layout with a value head, its
+own optimizer) values the rollout, GAE turns its values into advantages (:mod:`agentrl.trainer.gae`),
+and each train step takes a critic step before the policy's (only the critic's during its warm-up).
 """
 
 from __future__ import annotations
@@ -33,19 +37,22 @@ from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from transformers import AutoConfig
 
-from agentrl.errors import CheckpointError
+from agentrl.errors import CheckpointError, ConfigError
 from agentrl.trainer.backend import TrainBatch
+from agentrl.trainer.config import OptimizerConfig
 from agentrl.trainer.device_copy import to_device
+from agentrl.trainer.gae import fill_gae
 from agentrl.trainer.megatron import hf_io
 from agentrl.trainer.megatron.config import MegatronBackendConfig
+from agentrl.trainer.megatron.critic import MegatronCritic
 from agentrl.trainer.megatron.distributed import init_distributed
 from agentrl.trainer.megatron.hf_weights import Layout
 from agentrl.trainer.megatron.logprobs import token_logprobs
 from agentrl.trainer.megatron.model import build_gpt_model
 from agentrl.trainer.megatron.packing import PackedMicroBatch, balance_across_ranks, pack, pack_by_budget
+from agentrl.trainer.megatron.rank_state import load_optimizer_states, optimizer_states, reduce_metrics, share
 from agentrl.trainer.megatron.step_loss import GlobalDenominators, micro_batch_loss
 from agentrl.trainer.reference import ReferenceModel, should_offload
-from agentrl.trainer.step_metrics import StepMetrics, finish_totals, merge_totals
 
 
 class MegatronBackend:
@@ -62,11 +69,12 @@ class MegatronBackend:
         init_distributed(cfg.parallel, cfg.seed)
         self.hf_config = AutoConfig.from_pretrained(str(model_path))
         self.layout = Layout.from_hf_config(self.hf_config)
-        self.models = self._build_models()
-        self.optimizer = self._build_optimizer()
+        self.models = self._wrap_ddp(self._build_chunks(self.model_path))
+        self.optimizer = self._make_optimizer(self.models, cfg.optimizer)
         self.ref: ReferenceModel | None = None
         if cfg.algorithm.kl_coef > 0:
             self.ref = self._build_reference()
+        self.critic = MegatronCritic(self, cfg.critic) if cfg.algorithm.uses_critic else None
         self.steps_done = 0
         self._last_metrics: dict[str, float] = {}
 
@@ -89,9 +97,8 @@ class MegatronBackend:
         hf_io.load_hf_weights(chunks, folder, self.layout)
         return chunks
 
-    def _build_models(self) -> list[Any]:
-        """The policy's chunks, wrapped in Megatron DDP."""
-        chunks = self._build_chunks(self.model_path)
+    def _wrap_ddp(self, chunks: list[Any]) -> list[Any]:
+        """Model chunks (the policy's or the critic's) wrapped in Megatron DDP."""
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=self.cfg.grad_reduce_in_fp32,
             use_distributed_optimizer=self.cfg.use_distributed_optimizer,
@@ -106,8 +113,9 @@ class MegatronBackend:
             wrapped.append(ddp)
         return wrapped
 
-    def _build_optimizer(self) -> Any:
-        opt = self.cfg.optimizer
+    def _make_optimizer(self, models: list[Any], opt: OptimizerConfig) -> Any:
+        """Megatron's (distributed) Adam over ``models`` with ``opt``'s settings; its loss scaling and
+        gradient finalisation are hooked into the chunks' config, which the schedule reads."""
         optimizer = get_megatron_optimizer(
             MegatronOptimizerConfig(
                 optimizer="adam",
@@ -121,10 +129,10 @@ class MegatronBackend:
                 params_dtype=torch.bfloat16,
                 use_distributed_optimizer=self.cfg.use_distributed_optimizer,
             ),
-            self.models,
+            models,
             use_gloo_process_groups=False,
         )
-        config: Any = self.models[0].config
+        config: Any = models[0].config
         config.grad_scale_func = optimizer.scale_loss
         config.finalize_model_grads_func = finalize_model_grads
         return optimizer
@@ -166,7 +174,7 @@ class MegatronBackend:
         )
         return torch.stack([logp, entropy])
 
-    def _forward(self, model: torch.nn.Module, mb: PackedMicroBatch) -> torch.Tensor:
+    def _forward(self, model: torch.nn.Module, mb: PackedMicroBatch, processor: Any = None) -> torch.Tensor:
         dev = torch.cuda.current_device()
         cu = to_device(mb.cu_seqlens, dev)
         params = PackedSeqParams(
@@ -185,7 +193,7 @@ class MegatronBackend:
             position_ids=to_device(mb.position_ids, dev),
             attention_mask=None,
             packed_seq_params=params,
-            output_processor=self._output_processor,
+            output_processor=processor or self._output_processor,
             output_processor_context=to_device(mb.targets, dev),
         )
 
@@ -203,16 +211,22 @@ class MegatronBackend:
         return [pack(input_ids, b, pad_to=pad_to) for b in bins]
 
     def _run(
-        self, mbs: list[PackedMicroBatch], step_fn: Any, forward_only: bool, models: list[Any] | None = None
+        self,
+        mbs: list[PackedMicroBatch],
+        step_fn: Any,
+        forward_only: bool,
+        models: list[Any] | None = None,
+        processor: Any = None,
     ) -> list[Any]:
-        """Megatron's forward(-backward) schedule over ``mbs`` on ``models`` (default: the policy)."""
+        """Megatron's forward(-backward) schedule over ``mbs`` on ``models`` (default: the policy) whose
+        last stage applies ``processor`` (default: the policy's logprob head)."""
         models = self.models if models is None else models
         data = iter(mbs)
         vpp = len(models)
 
         def forward_step(data_iterator: Any, model: torch.nn.Module) -> tuple[torch.Tensor, Any]:
             mb = next(data_iterator)
-            return self._forward(model, mb), partial(step_fn, mb)
+            return self._forward(model, mb, processor), partial(step_fn, mb)
 
         return get_forward_backward_func()(
             forward_step_func=forward_step,
@@ -229,41 +243,56 @@ class MegatronBackend:
         """Per-token logprobs of every sequence (entry 0 = 0.0), fp32 on CPU, on every rank."""
         for m in self.models:
             m.eval()
-        return self._logprobs_with(self.models, input_ids)
+        return self._per_token(self.models, input_ids)
 
     def ref_logprobs(self, input_ids: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per-token logprobs under the frozen reference model, like :meth:`logprobs`."""
         if self.ref is None:
             self.ref = self._build_reference()
         with self.ref.resident() as chunks:
-            return self._logprobs_with(chunks, input_ids)
+            return self._per_token(chunks, input_ids)
 
     @torch.no_grad()
-    def _logprobs_with(self, models: list[Any], input_ids: list[torch.Tensor]) -> list[torch.Tensor]:
-        """A forward-only pass of ``models``; the micro-batches' logprobs stay on the GPU until one copy
-        to the host at the end (no host wait per micro-batch)."""
+    def _per_token(
+        self, models: list[Any], input_ids: list[torch.Tensor], processor: Any = None
+    ) -> list[torch.Tensor]:
+        """A forward-only pass of ``models``: per-token logprobs (or, with the critic's ``processor``,
+        values); the micro-batches' results stay on the GPU until one copy to the host at the end (no
+        host wait per micro-batch)."""
         mbs = self._micro_batches(input_ids)
         outputs: list[tuple[PackedMicroBatch, torch.Tensor]] = []
 
         def collect(mb: PackedMicroBatch, output: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-            outputs.append((mb, output[0].float()))
+            outputs.append((mb, (output[0] if output.dim() == 2 else output).float()))
             return output.new_zeros(()), {}
 
         if mbs:
-            self._run(mbs, collect, forward_only=True, models=models)
+            self._run(mbs, collect, forward_only=True, models=models, processor=processor)
         results: dict[int, torch.Tensor] = {}
         if outputs:  # the last pipeline stage only
             host = torch.cat([lp for _, lp in outputs]).cpu().split([mb.num_tokens for mb, _ in outputs])
             for (mb, _), lp in zip(outputs, host, strict=True):
                 results.update(zip(mb.seq_indices, mb.unpack(lp), strict=True))
-        gathered = _share(results)
+        gathered = share(results)
         return [gathered[i] for i in range(len(input_ids))]
 
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
         """One optimizer step over ``batch``; every rank passes the same batch and gets the same metrics.
 
         With ``kl_coef > 0`` and no ``ref_logprobs`` in the batch, the reference model computes them
-        first (a forward-only pass over the same micro-batches)."""
+        first (a forward-only pass over the same micro-batches). With ``ppo`` the critic takes its step
+        first (advantages from :meth:`estimate_advantages` when the batch has none yet); during its
+        ``critic_warmup_steps`` only the critic does (``critic_warmup`` 1)."""
+        critic_metrics: dict[str, float] = {}
+        if self.critic is not None:
+            if batch.returns is None:
+                (batch,), critic_metrics = self.estimate_advantages([batch])
+            warming_up = self.critic.steps_done < self.cfg.critic.critic_warmup_steps
+            critic_metrics.update(
+                self.critic.train_step(batch, GlobalDenominators.of(batch, self.cfg.algorithm))
+            )
+            if warming_up:
+                return {**critic_metrics, "critic_warmup": 1.0}
         if self.cfg.algorithm.kl_coef > 0 and batch.ref_logprobs is None:
             batch = replace(batch, ref_logprobs=self.ref_logprobs(batch.input_ids))
         for m in self.models:
@@ -280,7 +309,7 @@ class MegatronBackend:
         outputs = self._run(mbs, step_fn, forward_only=False)
         ok, grad_norm, _ = self.optimizer.step()
         self.steps_done += 1
-        metrics = _reduce_metrics(outputs)
+        metrics = {**reduce_metrics(outputs), **critic_metrics}
         metrics.update(
             grad_norm=float(grad_norm or 0.0),
             update_ok=float(bool(ok)),
@@ -288,6 +317,13 @@ class MegatronBackend:
             num_micro_batches=float(len(mbs)),
         )
         return metrics
+
+    def estimate_advantages(self, batches: list[TrainBatch]) -> tuple[list[TrainBatch], dict[str, float]]:
+        """``ppo``: the critic values every batch of a rollout before any is trained on, then GAE
+        (:func:`agentrl.trainer.gae.fill_gae`); other estimators: the batches as they are."""
+        if self.critic is None:
+            return batches, {}
+        return fill_gae(batches, [self.critic.values(b.input_ids) for b in batches], self.cfg.algorithm)
 
     def _lr(self) -> float:
         return self.cfg.optimizer.lr_at(self.steps_done)
@@ -310,17 +346,25 @@ class MegatronBackend:
                 ):
                     (Path(path) / f.name).write_bytes(f.read_bytes())
 
+    def export_critic_hf(self, path: Path) -> None:
+        """The critic as an HF folder with ``value_head.safetensors``; ``ppo`` only."""
+        if self.critic is None:
+            raise ConfigError("no critic to export: it exists with --advantage-estimator ppo only")
+        self.critic.export_hf(Path(path))
+
     def save(self, path: Path) -> None:
         """Per-rank file: model shards, fp32 main weights and Adam state of this rank, step, RNG."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         state = {
             "models": [hf_io.unwrap(m).state_dict() for m in self.models],
-            "optimizers": [_torch_optimizer_state(o) for o in _optimizers(self.optimizer)],
+            "optimizers": optimizer_states(self.optimizer),
             "steps_done": self.steps_done,
             "rng": tensor_parallel.get_cuda_rng_tracker().get_states(),
             "torch_rng": torch.cuda.get_rng_state(),
         }
+        if self.critic is not None:
+            state["critic"] = self.critic.state_dict()
         torch.save(state, path / f"megatron_rank{dist.get_rank():05d}.pt")
 
     def load(self, path: Path) -> None:
@@ -331,66 +375,9 @@ class MegatronBackend:
         state = torch.load(file, map_location="cuda", weights_only=False)
         for m, sd in zip(self.models, state["models"], strict=True):
             hf_io.unwrap(m).load_state_dict(sd)
-        for o, sd in zip(_optimizers(self.optimizer), state["optimizers"], strict=True):
-            _load_torch_optimizer_state(o, sd)
+        load_optimizer_states(self.optimizer, state["optimizers"])
         self.steps_done = int(state["steps_done"])
+        if self.critic is not None and "critic" in state:
+            self.critic.load_state_dict(state["critic"])
         tensor_parallel.get_cuda_rng_tracker().set_states(state["rng"])
         torch.cuda.set_rng_state(state["torch_rng"].cpu())
-
-
-def _optimizers(optimizer: Any) -> list[Any]:
-    return list(getattr(optimizer, "chained_optimizers", [optimizer]))
-
-
-def _torch_optimizer_state(opt: Any) -> dict[str, Any]:
-    """The inner torch optimizer's state and its fp32 main parameters (this rank's shard)."""
-    inner = opt.optimizer
-    main = [p.detach().clone() for g in inner.param_groups for p in g["params"]]
-    return {"inner": inner.state_dict(), "main_params": main}
-
-
-def _load_torch_optimizer_state(opt: Any, state: dict[str, Any]) -> None:
-    inner = opt.optimizer
-    params = [p for g in inner.param_groups for p in g["params"]]
-    with torch.no_grad():
-        for p, saved in zip(params, state["main_params"], strict=True):
-            p.copy_(saved)
-    inner.load_state_dict(state["inner"])
-
-
-def _share(results: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-    """Merge per-rank results: from the last pipeline stage to all stages, then across DP ranks."""
-    if dist.get_world_size() == 1:
-        return results
-    box = [results]
-    pp_group = parallel_state.get_pipeline_model_parallel_group()
-    last = dist.get_global_rank(pp_group, dist.get_world_size(pp_group) - 1)
-    dist.broadcast_object_list(box, src=last, group=pp_group)
-    parts: list[dict[int, torch.Tensor]] = [{} for _ in range(parallel_state.get_data_parallel_world_size())]
-    dist.all_gather_object(parts, box[0], group=parallel_state.get_data_parallel_group())
-    return {k: v for part in parts for k, v in part.items()}
-
-
-def _reduce_metrics(outputs: list[dict[str, Any]]) -> dict[str, float]:
-    """The step's metrics, the same on every rank.
-
-    Combined as :mod:`agentrl.trainer.step_metrics` says: ``loss`` (and ``pg_loss``) add up, since each
-    micro-batch's term is already normalised by whole-batch denominators; max/min metrics take the
-    max/min; the others are means weighted by trained tokens. The micro-batches' device tensors are
-    read in one host copy; the totals go from the last pipeline stage to all stages, then are merged
-    across data-parallel ranks (each holds a share of the batch).
-    """
-    acc = StepMetrics()
-    for o in outputs:
-        values = {k: v for k, v in o.items() if k != "_tokens"}
-        acc.add(values, float(o.get("_tokens", 0.0)))
-    totals = acc.totals()
-    if dist.get_world_size() > 1:
-        box: list[Any] = [totals]
-        pp_group = parallel_state.get_pipeline_model_parallel_group()
-        last = dist.get_global_rank(pp_group, dist.get_world_size(pp_group) - 1)
-        dist.broadcast_object_list(box, src=last, group=pp_group)
-        parts: list[Any] = [None] * parallel_state.get_data_parallel_world_size()
-        dist.all_gather_object(parts, box[0], group=parallel_state.get_data_parallel_group())
-        totals = merge_totals(parts)
-    return finish_totals(totals)

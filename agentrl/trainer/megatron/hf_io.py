@@ -24,6 +24,9 @@ from agentrl.trainer.megatron import hf_weights
 from agentrl.trainer.megatron.hf_weights import Layout
 
 _LOCAL_LAYER = re.compile(r"^decoder\.layers\.(\d+)\.")
+VALUE_HEAD = "value_head"
+"""Attribute of the critic's value head on its last chunk (:mod:`.critic`): no HF parameter, so neither
+loaded nor exported with the trunk here (the critic writes it to ``value_head.safetensors``)."""
 
 
 def unwrap(model: Any) -> Any:
@@ -37,6 +40,8 @@ def global_named_parameters(model: torch.nn.Module) -> Iterator[tuple[str, torch
     """Parameters of one model chunk under names with *global* layer numbers (PP/VPP offsets applied)."""
     gpt = unwrap(model)
     for name, param in gpt.named_parameters():
+        if name.startswith(VALUE_HEAD + "."):
+            continue
         match = _LOCAL_LAYER.match(name)
         if match:
             layer = gpt.decoder.layers[int(match.group(1))]

@@ -1,4 +1,5 @@
-"""The policy loss of one packed micro-batch, with the whole batch's denominators.
+"""The policy loss (and the critic's value loss) of one packed micro-batch, with the whole batch's
+denominators.
 
 The packed ``(T,)`` per-position outputs are scattered into the ``(B, T_max)`` right-padded layout
 :func:`agentrl.trainer.losses.policy_loss` takes (the torch backend's layout), so both backends run
@@ -16,7 +17,7 @@ import torch
 from agentrl.trainer.backend import TrainBatch
 from agentrl.trainer.config import AlgorithmConfig
 from agentrl.trainer.device_copy import to_device
-from agentrl.trainer.losses import policy_loss
+from agentrl.trainer.losses import policy_loss, value_loss
 from agentrl.trainer.megatron.packing import PackedMicroBatch
 
 
@@ -112,4 +113,50 @@ def micro_batch_loss(
     metrics: dict[str, Any] = dict(out.metrics)  # device tensors: read once when the step ends
     metrics["loss"] = out.loss.detach()
     metrics["_tokens"] = float(sum(float(batch.loss_mask[i].sum()) for i in mb.seq_indices))  # host tensors
+    return out.loss * scale, metrics
+
+
+def position_values(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The critic's value head: (T, h) final hidden states -> (T,) fp32 values, computed in fp32 (as the
+    torch critic's head) whatever the dtype of the hidden states and the head's weights."""
+    out = hidden.float() @ weight.float().t()  # (T, 1)
+    if bias is not None:
+        out = out + bias.float()
+    return out.squeeze(-1)
+
+
+def micro_batch_value_loss(
+    mb: PackedMicroBatch,
+    output: torch.Tensor,
+    *,
+    batch: TrainBatch,
+    mode: str,
+    clip: float | None,
+    denominators: GlobalDenominators,
+    scale: float,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Megatron ``loss_func`` of the critic: ``output`` is the (T,) per-position values of the pack (the
+    value at position ``t - 1`` is the value of the state before token ``t``).
+
+    Returns ``(loss * scale, metrics)`` as :func:`micro_batch_loss`: the clipped value loss of
+    :func:`agentrl.trainer.losses.value_loss` on ``batch.returns``, anchored at ``batch.old_values``.
+    """
+    dev = output.device
+    index = tuple(to_device(x, dev) for x in padded_index(mb))
+    values = padded(mb, output, index)  # type: ignore[arg-type]  # (B, T_max)
+    mask, old, returns = _batch_rows(mb, [batch.loss_mask, batch.old_values, batch.returns], dev)
+    assert mask is not None and old is not None and returns is not None, "run fill_gae first"
+    out = value_loss(
+        values,
+        old,
+        returns,
+        mask,
+        clip,
+        mode,
+        num_tokens=denominators.num_tokens,
+        num_seqs=denominators.num_seqs,
+        norm_tokens=denominators.norm_tokens,
+    )
+    metrics: dict[str, Any] = dict(out.metrics)
+    metrics["_tokens"] = float(sum(float(batch.loss_mask[i].sum()) for i in mb.seq_indices))
     return out.loss * scale, metrics
