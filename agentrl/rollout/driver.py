@@ -243,8 +243,14 @@ class RolloutManager:
         one ends."""
         return self._loop.run_until_complete(_generate(self, list(keys), settings, on_episode))
 
+    def weights_target(self) -> dict[str, Any] | None:
+        """Where the engine keeps its weights (``device_uuid``, ``dtype``), so a trainer can pack them
+        for it (:mod:`agentrl.engines.packed_weights`); None for engines that load HF folders."""
+        target = getattr(self.engine, "weights_target", None)
+        return target() if callable(target) else None
+
     def update_weights(self, source: Any, version: int) -> None:
-        """Load new weights into the engine (a state dict, or an HF folder path for SGLang)."""
+        """Load new weights into the engine (a state dict, packed weights, or an HF folder for SGLang)."""
         self._loop.run_until_complete(self.engine.update_weights(source, version=version))
         self.version = version
 

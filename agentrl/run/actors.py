@@ -29,6 +29,7 @@ from typing import Any, Literal, Protocol
 import torch
 
 from agentrl.engines.factory import start_engine
+from agentrl.engines.packed_weights import PackedWeights, device_uuid, pack_weights
 from agentrl.engines.remote import EngineWorker, RemoteEngine, RemoteEngines, set_threads
 from agentrl.errors import ConfigError
 from agentrl.run.placement import (
@@ -139,6 +140,7 @@ class TrainerWorker:
         set_threads(config.num_cpus)
         self.config = config
         self.backend = make_backend(Path(model_path), config)
+        self._sent_weights: torch.Tensor | None = None
 
     def pid(self) -> int:
         return os.getpid()
@@ -166,6 +168,26 @@ class TrainerWorker:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The weights under HF names, for the embedded engine (sent through Ray's object store)."""
         return {name: tensor.detach().cpu() for name, tensor in self.backend.hf_state_dict()}
+
+    def weights_for_engine(self, target: dict[str, Any] | None = None) -> PackedWeights:
+        """The weights under HF names in one buffer, in the engine's dtype: a CUDA IPC handle when the
+        engine is on this trainer's GPU (``target``'s ``device_uuid``), else a host array for Ray's object
+        store (:mod:`agentrl.engines.packed_weights`). A GPU buffer stays alive until
+        :meth:`release_engine_weights`."""
+
+        target = target or {}
+        named = list(self.backend.hf_state_dict())
+        here = device_uuid(named[0][1].device) if named else None
+        same_gpu = here is not None and here == target.get("device_uuid")
+        dtype = getattr(torch, target["dtype"]) if target.get("dtype") else None
+        packed, self._sent_weights = pack_weights(named, dtype=dtype, cuda_ipc=same_gpu)
+        return packed
+
+    def release_engine_weights(self) -> None:
+        """The engine has copied the weights of :meth:`weights_for_engine`: free the buffer."""
+        self._sent_weights = None
+        if torch.cuda.is_available():
+            torch.cuda.ipc_collect()  # memory the engine's mapping kept in limbo
 
     def export_hf(self, path: str) -> str:
         self.backend.export_hf(Path(path))

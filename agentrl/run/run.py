@@ -125,6 +125,7 @@ class Run:
     logger: MetricsLogger
     start_step: int = 0
     hooks: DataHooks = field(default_factory=DataHooks)
+    _weights_target: dict[str, Any] | None = None
     sampler_before_rollout: tuple[int, dict[str, Any]] | None = None
     """(step, task sampler state) before the latest rollout: a run stopped by a failed rollout is
     checkpointed with it, so that --resume redoes that rollout (:mod:`agentrl.run.failures`)."""
@@ -237,11 +238,17 @@ class Run:
             self.actors.placed.broadcast_weights(version)
             return
         if self.config.inference.engine == "embedded":
-            source: Any = self.actors.trainer.state_dict.remote()
+            # One buffer in the engine's dtype: mapped from the trainer's GPU when the engine shares it,
+            # else a host array that Ray's object store hands over without a copy.
+            if self._weights_target is None:
+                self._weights_target = ray.get(self.actors.rollout.weights_target.remote()) or {}
+            source: Any = self.actors.trainer.weights_for_engine.remote(self._weights_target)
         else:
             folder = self.log_dir / "weights" / f"v{version:06d}"
             source = ray.get(self.actors.trainer.export_hf.remote(str(folder)))
         ray.get(self.actors.rollout.update_weights.remote(source, version))
+        if self.config.inference.engine == "embedded":
+            ray.get(self.actors.trainer.release_engine_weights.remote())
         for old in (self.log_dir / "weights").glob("v*"):  # the engine has loaded the new folder
             if old.name != f"v{version:06d}":
                 shutil.rmtree(old, ignore_errors=True)

@@ -41,6 +41,7 @@ from agentrl.engines.embedded.cuda_batcher import make_fast_path
 from agentrl.engines.embedded.kv_cache import KV, DecodeBatch, GrowingLayer, PrefixStore, cache_kv, make_cache
 from agentrl.engines.embedded.request import Request
 from agentrl.engines.embedded.sampling import hits_stop_string, sample_tokens
+from agentrl.engines.packed_weights import PackedWeights, device_uuid, unpack_weights
 from agentrl.errors import ConfigError, EngineError
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class EmbeddedEngine:
         self.config = config or EmbeddedEngineConfig()
         folder = resolve_model(model)
         self.device = _pick_device(self.config.device)
-        dtype = _pick_dtype(self.config.dtype, self.device)
+        self.dtype = dtype = _pick_dtype(self.config.dtype, self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         loaded: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
         self.model = loaded.to(self.device).eval()
@@ -138,8 +139,13 @@ class EmbeddedEngine:
             req.aborted = True
             raise
 
+    def weights_target(self) -> dict[str, Any]:
+        """The GPU (UUID) and dtype of the served weights: what a trainer packs them for."""
+        return {"device_uuid": device_uuid(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
+
     async def update_weights(self, source: Any, *, version: int) -> None:
-        """Load a state dict (or an HF folder's safetensors) between batches; then report ``version``."""
+        """Load a state dict, :class:`PackedWeights` (or an HF folder's safetensors) between batches, in
+        place (captured graphs stay valid); then report ``version``."""
         await asyncio.to_thread(self._load_weights, source, version)
 
     async def health(self) -> bool:
@@ -323,7 +329,12 @@ class EmbeddedEngine:
         return False
 
     def _load_weights(self, source: Any, version: int) -> None:
-        state = _read_state_dict(source) if isinstance(source, (str, Path)) else dict(source)
+        if isinstance(source, (str, Path)):
+            state = _read_state_dict(source)
+        elif isinstance(source, PackedWeights):
+            state = unpack_weights(source)  # views of the trainer's buffer: copied below, then dropped
+        else:
+            state = dict(source)
         with self._model_lock:
             missing, unexpected = self.model.load_state_dict(state, strict=False)
             tied = {"lm_head.weight"} if getattr(self.model.config, "tie_word_embeddings", False) else set()
