@@ -42,7 +42,7 @@ class EngineDeadError(EngineError):
 
 
 class RunFailedError(AgentRLError):
-    """The run's failure policy stopped it (docs/reliability.md D25): ``component`` names what failed
+    """The run's failure policy stopped it (docs/reliability.md G25): ``component`` names what failed
     (``engine``, ``env``, ``tool``, ``sandbox``, ``reward``); the message says what to check."""
 
     def __init__(self, component: str, message: str) -> None:

@@ -74,6 +74,17 @@ def check_inputs(config: TrainConfig) -> None:
     hooks = {"--sample-filter": config.sample_filter, "--group-filter": config.group_filter}
     check_hooks({**hooks, "--buffer": config.buffer})
     check_model(config.model)
+    if config.resume and config.save:
+        from pathlib import Path
+
+        from agentrl.errors import CheckpointError
+        from agentrl.trainer.checkpoint import latest_checkpoint
+
+        if latest_checkpoint(Path(config.save)) is None:
+            raise CheckpointError(
+                f"--resume: no complete checkpoint in {config.save}, so there is nothing to continue. Point "
+                "--save at the folder of the run to continue, or drop --resume to start a new run."
+            )
 
 
 def run(args: argparse.Namespace) -> int:

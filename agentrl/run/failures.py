@@ -3,7 +3,7 @@
 A bad episode is data (docs/reliability.md C19), but a run whose episodes keep failing trains nothing and
 must not end looking like a success. Three things stop a run with :class:`~agentrl.errors.RunFailedError`
 (``agentrl train`` exits 1), its message naming the component at fault and what to check
-(docs/reliability.md D25):
+(docs/reliability.md G25):
 
 * the engine can serve nothing any more, or refuses a weight sync (an :class:`~agentrl.errors.EngineError`
   out of a rollout, a sync or an evaluation; a single request's error is only that episode's);

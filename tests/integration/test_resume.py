@@ -1,4 +1,5 @@
-"""Exact resume (docs/reliability.md E23): 4 rollouts straight == 2 rollouts, SIGKILL, resume, 2 more.
+"""Exact resume (docs/reliability.md E23): 4 rollouts straight == 2 rollouts, SIGKILL, resume, 2 more,
+with and without an evaluation after every rollout.
 
 Both legs run ``agentrl train`` as a real process on a tiny GPT-2 and the tiny letter env. The first
 leg is killed with SIGKILL as soon as its step-2 checkpoint is committed. Compared: the task ids and
@@ -90,20 +91,32 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_gpt2(tmp_path_factory.mktemp("models") / "tiny-gpt2", seed=1)
 
 
-def _rollout(log_dir: Path, step: int) -> list[tuple[str, int, list[int]]]:
-    trajs = load_jsonl(log_dir / "rollouts" / f"step_{step:06d}.jsonl")
+def _rollout(log_dir: Path, step: int, folder: str = "rollouts") -> list[tuple[str, int, list[int]]]:
+    trajs = load_jsonl(log_dir / folder / f"step_{step:06d}.jsonl")
     return sorted((t.task_id, t.sample_index, t.response_ids) for t in trajs)
 
 
-def test_kill_and_resume_equals_an_uninterrupted_run(tiny_model: Path, tmp_path: Path) -> None:
+EVAL_EVERY_ROLLOUT = ("--eval-episodes", "3", "--eval-interval", "1")
+"""Evaluation between rollouts (greedy episodes on the eval split) must not disturb the resumed run."""
+
+
+@pytest.mark.parametrize("evaluation", [(), EVAL_EVERY_ROLLOUT], ids=["no_eval", "eval_every_rollout"])
+def test_kill_and_resume_equals_an_uninterrupted_run(
+    tiny_model: Path, tmp_path: Path, evaluation: tuple[str, ...]
+) -> None:
     straight = tmp_path / "straight"
     subprocess.run(
-        _command(tiny_model, straight / "ckpt", straight / "logs"), env=_env(), check=True, timeout=900
+        _command(tiny_model, straight / "ckpt", straight / "logs", *evaluation),
+        env=_env(),
+        check=True,
+        timeout=900,
     )
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
-        _command(tiny_model, killed / "ckpt", killed / "logs"), env=_env(), start_new_session=True
+        _command(tiny_model, killed / "ckpt", killed / "logs", *evaluation),
+        env=_env(),
+        start_new_session=True,
     )
     deadline = time.monotonic() + 600
     while _latest_step(killed / "ckpt") != 2:
@@ -115,13 +128,18 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tiny_model: Path, tmp_path:
 
     resumed = tmp_path / "resumed"
     subprocess.run(
-        _command(tiny_model, killed / "ckpt", resumed / "logs", "--resume"),
+        _command(tiny_model, killed / "ckpt", resumed / "logs", *evaluation, "--resume"),
         env=_env(),
         check=True,
         timeout=900,
     )
     for step in (3, 4):
         assert _rollout(resumed / "logs", step) == _rollout(straight / "logs", step)
+        if evaluation:  # the same greedy evaluations, on the same weights
+            assert _rollout(resumed / "logs", step, "eval_rollouts") == _rollout(
+                straight / "logs", step, "eval_rollouts"
+            )
+            assert len(_rollout(resumed / "logs", step, "eval_rollouts")) == 3
     assert not (resumed / "logs" / "rollouts" / "step_000002.jsonl").exists()  # it did not redo step 2
     want = load_file(straight / "logs" / "hf_model" / "model.safetensors")
     got = load_file(resumed / "logs" / "hf_model" / "model.safetensors")

@@ -41,4 +41,8 @@ def test_rollout_then_view(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     first = next(i for i, m in enumerate(t.loss_mask) if m)
     assert f"id {t.response_ids[first]} · logprob {t.rollout_logprobs[first]:.3f}" in text
     assert html.escape(tok.decode([t.prompt_ids[0]])) in text
-    assert "truncated" in text or "completed" in text
+    # Each episode's own status as its badge, and the header's counts by status.
+    for status in {x.status.value for x in trajectories}:
+        badges = sum(x.status.value == status for x in trajectories)
+        assert text.count(f'<span class="badge {status}">{status}</span>') == badges
+        assert f"{status} {badges}" in text

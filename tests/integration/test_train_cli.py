@@ -106,6 +106,17 @@ def test_bad_batch_shape_is_a_clear_error(tiny_model: Path, tmp_path: Path) -> N
     assert "rollout_batch_size (2) x n_samples_per_prompt (2) = 4" in done.stderr
 
 
+def test_resume_without_a_checkpoint_is_a_clear_error(tiny_model: Path, tmp_path: Path) -> None:
+    (tmp_path / "ckpt").mkdir()  # the folder exists; no checkpoint was ever committed in it
+    done = subprocess.run(
+        _train(tiny_model, tmp_path, "--resume"), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    assert f"--resume: no complete checkpoint in {tmp_path / 'ckpt'}" in done.stderr
+    assert "drop --resume to start a new run" in done.stderr
+    assert not (tmp_path / "logs").exists()  # refused before anything started
+
+
 def test_a_killed_trainer_actor_ends_the_run_non_zero(tiny_model: Path, tmp_path: Path) -> None:
     proc = subprocess.Popen(
         _train(tiny_model, tmp_path, "--num-rollouts", "1000", "--eval-episodes", "0"),

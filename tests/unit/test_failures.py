@@ -1,4 +1,4 @@
-"""The run's failure policy (agentrl/run/failures.py, docs/reliability.md D25): what stops a run, the
+"""The run's failure policy (agentrl/run/failures.py, docs/reliability.md G25): what stops a run, the
 message it stops with, the failures counted by component, and what is saved before it stops."""
 
 from __future__ import annotations

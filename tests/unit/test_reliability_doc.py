@@ -1,4 +1,4 @@
-"""docs/reliability.md lists A1-F24 once each, every test it cites exists, and code cites only that file."""
+"""docs/reliability.md lists A1-G25 once each, every test it cites exists, and code cites only that file."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ DOC = ROOT / "docs" / "reliability.md"
 LABELS = [
     f"{group}{n}"
     for group, numbers in zip(
-        "ABCDEF", ([1, 10], [10, 16], [16, 20], [20, 22], [22, 24], [24, 25]), strict=True
+        "ABCDEFG", ([1, 10], [10, 16], [16, 20], [20, 22], [22, 24], [24, 25], [25, 26]), strict=True
     )
     for n in range(*numbers)
 ]
@@ -25,7 +25,7 @@ def rows() -> list[tuple[str, str | None, str]]:
             section_file = None
         elif m := re.match(r"Tests: `(tests/[^`]+\.py)`", line):
             section_file = m.group(1)
-        elif m := re.match(r"\| ([A-F]\d+) \|.*\| (.+) \|$", line):
+        elif m := re.match(r"\| ([A-G]\d+) \|.*\| (.+) \|$", line):
             out.append((m.group(1), section_file, m.group(2)))
     return out
 

@@ -212,18 +212,37 @@ class SGLangEngine(ServerHealth):
 
     async def update_weights(self, source: Any, *, version: int) -> None:
         """Load an HF folder (``source``) on every live server with ``/update_weights_from_disk``, then
-        check that each serves ``version``. A server restarting meanwhile loads it when it rejoins."""
+        check that each serves ``version``. A server restarting meanwhile, or dying during the update,
+        loads it when it rejoins."""
         path = str(source)
         self._raise_if_failed()
         async with self._weights_lock:
             live = self._live()
-            if live or not any(s.restarting for s in self._servers):
-                await self._broadcast(
-                    "/update_weights_from_disk", proto.update_weights_from_disk_payload(path, version)
-                )
-                await asyncio.gather(*(self._check_version(s, version) for s in live))
-            self._weights_path = path
-            self.weight_version = version
+            if not live and not any(s.restarting for s in self._servers):
+                raise EngineError("no live SGLang server to load weights on; see the server logs")
+            self._weights_path, self.weight_version = path, version  # what restarts load from now on
+            results = await asyncio.gather(
+                *(self._load(s, path, version) for s in live), return_exceptions=True
+            )
+        errors = [f"{s.url}: {r}" for s, r in zip(live, results, strict=True) if isinstance(r, BaseException)]
+        self._raise_if_failed()
+        if errors:
+            raise EngineError(
+                f"loading weights version {version} failed on {len(errors)} server(s): " + "; ".join(errors)
+            )
+
+    async def _load(self, server: _Server, path: str, version: int) -> None:
+        """Load ``path`` on ``server`` and check the version it serves; a launched server that died
+        meanwhile is left to its restart (which loads the newest weights)."""
+        try:
+            await self._post(
+                server, "/update_weights_from_disk", proto.update_weights_from_disk_payload(path, version)
+            )
+            await self._check_version(server, version)
+        except _TRANSIENT:
+            if server.process is None or server.process.running():
+                raise
+            self._mark_dead(server)
 
     async def health(self) -> bool:
         """True while the engine is usable and at least one server answers ``/health_generate``."""

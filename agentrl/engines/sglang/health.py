@@ -181,6 +181,8 @@ class ServerHealth:
         """Raise unless ``server`` reports serving ``version`` (``/model_info``'s ``weight_version``)."""
         assert self._client is not None, "call start() first"
         response = await self._client.get(f"{server.url}/model_info", timeout=self.config.control_timeout_s)
+        if response.status_code >= 500:
+            raise _ServerFailed(f"HTTP {response.status_code} from {server.url}/model_info")
         served = response.json().get("weight_version") if response.status_code == 200 else None
         if proto.parse_weight_version(served, default=0) != version:
             raise EngineError(
