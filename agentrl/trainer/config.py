@@ -36,7 +36,7 @@ class AlgorithmConfig:
     """``grpo``: (r - group mean) / (group std + eps); ``dr_grpo``: r - group mean (no std division);
     ``rloo``: r - mean of the other samples of the group; ``reinforce_plus_plus_baseline``: r - group
     mean, then normalised by the std over the whole batch; ``ppo``: token-level GAE with a learned
-    critic (the ``--critic-*`` flags; docs/critic.md)."""
+    critic (its ``--critic-*`` flags are listed by --help-all; docs/critic.md)."""
     gamma: float = field(default=1.0, metadata={"rare": True})
     """``ppo``: GAE's discount per sampled token (tool-output tokens are not steps). 1.0 (slime, verl):
     the reward at the end is not shrunk by the episode's length."""
@@ -166,7 +166,7 @@ class CriticConfig:
     """Where the critic starts: an HF folder of the policy's architecture (a critic exported by an
     earlier run brings its value head, ``value_head.safetensors``). ``None``: the initial policy's
     weights (``--model``) with a new value head initialised to 0."""
-    critic_lr: float = 1e-5
+    critic_lr: float = field(default=1e-5, metadata={"rare": True})
     """Peak learning rate of the critic (critics usually take a larger one than the policy)."""
     critic_warmup_steps: int = field(default=0, metadata={"rare": True})
     """Train steps at the start that update only the critic (the policy stays as it is), so the first
