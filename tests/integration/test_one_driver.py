@@ -95,6 +95,7 @@ def test_training(tiny_model: Path, tmp_path: Path) -> None:
         global_batch_size=4,
         num_rollouts=2,
         dynamic_filter=False,
+        max_failed_fraction=1.0,  # 3 of 4 episodes fail here: the failure policy would stop the run
         rollout=RolloutConfig(max_turns=1, max_new_tokens=8, max_context=128, max_concurrency=2),
         eval_episodes=2,
         progress=False,
