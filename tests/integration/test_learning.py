@@ -78,14 +78,11 @@ def test_grpo_learns_the_letter_and_fails_with_the_sign_flipped(tiny_model: Path
     assert _mean(flipped[-2:]) - _mean(flipped[:2]) <= 0.01, f"flipped run: {flipped}"
 
 
-def test_ppo_learns_the_letter(tiny_model: Path, tmp_path: Path) -> None:
-    """The same margin with ``--advantage-estimator ppo``: a critic (initialised from the policy, lr
+def test_ppo_learns_the_letter_and_fails_with_the_sign_flipped(tiny_model: Path, tmp_path: Path) -> None:
+    """The same margins with ``--advantage-estimator ppo``: a critic (initialised from the policy, lr
     1e-2) and GAE instead of group baselines."""
-    learned = letter_share_curve(
-        tiny_model,
-        tmp_path / "ppo",
-        sign=1.0,
-        algorithm=AlgorithmConfig(advantage_estimator="ppo"),
-        critic=CriticConfig(critic_lr=1e-2),
-    )
+    ppo = {"algorithm": AlgorithmConfig(advantage_estimator="ppo"), "critic": CriticConfig(critic_lr=1e-2)}
+    learned = letter_share_curve(tiny_model, tmp_path / "plus", sign=1.0, **ppo)
     assert _mean(learned[-2:]) - _mean(learned[:2]) >= MARGIN, f"share of 'e' per rollout (ppo): {learned}"
+    flipped = letter_share_curve(tiny_model, tmp_path / "minus", sign=-1.0, **ppo)
+    assert _mean(flipped[-2:]) - _mean(flipped[:2]) <= 0.01, f"flipped run (ppo): {flipped}"
