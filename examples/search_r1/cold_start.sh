@@ -28,7 +28,7 @@ if [ "${GPU:-0}" = 1 ]; then
   ROLLOUTS=${ROLLOUTS:-60}
   EVAL_EPISODES=${EVAL_EPISODES:-271}  # every single-hop test question (the split holds 271)
   GRPO_FLAGS=(--rollout-batch-size 32 --n-samples-per-prompt 8 --global-batch-size 64 --over-sample 2
-              --lr 2e-5 --eval-interval 10 --save-interval 5 --max-concurrency 256)
+              --steps-per-rollout 4 --lr 2e-5 --eval-interval 10 --save-interval 5 --max-concurrency 256)
 else
   ROLLOUTS=${ROLLOUTS:-5}
   EVAL_EPISODES=${EVAL_EPISODES:-105}  # 15 of each type
