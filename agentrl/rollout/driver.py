@@ -243,6 +243,11 @@ class RolloutManager:
         one ends."""
         return self._loop.run_until_complete(_generate(self, list(keys), settings, on_episode))
 
+    def engine_stats(self) -> dict[str, float]:
+        """The engine's counters since it started (prefill / decode tokens and seconds), if it keeps any."""
+        stats = getattr(self.engine, "stats", None)
+        return dict(stats) if isinstance(stats, dict) else {}
+
     def weights_target(self) -> dict[str, Any] | None:
         """Where the engine keeps its weights (``device_uuid``, ``dtype``), so a trainer can pack them
         for it (:mod:`agentrl.engines.packed_weights`); None for engines that load HF folders."""

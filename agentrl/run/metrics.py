@@ -78,6 +78,24 @@ def rollout_metrics(trajectories: Sequence[Trajectory], prefix: str = "rollout/"
     return {prefix + k: v for k, v in out.items()}
 
 
+def engine_metrics(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, float]:
+    """``engine/`` metrics of one rollout from the embedded engine's counters before and after it: where
+    the engine's worker spent the rollout (prefill, decode, or waiting for the envs), its mean decode
+    batch and its prefix-cache hit rate. Empty for engines without counters (SGLang)."""
+    if not before or not after:
+        return {}
+    d = {k: float(after.get(k, 0.0)) - float(before.get(k, 0.0)) for k in after}
+    busy = d.get("prefill_s", 0.0) + d.get("decode_s", 0.0)
+    offered = d.get("prefill_tokens", 0.0) + d.get("cached_tokens", 0.0)
+    steps = d.get("decode_steps", 0.0)
+    out = {f"engine/{k}": v for k, v in d.items()}
+    out["engine/busy_frac"] = busy / wall_s if wall_s > 0 else 0.0
+    out["engine/mean_decode_batch"] = d.get("decode_tokens", 0.0) / steps if steps else 0.0
+    out["engine/prefix_hit_rate"] = d.get("cached_tokens", 0.0) / offered if offered else 0.0
+    out["engine/decode_tokens_per_s"] = d.get("decode_tokens", 0.0) / wall_s if wall_s > 0 else 0.0
+    return out
+
+
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from ``n`` samples of which ``c`` succeeded (Chen et al. 2021, HumanEval).
 

@@ -22,7 +22,7 @@ from agentrl.errors import CheckpointError, ConfigError
 from agentrl.rollout.driver import EnvFactory, GenerationSettings, GroupFilter, keep_informative_groups
 from agentrl.run.actors import Actors, create_actors
 from agentrl.run.failures import failure_metrics
-from agentrl.run.metrics import MetricsLogger, dataset_metrics, dump_rollouts, rollout_metrics
+from agentrl.run.metrics import MetricsLogger, dataset_metrics, dump_rollouts, engine_metrics, rollout_metrics
 from agentrl.run.task_sampler import TaskSampler
 from agentrl.run.train_config import TrainConfig
 from agentrl.types import Trajectory, load_jsonl
@@ -180,12 +180,16 @@ class Run:
         settings = GenerationSettings(c.n_samples_per_prompt, c.rollout.temperature, c.rollout.top_p, step)
         self.sampler_before_rollout = (step, self.sampler.state_dict())
         keys = self.sampler.sample(n_prompts)
+        before, started = ray.get(self.actors.rollout.engine_stats.remote()), time.perf_counter()
         trajectories = ray.get(self.actors.rollout.generate.remote(keys, settings))
+        engine = engine_metrics(
+            before, ray.get(self.actors.rollout.engine_stats.remote()), time.perf_counter() - started
+        )
         lost = [t for t in trajectories if not t.trainable]
         if lost:  # the filters keep them out of training and of rollouts/: their errors are here
             dump_rollouts(lost, self.log_dir, step, folder="failed_rollouts")
         kept, counts = self.hooks.select(trajectories, c.rollout_batch_size, c.dynamic_filter, step)
-        return kept, {**rollout_metrics(trajectories), **failure_metrics(trajectories), **counts}
+        return kept, {**rollout_metrics(trajectories), **failure_metrics(trajectories), **counts, **engine}
 
     def _replay(self, step: int) -> list[Trajectory]:
         source = Path(self.config.debug_train_only or "")

@@ -1,0 +1,49 @@
+"""The ``engine/`` metrics of a rollout (agentrl/run/metrics.py: engine_metrics), from the embedded
+engine's counters before and after it, against hand-computed numbers; and from a real engine."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from agentrl.run.metrics import engine_metrics
+
+
+def test_deltas_and_rates_by_hand() -> None:
+    before = {"prefill_tokens": 100, "cached_tokens": 0, "prefill_s": 1.0, "decode_steps": 10,
+              "decode_tokens": 40, "decode_s": 2.0}  # fmt: skip
+    after = {"prefill_tokens": 400, "cached_tokens": 100, "prefill_s": 1.5, "decode_steps": 60,
+             "decode_tokens": 240, "decode_s": 3.5}  # fmt: skip
+    out = engine_metrics(before, after, wall_s=4.0)
+    assert out["engine/prefill_tokens"] == 300 and out["engine/cached_tokens"] == 100
+    assert out["engine/decode_steps"] == 50 and out["engine/decode_tokens"] == 200
+    assert out["engine/busy_frac"] == pytest.approx((0.5 + 1.5) / 4.0)  # half the rollout the engine waited
+    assert out["engine/mean_decode_batch"] == pytest.approx(200 / 50)
+    assert out["engine/prefix_hit_rate"] == pytest.approx(100 / 400)
+    assert out["engine/decode_tokens_per_s"] == pytest.approx(200 / 4.0)
+
+
+def test_engines_without_counters_give_nothing() -> None:
+    assert engine_metrics({}, {}, 1.0) == {}
+
+
+def test_counters_of_a_real_engine(tmp_path: Path) -> None:
+    """Two requests with the same 12-id prompt in one session: the second turn reuses the first's KV."""
+    from agentrl.engines.base import SamplingParams
+    from agentrl.engines.embedded.engine import EmbeddedEngine, EmbeddedEngineConfig
+    from agentrl.models import make_tiny_gpt2
+
+    engine = EmbeddedEngine(make_tiny_gpt2(tmp_path / "tiny"), EmbeddedEngineConfig(device="cpu"))
+    try:
+        prompt = list(range(5, 17))
+        sampling = SamplingParams(max_new_tokens=4, temperature=0.0, ignore_eos=True)
+        before = dict(engine.stats)
+        first = asyncio.run(engine.generate(prompt, sampling, session_id="s"))
+        asyncio.run(engine.generate(prompt + first.output_ids + [7, 8], sampling, session_id="s"))
+        out = engine_metrics(before, dict(engine.stats), wall_s=1.0)
+    finally:
+        asyncio.run(engine.close())
+    assert out["engine/decode_tokens"] >= 6  # 2 x 4 new ids, the first of each may come from prefill
+    assert out["engine/cached_tokens"] > 0 and 0 < out["engine/prefix_hit_rate"] < 1
