@@ -11,15 +11,11 @@ Run it with ``agentrl train --env search --max-turns 5`` (see ``agentrl train --
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
 from agentrl.errors import EngineError, RunFailedError
 from agentrl.rollout.driver import EnvFactory
 from agentrl.run.failures import FailurePolicy, write_summary
+from agentrl.run.loop_common import Deadline, RunResult, timed
 from agentrl.run.metrics import dump_rollouts, plot_curves, read_metrics
 from agentrl.run.run import Run
 from agentrl.run.train_config import TrainConfig
@@ -27,32 +23,14 @@ from agentrl.run.train_config import TrainConfig
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class RunResult:
-    """What a finished run leaves behind."""
-
-    log_dir: Path
-    """metrics.jsonl, tensorboard/, rollouts/, curves.png, summary.txt."""
-    last_step: int
-    """The last rollout step trained (equals num_rollouts when the run completed)."""
-    summary: str
-    """The printed summary of what improved."""
-    hf_dir: Path | None
-    """The exported policy (HF folder), when --export-hf."""
-    stopped_early: bool = False
-    """True when --time-limit-s ended the run before num_rollouts; --resume continues it."""
-
-
-@contextmanager
-def timed(metrics: dict[str, float], name: str) -> Iterator[None]:
-    start = time.perf_counter()
-    yield
-    metrics[f"time/{name}_s"] = time.perf_counter() - start
-
-
 def train(config: TrainConfig, *, env_factory: EnvFactory | None = None) -> RunResult:
     """Run ``config`` to the end; raises if an actor dies (the run is then resumed from a checkpoint), and
-    :class:`RunFailedError` when the failure policy stops it (:mod:`agentrl.run.failures`)."""
+    :class:`RunFailedError` when the failure policy stops it (:mod:`agentrl.run.failures`). With
+    ``--async-mode one-step`` the overlapping loop of :mod:`agentrl.run.async_loop` runs instead."""
+    if config.asynchronous.enabled:
+        from agentrl.run.async_loop import train_async
+
+        return train_async(config, env_factory=env_factory)
     clock = Deadline(config.time_limit_s)
     run = Run.start(config, env_factory=env_factory)
     policy = FailurePolicy.of(config, run.log_dir)
@@ -110,28 +88,3 @@ def train(config: TrainConfig, *, env_factory: EnvFactory | None = None) -> RunR
     plot_curves(records, run.log_dir / "curves.png")
     summary = write_summary(run.log_dir)
     return RunResult(run.log_dir, last_step, summary, hf_dir, stopped_early)
-
-
-class Deadline:
-    """``--time-limit-s``: whether the next rollout step still fits, judged by the slowest step so far
-    plus one evaluation (for the final one). The first step of a process always runs: nothing is known
-    about its cost before it."""
-
-    def __init__(self, limit_s: float) -> None:
-        self.limit_s = limit_s
-        self.start = time.monotonic()
-        self.eval_s = 0.0
-        self.slowest_s = 0.0
-        self._step_start: float | None = None
-
-    def step_started(self) -> None:
-        self._step_start = time.monotonic()
-
-    def step_ended(self) -> None:
-        if self._step_start is not None:
-            self.slowest_s = max(self.slowest_s, time.monotonic() - self._step_start)
-
-    def would_overrun(self) -> bool:
-        if not self.limit_s or self.slowest_s == 0.0:
-            return False
-        return time.monotonic() - self.start + self.slowest_s + self.eval_s > self.limit_s

@@ -116,6 +116,19 @@ def shuffle_rewards_within_groups(trajectories: list[Trajectory], seed: int) -> 
 
 
 @dataclass
+class PendingRollout:
+    """A rollout whose episodes are being generated (:meth:`Run.start_rollout`)."""
+
+    step: int
+    ref: Any
+    """The Ray reference to the episodes."""
+    engine_before: dict[str, float]
+    """The engine's counters when it started."""
+    started: float
+    """``time.perf_counter()`` when it started."""
+
+
+@dataclass
 class Run:
     config: TrainConfig
     log_dir: Path
@@ -129,6 +142,9 @@ class Run:
     sampler_before_rollout: tuple[int, dict[str, Any]] | None = None
     """(step, task sampler state) before the latest rollout: a run stopped by a failed rollout is
     checkpointed with it, so that --resume redoes that rollout (:mod:`agentrl.run.failures`)."""
+    async_state: dict[str, Any] = field(default_factory=dict)
+    """--async-mode: the policy version and the rollout generated ahead, kept in checkpoints
+    (:mod:`agentrl.run.async_loop`); empty otherwise."""
 
     @classmethod
     def start(cls, config: TrainConfig, *, env_factory: EnvFactory | None = None) -> Run:
@@ -175,15 +191,34 @@ class Run:
         if c.debug_train_only:
             replayed = self._replay(step)
             return replayed, rollout_metrics(replayed)
+        pending = self.start_rollout(step)
+        trajectories = ray.get(pending.ref)
+        return self.finish_rollout(pending, trajectories, time.perf_counter() - pending.started)
+
+    def start_rollout(self, step: int) -> PendingRollout:
+        """Sample the tasks of rollout ``step`` and start generating them (:meth:`generate` waits for
+        the episodes; the asynchronous loop, :mod:`agentrl.run.async_loop`, trains meanwhile)."""
+        import ray
+
+        c = self.config
         assert self.sampler is not None
         n_prompts = math.ceil(c.rollout_batch_size * (c.over_sample if c.dynamic_filter else 1.0))
         settings = GenerationSettings(c.n_samples_per_prompt, c.rollout.temperature, c.rollout.top_p, step)
         self.sampler_before_rollout = (step, self.sampler.state_dict())
         keys = self.sampler.sample(n_prompts)
         before, started = ray.get(self.actors.rollout.engine_stats.remote()), time.perf_counter()
-        trajectories = ray.get(self.actors.rollout.generate.remote(keys, settings))
+        return PendingRollout(step, self.actors.rollout.generate.remote(keys, settings), before, started)
+
+    def finish_rollout(
+        self, pending: PendingRollout, trajectories: list[Trajectory], seconds: float
+    ) -> tuple[list[Trajectory], dict[str, float]]:
+        """The episodes of a started rollout to train on, and the metrics of all of them (see
+        :meth:`generate`); ``seconds``: how long it generated."""
+        import ray
+
+        c, step = self.config, pending.step
         engine = engine_metrics(
-            before, ray.get(self.actors.rollout.engine_stats.remote()), time.perf_counter() - started
+            pending.engine_before, ray.get(self.actors.rollout.engine_stats.remote()), seconds
         )
         lost = [t for t in trajectories if not t.trainable]
         if lost:  # the filters keep them out of training and of rollouts/: their errors are here
@@ -294,7 +329,8 @@ class Run:
         from agentrl.trainer.checkpoint import capture_rng_state
 
         sampler = self.sampler.state_dict() if self.sampler else None
-        return {"step": step, "sampler": sampler, "driver_rng": capture_rng_state()}
+        state = {"step": step, "sampler": sampler, "driver_rng": capture_rng_state()}
+        return {**state, "async": self.async_state} if self.async_state else state
 
     def checkpoint(self, step: int) -> None:
         import ray
@@ -320,7 +356,8 @@ class Run:
             self.sampler.load_state_dict(state["sampler"])
         restore_rng_state(state["driver_rng"])
         step = int(state["step"])
-        self.sync_weights(version=step)
+        self.async_state = state.get("async", {})
+        self.sync_weights(version=self.async_state.get("policy_version", step))
         log.info("resumed from step %d of %s", step, self.config.save)
         return step
 

@@ -17,6 +17,7 @@ from agentrl.envs.presets import laptop_env_kwargs
 from agentrl.envs.prompt_data_config import PROMPT_DATA_ID, PromptDataConfig
 from agentrl.errors import ConfigError
 from agentrl.rollout.controller import RolloutConfig
+from agentrl.run.async_config import AsyncConfig
 from agentrl.trainer.config import (
     AlgorithmConfig,
     CriticConfig,
@@ -163,6 +164,9 @@ class TrainConfig:
     max_skipped_steps: int = field(default=20, metadata={"group": "run"})
     """Stop the run (exit 1) after this many rollouts in a row trained nothing (every group's rewards
     agreed); 0 never stops."""
+    asynchronous: AsyncConfig = field(default_factory=AsyncConfig, metadata={"group": "async"})
+    """Overlap generation with training (--async-mode), the weight-sync interval and the staleness
+    bound (docs/async.md)."""
     ray_address: str | None = field(default=None, metadata={"group": "run", "rare": True})
     """Ray cluster address; none starts a local Ray bound to 127.0.0.1."""
     num_cpus: int | None = field(default=None, metadata={"group": "run", "rare": True})
@@ -232,6 +236,7 @@ class TrainConfig:
             raise ConfigError("--resume needs --save DIR: the folder whose latest checkpoint to continue")
         if self.debug_rollout_only and self.debug_train_only:
             raise ConfigError("--debug-rollout-only and --debug-train-only exclude each other; pick one")
+        self.asynchronous.check(self)
 
     def _resolve_prompt_data(self) -> None:
         """``--prompt-data`` / ``--eval-prompt-data``: the run's env becomes the prompt-data env with the

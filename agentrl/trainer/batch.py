@@ -35,7 +35,8 @@ def trajectories_to_batch(
 
     Each sequence is ``prompt_ids + response_ids``; prompt tokens get mask 0, logprob 0 and advantage 0;
     response tokens keep the controller's mask and the engine's logprobs, and carry the episode's
-    advantage where the mask is 1. With ``ppo`` the advantages are left at 0 and the batch carries the
+    advantage where the mask is 1 (times ``metrics["advantage_scale"]`` where ``--stale-samples
+    downweight`` set one). With ``ppo`` the advantages are left at 0 and the batch carries the
     rewards instead: the backend turns them into per-token advantages with its critic.
 
     Returns:
@@ -53,6 +54,7 @@ def trajectories_to_batch(
     for t, a in zip(trajectories, adv.tolist(), strict=True):
         if not t.trainable:
             continue
+        a *= float(t.metrics.get("advantage_scale", 1.0))  # --stale-samples downweight (run/staleness.py)
         n_prompt = len(t.prompt_ids)
         mask = torch.tensor([0.0] * n_prompt + [float(m) for m in t.loss_mask], dtype=torch.float32)  # (T,)
         batch.input_ids.append(torch.tensor(t.prompt_ids + t.response_ids, dtype=torch.long))

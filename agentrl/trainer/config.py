@@ -77,6 +77,12 @@ class AlgorithmConfig:
     """Truncated importance sampling: weight each token's loss by min(exp(old - rollout logprob),
     cap), correcting for the engine's sampling differing from the trainer's. ``None`` turns it off;
     2.0 is the usual cap."""
+    icepop_low: float | None = field(default=None, metadata={"rare": True})
+    """ICEPOP-style masking: tokens whose ratio exp(old - rollout logprob) is below this (or above
+    ``icepop_high``) get no gradient at all, instead of TIS's capped weight; set both bounds (the
+    ICEPOP paper: 0.5 and 5.0). ``None`` turns it off. Combines with ``tis_cap`` (docs/async.md)."""
+    icepop_high: float | None = field(default=None, metadata={"rare": True})
+    """The upper bound of the ICEPOP band (> 1); see ``icepop_low``."""
     entropy_coef: float = field(default=0.0, metadata={"rare": True})
     """Weight of an entropy bonus (subtracted from the loss). Entropy is always logged as a metric."""
 
@@ -92,12 +98,25 @@ class AlgorithmConfig:
             raise ConfigError(f"kl_coef={self.kl_coef} must be >= 0")
         if self.tis_cap is not None and self.tis_cap <= 0:
             raise ConfigError(f"tis_cap={self.tis_cap} must be > 0 (typical: 2.0) or None")
+        if (self.icepop_low is None) != (self.icepop_high is None):
+            raise ConfigError("ICEPOP masking needs both --icepop-low and --icepop-high (e.g. 0.5 and 5.0)")
+        if self.icepop_low is not None and not 0 < self.icepop_low < 1 < self.icepop_high:  # type: ignore[operator]
+            raise ConfigError(
+                f"icepop band [{self.icepop_low}, {self.icepop_high}] must have 0 < low < 1 < high "
+                "(typical: 0.5 and 5.0)"
+            )
         if self.loss_norm_tokens is not None and self.loss_norm_tokens <= 0:
             raise ConfigError(f"loss_norm_tokens={self.loss_norm_tokens} must be a positive int or None")
         if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.lambd <= 1.0):
             raise ConfigError(
                 f"gamma={self.gamma} and lambd={self.lambd} must be in [0, 1] (typical: 1.0, 0.95)"
             )
+
+    @property
+    def corrects_off_policy(self) -> bool:
+        """Whether the loss reweights or masks tokens by the trainer-vs-rollout ratio (TIS or ICEPOP):
+        what asynchronous training needs (docs/async.md)."""
+        return self.tis_cap is not None or self.icepop_low is not None
 
     @property
     def uses_critic(self) -> bool:

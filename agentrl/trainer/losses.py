@@ -125,6 +125,19 @@ def truncated_is_weights(
     return torch.exp(log_w).clamp(max=cap).detach()
 
 
+def icepop_mask(
+    old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, low: float, high: float
+) -> torch.Tensor:
+    """ICEPOP's token mask: 1 where low <= pi_old / pi_rollout <= high, else 0, (B, T), no gradient.
+
+    Where TIS caps a large ratio, ICEPOP drops the token: a token the trainer and the engine disagree
+    on that much (kernels, or weights several versions apart) carries more noise than signal.
+    """
+    log_w = (old_logprobs - rollout_logprobs).detach()  # compared in log space: no overflow
+    inside = (log_w >= math.log(low)) & (log_w <= math.log(high))
+    return inside.to(old_logprobs.dtype)
+
+
 @dataclass
 class PolicyLossOutput:
     """The loss to backpropagate and detached metrics (means over this call's masked tokens)."""
@@ -134,7 +147,7 @@ class PolicyLossOutput:
     metrics: dict[str, torch.Tensor]
     """0-dim detached tensors on the loss's device (no host sync until the caller asks):
     ``pg_loss``, ``clip_frac``, ``dual_clip_frac``, ``ppo_kl``, ``ratio_mean``/``_max``/``_min`` (NaN
-    max/min without a masked token), and when given ``kl``, ``entropy``, ``tis_mean``,
+    max/min without a masked token), and when given ``kl``, ``entropy``, ``tis_mean``, ``icepop_masked_frac``,
     ``train_rollout_logprob_abs_diff`` and its ``_max`` (the trainer's logprobs before the update
     against the engine's: the off-policy gap of the kernels, in nats). Combine micro-batches with
     :class:`agentrl.trainer.step_metrics.StepMetrics`."""
@@ -166,8 +179,8 @@ def policy_loss(
         advantages: per-token advantages (0 where ``mask`` is 0).
         mask: 0/1 trained tokens.
         config: the algorithm settings.
-        rollout_logprobs: the engine's logprobs, needed for TIS (``config.tis_cap``) and the
-            train-vs-rollout metric.
+        rollout_logprobs: the engine's logprobs, needed for TIS (``config.tis_cap``), ICEPOP
+            (``config.icepop_low``/``icepop_high``) and the train-vs-rollout metric.
         ref_logprobs: the reference model's logprobs, needed when ``config.kl_coef > 0``.
         entropy: per-token entropy; its gradient is used when ``config.entropy_coef > 0``.
         num_tokens, num_seqs, norm_tokens: global denominators, see :func:`aggregate_loss`.
@@ -215,7 +228,7 @@ def _token_policy_loss(
     config: AlgorithmConfig,
     rollout_logprobs: torch.Tensor | None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The clipped (and TIS-weighted) per-token policy loss (B, T) and its ratio metrics."""
+    """The clipped (and TIS-weighted, ICEPOP-masked) per-token policy loss (B, T) and its ratio metrics."""
     if config.policy_loss == "gspo":
         log_ratio = gspo_log_ratio(logprobs, old_logprobs, mask)
     else:
@@ -233,6 +246,14 @@ def _token_policy_loss(
         weights = truncated_is_weights(old_logprobs, rollout_logprobs, config.tis_cap)
         pg = pg * weights
         metrics["tis_mean"] = _masked_mean(weights, mask)
+    if config.icepop_low is not None and config.icepop_high is not None:
+        if rollout_logprobs is None:
+            raise ConfigError(
+                "ICEPOP masking needs the rollout logprobs; pass them or unset --icepop-low/high"
+            )
+        kept = icepop_mask(old_logprobs, rollout_logprobs, config.icepop_low, config.icepop_high)
+        pg = pg * kept
+        metrics["icepop_masked_frac"] = _masked_mean(1.0 - kept, mask)
     return pg, metrics
 
 

@@ -19,6 +19,7 @@ import tiny_envs
 
 from agentrl.models import make_tiny_gpt2
 from agentrl.rollout.controller import RolloutConfig
+from agentrl.run.async_config import AsyncConfig
 from agentrl.run.loop import train
 from agentrl.run.metrics import read_metrics
 from agentrl.run.train_config import TrainConfig
@@ -86,3 +87,15 @@ def test_ppo_learns_the_letter_and_fails_with_the_sign_flipped(tiny_model: Path,
     assert _mean(learned[-2:]) - _mean(learned[:2]) >= MARGIN, f"share of 'e' per rollout (ppo): {learned}"
     flipped = letter_share_curve(tiny_model, tmp_path / "minus", sign=-1.0, **ppo)
     assert _mean(flipped[-2:]) - _mean(flipped[:2]) <= 0.01, f"flipped run (ppo): {flipped}"
+
+
+def test_grpo_learns_the_letter_in_one_step_async_mode(tiny_model: Path, tmp_path: Path) -> None:
+    """The same margins with ``--async-mode one-step``: each rollout trains on tokens sampled one policy
+    version back, corrected by TIS on the rollout logprobs (cap 2)."""
+    one_step = {"asynchronous": AsyncConfig(async_mode="one-step"), "algorithm": AlgorithmConfig(tis_cap=2.0)}
+    learned = letter_share_curve(tiny_model, tmp_path / "plus", sign=1.0, **one_step)
+    assert _mean(learned[-2:]) - _mean(learned[:2]) >= MARGIN, (
+        f"share of 'e' per rollout (one-step): {learned}"
+    )
+    flipped = letter_share_curve(tiny_model, tmp_path / "minus", sign=-1.0, **one_step)
+    assert _mean(flipped[-2:]) - _mean(flipped[:2]) <= 0.01, f"flipped run (one-step): {flipped}"

@@ -9,7 +9,13 @@ import torch
 
 from agentrl.errors import ConfigError
 from agentrl.trainer.config import AlgorithmConfig
-from agentrl.trainer.losses import aggregate_loss, policy_loss, ppo_clip_loss, truncated_is_weights
+from agentrl.trainer.losses import (
+    aggregate_loss,
+    icepop_mask,
+    policy_loss,
+    ppo_clip_loss,
+    truncated_is_weights,
+)
 
 VALUES = torch.tensor([[1.0, 2.0, 3.0, 0.0], [4.0, 9.0, 9.0, 9.0]])
 MASK = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
@@ -163,6 +169,39 @@ def test_truncated_importance_sampling() -> None:
     assert out.floats()["train_rollout_logprob_abs_diff_max"] == pytest.approx(1.098612, abs=1e-6)
     with pytest.raises(ConfigError, match="rollout logprobs"):
         policy_loss(lp, old, torch.ones(1, 3), torch.ones(1, 3), AlgorithmConfig(tis_cap=2.0))
+
+
+def test_icepop_masks_tokens_outside_the_ratio_band() -> None:
+    # old - rollout = (0, ln 3, -ln 2, ln 6, -ln 4) -> ratios (1, 3, 0.5, 6, 0.25); band [0.5, 5]:
+    # kept (1, 1, 1, 0, 0) (the bounds are inside the band).
+    old = torch.tensor([[0.0, math.log(3.0), -math.log(2.0), math.log(6.0), -math.log(4.0)]])
+    rollout = torch.zeros(1, 5)
+    assert icepop_mask(old, rollout, 0.5, 5.0).tolist() == [[1.0, 1.0, 1.0, 0.0, 0.0]]
+    # On-policy ratio 1, A = 1: per-token pg = -1 where kept, 0 where masked; token-mean over the 5
+    # trained tokens (masked tokens stay in the denominator) = -3 / 5 = -0.6; with TIS cap 2 too the
+    # kept tokens weigh (1, 2, 0.5): -(1 + 2 + 0.5) / 5 = -0.7.
+    lp = old.clone().requires_grad_(True)
+    cfg = AlgorithmConfig(icepop_low=0.5, icepop_high=5.0)
+    out = policy_loss(lp, old, torch.ones(1, 5), torch.ones(1, 5), cfg, rollout_logprobs=rollout)
+    assert out.loss.item() == pytest.approx(-0.6, abs=1e-6)
+    assert out.floats()["icepop_masked_frac"] == pytest.approx(0.4, abs=1e-6)
+    out.loss.backward()
+    # d(-r)/d lp = -r = -1 per kept token, / 5 tokens; masked tokens get exactly 0.
+    assert lp.grad is not None and lp.grad.tolist()[0] == pytest.approx([-0.2, -0.2, -0.2, 0.0, 0.0])
+    both = AlgorithmConfig(icepop_low=0.5, icepop_high=5.0, tis_cap=2.0)
+    out = policy_loss(old.clone(), old, torch.ones(1, 5), torch.ones(1, 5), both, rollout_logprobs=rollout)
+    assert out.loss.item() == pytest.approx(-0.7, abs=1e-6)
+    with pytest.raises(ConfigError, match="rollout logprobs"):
+        policy_loss(lp, old, torch.ones(1, 5), torch.ones(1, 5), cfg)
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "match"),
+    [(0.5, None, "both"), (None, 5.0, "both"), (1.5, 5.0, "0 < low < 1 < high"), (0.5, 0.9, "0 < low")],
+)
+def test_icepop_band_is_checked(low: float | None, high: float | None, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        AlgorithmConfig(icepop_low=low, icepop_high=high)
 
 
 def test_kl_and_entropy_terms() -> None:

@@ -1,0 +1,98 @@
+"""The settings of asynchronous training (docs/async.md): overlap generation with training, bound and
+count how stale the trained tokens are.
+
+``--async-mode off`` (the default) is the synchronous loop of :mod:`agentrl.run.loop`: generate ->
+train -> sync, every token trained by the weights that sampled it. ``one-step`` generates the next
+rollout while the current one trains (:mod:`agentrl.run.async_loop`), so its tokens are sampled by
+weights up to ``update_weights_interval`` policy versions older than the ones they train. That gap needs
+an off-policy correction in the loss (TIS or ICEPOP on the rollout logprobs), which is why the checks
+here refuse an async run without one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from agentrl.errors import ConfigError
+
+AsyncMode = Literal["off", "one-step"]
+StaleSamples = Literal["drop", "downweight"]
+
+
+@dataclass(frozen=True)
+class AsyncConfig:
+    """How generation and training overlap, and what happens to samples of old weights."""
+
+    async_mode: AsyncMode = "off"
+    """``off`` (generate, train, sync in turn) or ``one-step`` (the next rollout generates while this one
+    trains; needs --tis-cap and/or --icepop-low/--icepop-high). With one-step the engine samples with its
+    current weights, which sync after training (docs/async.md)."""
+    update_weights_interval: int = field(default=1, metadata={"rare": True})
+    """Sync the trainer's weights to the engine every this many rollouts (slime's flag). With one-step,
+    a token is at most this many policy versions older than the weights it trains."""
+    max_staleness: int | None = field(default=None, metadata={"rare": True})
+    """Bound on a trained token's staleness: the policy versions (trained rollouts) between the weights
+    that sampled it and the weights it trains. Older tokens are dropped or down-weighted
+    (--stale-samples) and counted (async/stale_tokens). None: no bound beyond the mode's own."""
+    stale_samples: StaleSamples = field(default="drop", metadata={"rare": True})
+    """What --max-staleness does to a token over the bound: ``drop`` takes it out of the loss (mask 0;
+    its episode still counts in its group's baseline); ``downweight`` halves its episode's advantage per
+    version over the bound (critic-free estimators only)."""
+
+    def __post_init__(self) -> None:
+        if self.update_weights_interval < 1:
+            raise ConfigError(f"--update-weights-interval={self.update_weights_interval} must be >= 1")
+        if self.max_staleness is not None and self.max_staleness < 0:
+            raise ConfigError(f"--max-staleness={self.max_staleness} must be >= 0 (or unset: no bound)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.async_mode != "off"
+
+    def check(self, run: Any) -> None:
+        """Refuse a run (a :class:`~agentrl.run.train_config.TrainConfig`) these settings cannot serve,
+        before anything slow starts."""
+        if not self.enabled:
+            if self.update_weights_interval != 1 or self.max_staleness is not None:
+                raise ConfigError(
+                    "--update-weights-interval and --max-staleness apply to asynchronous training; "
+                    "add --async-mode one-step, or drop them (--async-mode off syncs after every rollout)"
+                )
+            return
+        algorithm = run.algorithm
+        if not algorithm.corrects_off_policy:
+            raise ConfigError(
+                f"--async-mode {self.async_mode} trains on tokens sampled by older weights: it needs an "
+                "off-policy correction on the rollout logprobs. Add --tis-cap 2.0 (truncated importance "
+                "sampling) and/or --icepop-low 0.5 --icepop-high 5.0 (ICEPOP masking); docs/async.md"
+            )
+        if self.stale_samples == "downweight" and algorithm.uses_critic:
+            raise ConfigError(
+                "--stale-samples downweight scales the episodes' advantages, which --advantage-estimator "
+                "ppo computes later with its critic; use --stale-samples drop with ppo"
+            )
+        if run.debug_rollout_only or run.debug_train_only:
+            raise ConfigError(
+                f"--async-mode {self.async_mode} overlaps generating with training; --debug-rollout-only "
+                "and --debug-train-only do only one of them: use --async-mode off"
+            )
+        if run.placement.num_gpus and run.placement.placement == "colocated":
+            raise ConfigError(
+                f"--async-mode {self.async_mode} needs the engines and the trainer on separate devices: "
+                "--placement colocated time-shares the GPUs (engines release their memory while the "
+                "trainer steps). Use --placement disaggregated"
+            )
+        k = self.update_weights_interval
+        for name, every in (
+            ("save_interval", run.save_interval if run.save else k),
+            ("eval_interval", run.eval_interval),
+        ):
+            if every % k:
+                flag = name.replace("_", "-")
+                raise ConfigError(
+                    f"--{flag}={every} must be a multiple of --update-weights-interval={k} with "
+                    f"--async-mode {self.async_mode}: checkpoints and evaluations happen when the engine "
+                    "has just received the trainer's weights (so resume is exact and evaluations see "
+                    "the trained policy)"
+                )

@@ -1,0 +1,153 @@
+"""Benchmark: step time of ``--async-mode off`` against ``one-step`` at equal work, on this machine (CPU).
+
+Both modes run the same real ``agentrl train`` (Ray actors, embedded engine, torch backend, a random-init
+GPT-2) for the same number of rollouts of the same size, with the same seed, on an agentic env whose
+tool call takes a fixed latency (``--latency`` seconds per call, ``--turns`` turns an episode): the
+rollout then waits on tools, as agentic rollouts wait on sandboxes and retrievers, while training is
+compute. ``off`` does generate -> train -> sync in turn; ``one-step`` generates the next rollout while
+the current one trains. Printed per mode: the mean step time over the steps after the first (the first
+cannot overlap), the wall clock of all steps, how long the trainer and the engine waited, the
+staleness of the trained tokens; then the speedup (off / one-step).
+
+    python bench/async_step.py                        # 6 rollouts of 32 episodes, 2 turns, 0.4 s tools
+    python bench/async_step.py --latency 0 --rollouts 4   # no tool latency: engine and trainer share the CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from agentrl.envs.base import Task, ToolEnv, TurnResult
+from agentrl.models import make_tiny_gpt2
+from agentrl.rollout.controller import RolloutConfig
+from agentrl.run.async_config import AsyncConfig
+from agentrl.run.loop import train
+from agentrl.run.metrics import read_metrics
+from agentrl.run.train_config import TrainConfig
+from agentrl.trainer.config import AlgorithmConfig, OptimizerConfig, TorchOptions
+
+
+class SlowToolEnv(ToolEnv):
+    """``turns`` turns an episode; every turn but the last is a tool call that takes ``latency`` seconds;
+    the reward is the share of 'e' in the last turn."""
+
+    def __init__(self, *, latency: float = 0.4, turns: int = 2, **kwargs: Any) -> None:
+        self.latency, self.turns = latency, turns
+        self._turn = 0
+        super().__init__(**kwargs)
+
+    def load_tasks(self, split: str) -> list[Task]:
+        return [
+            Task(id=f"{split}-{i}", prompt=f"Look up fact {i}, then answer.", answer=None) for i in range(64)
+        ]
+
+    def initial_messages(self, task: Task) -> list[dict[str, str]]:
+        self._turn = 0
+        return [{"role": "user", "content": task.prompt}]
+
+    def turn(self, text: str) -> TurnResult:
+        self._turn += 1
+        if self._turn < self.turns:
+            time.sleep(self.latency)  # the tool (a sandbox, a retriever) answers after this long
+            return TurnResult([{"role": "user", "content": "Tool result: fact found."}], reward=0.0)
+        share = text.count("e") / len(text) if text else 0.0
+        return TurnResult([], reward=share, terminated=True, info={"success": share > 0.2})
+
+
+def run_mode(mode: str, model: Path, args: argparse.Namespace) -> dict[str, float]:
+    log_dir = Path(tempfile.mkdtemp(prefix=f"agentrl-async-{mode}-"))
+    config = TrainConfig(
+        env="slow-tool",
+        model=str(model),
+        rollout_batch_size=args.prompts,
+        n_samples_per_prompt=4,
+        global_batch_size=args.prompts * 4,
+        num_rollouts=args.rollouts,
+        rollout=RolloutConfig(max_turns=args.turns, max_new_tokens=args.new_tokens, max_context=512),
+        dynamic_filter=False,
+        eval_episodes=0,
+        dump_interval=0,
+        progress=False,
+        export_hf=False,
+        log_dir=str(log_dir),
+        seed=0,
+        num_cpus=args.threads,
+        optimizer=OptimizerConfig(lr=1e-3),
+        algorithm=AlgorithmConfig(tis_cap=2.0),  # the same loss in both modes
+        torch=TorchOptions(micro_batch_tokens=4096),
+        asynchronous=AsyncConfig(async_mode=mode),  # type: ignore[arg-type]
+    )
+    factory = functools.partial(SlowToolEnv, latency=args.latency, turns=args.turns)
+    train(config, env_factory=factory)
+    rows = [r for r in read_metrics(log_dir / "metrics.jsonl") if r.get("rollout/total_tokens") is not None]
+    steps, idle_t, idle_e = [], 0.0, 0.0
+    for r in rows:
+        if mode == "off":
+            rollout, trained, sync = r["time/rollout_s"], r["time/train_s"], r["time/sync_s"]
+            steps.append(rollout + trained + sync)
+            idle_t += rollout + sync  # the trainer waits for the rollout and the sync
+            idle_e += trained + sync  # the engine waits for training and the sync
+        else:
+            steps.append(r["async/step_s"])
+            idle_t += r["async/trainer_idle_s"]
+            idle_e += r["async/engine_idle_s"]
+    later = steps[1:] or steps
+    return {
+        "step_s": sum(later) / len(later),
+        "wall_s": sum(steps),
+        "rollout_s": sum(r["time/rollout_s"] for r in rows) / len(rows),
+        "train_s": sum(r["time/train_s"] for r in rows) / len(rows),
+        "trainer_idle": idle_t / sum(steps),
+        "engine_idle": idle_e / sum(steps),
+        "staleness_max": max(r.get("async/staleness_max", 0.0) for r in rows),
+        "episodes": sum(r["rollout/episodes"] for r in rows),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rollouts", type=int, default=6)
+    parser.add_argument("--prompts", type=int, default=8, help="prompts per rollout (4 samples each)")
+    parser.add_argument("--turns", type=int, default=2)
+    parser.add_argument("--latency", type=float, default=0.4, help="seconds per tool call")
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch threads of the trainer and of the engine"
+    )
+    args = parser.parse_args()
+    folder = Path(tempfile.gettempdir()) / f"agentrl-bench-gpt2-{args.layers}x{args.width}"
+    model = make_tiny_gpt2(folder, n_layer=args.layers, n_embd=args.width, n_head=4)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    results = {mode: run_mode(mode, model, args) for mode in ("off", "one-step")}
+    ray.shutdown()
+    print(
+        f"GPT-2 {args.layers}x{args.width}, {args.rollouts} rollouts x {args.prompts * 4} episodes, "
+        f"{args.turns} turns, {args.latency} s per tool call"
+    )
+    print(
+        f"{'mode':>9} {'step s':>7} {'wall s':>7} {'rollout s':>9} {'train s':>8} {'trainer idle':>12} "
+        f"{'engine idle':>11} {'staleness':>9} {'episodes':>8}"
+    )
+    for mode, r in results.items():
+        print(
+            f"{mode:>9} {r['step_s']:>7.2f} {r['wall_s']:>7.2f} {r['rollout_s']:>9.2f} {r['train_s']:>8.2f} "
+            f"{r['trainer_idle']:>11.0%} {r['engine_idle']:>11.0%} {r['staleness_max']:>9.0f} {r['episodes']:>8.0f}"
+        )
+    off, one = results["off"], results["one-step"]
+    print(
+        f"speedup one-step vs off: {off['step_s'] / one['step_s']:.2f}x per step (steps 2..), "
+        f"{off['wall_s'] / one['wall_s']:.2f}x over all steps"
+    )
+
+
+if __name__ == "__main__":
+    main()
