@@ -114,3 +114,45 @@ def test_max_staleness_drops_the_tokens_over_the_bound(tiny_model: Path, tmp_pat
         else:
             assert r["async/stale_tokens"] == 0
     assert any(by_step[s]["async/stale_tokens"] > 0 for s in (3, 5)), records
+
+
+def test_one_step_on_a_real_sglang_server(tmp_path: Path) -> None:
+    """One-step with ``--engine sglang`` (a tiny GPT-2 served on CPU, weights synced from disk): rollout 2
+    was generated while rollout 1 trained, so the server still served the initial weights (version 0)
+    and its logprobs equal the initial model's; rollout 3 was served by version 1. Skipped without the
+    SGLang venv (scripts/setup_sglang.sh)."""
+    from test_train_sglang import _sampled_logprobs_under, _sglang_python
+
+    from agentrl.engines.config import EngineConfig
+    from agentrl.engines.sglang.launcher import CPU_SERVER_ARGS
+
+    python = _sglang_python()
+    model = make_tiny_gpt2(tmp_path / "tiny", seed=4)
+    config = TrainConfig(
+        env="letter",
+        model=str(model),
+        inference=EngineConfig(engine="sglang", sglang_python=python, sglang_args=CPU_SERVER_ARGS),
+        rollout_batch_size=4,
+        n_samples_per_prompt=4,
+        global_batch_size=16,
+        num_rollouts=3,
+        rollout=RolloutConfig(max_turns=1, max_new_tokens=8, max_context=128),
+        eval_episodes=0,
+        dynamic_filter=False,
+        progress=False,
+        export_hf=False,
+        log_dir=str(tmp_path / "logs"),
+        num_cpus=2,
+        optimizer=OptimizerConfig(lr=1e-2),
+        algorithm=AlgorithmConfig(tis_cap=2.0),
+        asynchronous=AsyncConfig(async_mode="one-step"),
+    )
+    train(config, env_factory=functools.partial(tiny_envs.LetterEnv, num_tasks=8))
+    records = {r["step"]: r for r in read_metrics(tmp_path / "logs" / "metrics.jsonl")}
+    assert records[1]["train/skipped"] == 0, "rollout 1 must train for rollout 3 to see version 1"
+    rollouts = {s: list(load_jsonl(tmp_path / "logs" / "rollouts" / f"step_{s:06d}.jsonl")) for s in (2, 3)}
+    assert {t.weight_version for t in rollouts[2]} == {0}
+    assert {t.weight_version for t in rollouts[3]} == {1}
+    served, initial = _sampled_logprobs_under(model, rollouts[2])
+    assert sum(abs(a - b) for a, b in zip(served, initial, strict=True)) / len(served) < 2e-3
+    assert records[2]["async/staleness_max"] == 1  # sampled by version 0, trained at version 1
