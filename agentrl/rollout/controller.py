@@ -305,6 +305,8 @@ class RolloutController:
             "tool_latency_s": 0.0,
             "reward": 0.0,
         }
+        if "token_versions" in out.meta:  # a weight update mid-turn (partial rollout): a version a token
+            turn["token_versions"] = list(out.meta["token_versions"])
         traj.turns.append(turn)
         return turn
 

@@ -3,6 +3,8 @@ checks that refuse a run before anything starts (agentrl/run/async_config.py).""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -157,3 +159,38 @@ def test_bad_values() -> None:
         AsyncConfig(update_weights_interval=0)
     with pytest.raises(ConfigError, match="max-staleness"):
         AsyncConfig(max_staleness=-1)
+
+
+def test_the_controller_keeps_the_versions_of_a_turn_sampled_across_an_update(tmp_path: Path) -> None:
+    """Turn 1 sampled by v3; turn 2's tokens by v3 then v4 (a weight update mid-turn, as the embedded
+    engine reports it in ``meta["token_versions"]``): every sampled token of the trajectory carries its
+    own version, observation tokens none, and the episode's version is the oldest."""
+    from rollout_harness import ScriptedEngine, ScriptedEnv, ScriptTurn
+    from transformers import AutoTokenizer
+
+    from agentrl.models import make_tiny_gpt2
+    from agentrl.rollout.controller import RolloutConfig, RolloutController
+
+    tokenizer = AutoTokenizer.from_pretrained(make_tiny_gpt2(tmp_path / "tiny"))
+    script = [
+        ScriptTurn("<call>look</call>", end="stop", observation=[{"role": "tool", "content": "found"}]),
+        ScriptTurn("the answer"),
+    ]
+
+    class UpdatedMidTurn(ScriptedEngine):
+        async def generate(
+            self, input_ids: list[int], sampling: Any, *, session_id: str | None = None
+        ) -> Any:
+            out = await super().generate(input_ids, sampling, session_id=session_id)
+            if len(self.calls) == 2:  # the second turn: its first 2 tokens by v3, the rest by v4
+                out.meta["token_versions"] = [3, 3] + [4] * (len(out.output_ids) - 2)
+            return out
+
+    env, engine = ScriptedEnv(script), UpdatedMidTurn(tokenizer, script)
+    controller = RolloutController(engine, tokenizer, RolloutConfig(max_new_tokens=64, max_context=512))
+    traj = asyncio.run(controller.run_episode(env, task_id="t0", group_id="g"))
+    first, second = (engine.turn_ids(turn) for turn in script)
+    n_obs = traj.turns[0]["n_obs"]
+    assert n_obs > 0
+    assert token_versions(traj) == [3] * len(first) + [None] * n_obs + [3, 3] + [4] * (len(second) - 2)
+    assert traj.weight_version == 3

@@ -146,6 +146,7 @@ class CudaBatcher:
             return req.finish("abort", version)
         req.output_ids.append(token)
         req.logprobs.append(logprob)
+        req.versions.append(version)
         if token in self._stops[id(req)] or hits_stop_string(
             self.engine.tokenizer, req.output_ids, req.sampling.stop
         ):

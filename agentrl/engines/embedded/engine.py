@@ -95,6 +95,7 @@ class EmbeddedEngine:
         self._queue: queue.Queue[Request] = queue.Queue()
         self._running: list[Request] = []
         self._held: list[Request] = []  # taken off the queue just as pause() came: admitted on resume
+        self._reprefill = False  # weights changed under running requests: prefill them again
         self._batch = DecodeBatch()
         self._prefixes = PrefixStore(self.config.prefix_cache_mb << 20)
         self.stats: dict[str, float] = dict.fromkeys(
@@ -206,6 +207,9 @@ class EmbeddedEngine:
             if self._running:
                 self._cuda.step()
             return
+        if self._reprefill:  # new weights: running requests continue from a prefill under them
+            self._reprefill = False
+            fresh, self._running[:], self._batch = [*self._running, *fresh], [], DecodeBatch()
         self._admit_all(fresh)
         if self._running:
             self._decode_step()
@@ -247,7 +251,7 @@ class EmbeddedEngine:
     def _admit(self, req: Request) -> KV | None:
         """Prefill what the prefix store lacks of ``req`` and sample its first token; its KV to join
         the batch, or None when it already finished."""
-        ids = req.input_ids
+        ids = req.input_ids + req.output_ids  # the output too: a running request re-admitted (new weights)
         cached, kv = self._prefixes.lookup(ids)
         layers = [GrowingLayer(k, v, spare=len(ids) - cached) for k, v in kv] if kv else []
         cache = make_cache(layers)
@@ -316,6 +320,7 @@ class EmbeddedEngine:
             return req.finish("abort", self.weight_version)
         req.output_ids.append(token)
         req.logprobs.append(logprob)
+        req.versions.append(self.weight_version)
         sp = req.sampling
         if (
             (token in self.eos_ids and not sp.ignore_eos)
@@ -345,6 +350,7 @@ class EmbeddedEngine:
                 )
             self.weight_version = int(version)
             self._prefixes.clear()  # KV computed by the old weights
+            self._reprefill = bool(self._running)  # and so is the running requests' (transformers path)
             if self._cuda is not None:
                 self._cuda.weights_changed()
 

@@ -33,6 +33,8 @@ class Request:
     finish_reason: str | None = None
     cached_tokens: int = 0
     """Prompt ids whose KV came from the prefix store (not prefilled again)."""
+    versions: list[int] = field(default_factory=list)
+    """The weight version that sampled each output id (a weight update mid-request changes it)."""
 
     @property
     def key(self) -> str:
@@ -45,12 +47,18 @@ class Request:
         return True
 
     def resolve(self, finish_reason: str, version: int, error: Exception | None = None) -> None:
+        """Settle the future. ``weight_version`` is the oldest version that sampled an output id
+        (``version``, the engine's, when none was sampled); ``meta["token_versions"]`` lists one per
+        id when a weight update came mid-request (a partial rollout, docs/async.md)."""
+        meta: dict[str, Any] = {"cached_tokens": self.cached_tokens}
+        if len(set(self.versions)) > 1:
+            meta["token_versions"] = list(self.versions)
         out = GenerateOutput(
             list(self.output_ids),
             list(self.logprobs),
             finish_reason,
-            weight_version=version,
-            meta={"cached_tokens": self.cached_tokens},
+            weight_version=min(self.versions, default=version),
+            meta=meta,
         )
 
         def settle() -> None:
