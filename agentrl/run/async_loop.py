@@ -140,6 +140,8 @@ class OneStepPipeline:
             self.ready = ReadyRollout(r["step"], trajectories, dict(r["metrics"]), r["sampler_before"])
         self.engine = Busy()
         self.trainer = Busy()
+        self.step_started = 0.0
+        """When the step being trained started collecting its rollout (the window of the idle times)."""
         self._threads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentrl-train")
         self._keep_state()
 
@@ -228,8 +230,10 @@ class OneStepPipeline:
     def _train(self, trajectories: list[Trajectory], any_token: bool) -> dict[str, float]:
         start = time.perf_counter()
         try:
-            if not any_token:  # --max-staleness dropped every token: no step (Adam moves on a zero gradient)
-                return {"train/skipped": 1.0, "train/optimizer_steps": 0.0}
+            if (
+                not any_token
+            ):  # e.g. --max-staleness dropped every token: no step (Adam moves on a 0 gradient)
+                return {"train/skipped": 1.0, "train/optimizer_steps": 0.0, "train/frac_zero_adv": 1.0}
             return self.run.train(trajectories)
         finally:
             self.trainer.intervals.append((start, time.perf_counter()))
