@@ -158,10 +158,10 @@ class TrainConfig:
     """Wall-clock budget in seconds (0: none). The run stops before a rollout it could not finish in time
     (estimated from its slowest so far, plus one evaluation), checkpoints (with --save), evaluates and
     exports as at its end; --resume continues it. For schedulers and time-limited machines."""
-    max_failed_fraction: float = field(default=0.5, metadata={"group": "run"})
+    max_failed_fraction: float = field(default=0.5, metadata={"group": "run", "rare": True})
     """Stop the run (exit 1) when more than this fraction of one rollout's episodes FAILED or were
     ABORTED (a dead engine, sandbox, env, tool or reward); 1 never stops."""
-    max_skipped_steps: int = field(default=20, metadata={"group": "run"})
+    max_skipped_steps: int = field(default=20, metadata={"group": "run", "rare": True})
     """Stop the run (exit 1) after this many rollouts in a row trained nothing (every group's rewards
     agreed); 0 never stops."""
     asynchronous: AsyncConfig = field(default_factory=AsyncConfig, metadata={"group": "async"})
@@ -171,7 +171,7 @@ class TrainConfig:
     """Ray cluster address; none starts a local Ray bound to 127.0.0.1."""
     num_cpus: int | None = field(default=None, metadata={"group": "run", "rare": True})
     """CPUs of the local Ray instance and torch threads per actor (default: all)."""
-    debug_rollout_only: bool = field(default=False, metadata={"group": "run"})
+    debug_rollout_only: bool = field(default=False, metadata={"group": "run", "rare": True})
     """Generate and log rollouts, never train (to check envs, prompts and rewards)."""
     debug_train_only: str | None = field(default=None, metadata={"group": "run", "rare": True})
     """Replay rollouts from this JSONL dump (or dump folder) instead of generating; no engine."""
