@@ -10,11 +10,18 @@ reclaims it before the weight sync:
   ``--enable-memory-saver`` and be idle (the loop only releases after a rollout has finished).
 * Embedded engine: its model moves to CPU memory and CUDA's cache is emptied; it moves back to its
   device on resume. Generation is paused in between, so no batch runs on the moved model.
+
+Host memory has the same turn-taking on the CPU, where glibc keeps what PyTorch frees:
+:func:`trim_host_memory` hands it back when a phase ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import functools
+import sys
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -96,3 +103,30 @@ async def set_engine_memory(engine: Any, action: MemoryAction) -> None:
             "engine or embedded engine actors (or use --placement disaggregated)"
         )
     await method()
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return None
+
+
+def trim_host_memory() -> bool:
+    """Give the C heap's free pages back to the OS (glibc's ``malloc_trim(0)``); False where there is none.
+
+    PyTorch frees CPU tensors to malloc, and glibc keeps them: once it has freed a block of up to 32 MiB
+    that it had mapped, it serves every later block up to that size from its heaps, whose free pages stay
+    resident. A CPU trainer then holds its train step's peak through the next rollout, and an engine its
+    rollout's peak through the train step: the processes of a run peak together at the sum of both phases'
+    peaks instead of the larger one (measured in bench/peak_memory.py). Called when a phase ends (a train
+    step, an engine going idle); it takes milliseconds.
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True

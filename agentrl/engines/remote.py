@@ -55,6 +55,10 @@ class EngineWorker:
         return await self.engine.generate(input_ids, sampling, session_id=session_id)
 
     async def update_weights(self, source: Any, version: int) -> None:
+        from agentrl.engines.packed_weights import PackedWeights, resolve_reference
+
+        if isinstance(source, PackedWeights):  # sent by reference (put_weights): map the arrays here
+            source = await resolve_reference(source)
         await self.engine.update_weights(source, version=version)
 
     async def health(self) -> bool:

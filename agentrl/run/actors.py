@@ -29,7 +29,8 @@ from typing import Any, Literal, Protocol
 import torch
 
 from agentrl.engines.factory import start_engine
-from agentrl.engines.packed_weights import PackedWeights, device_uuid, pack_weights
+from agentrl.engines.memory import trim_host_memory
+from agentrl.engines.packed_weights import PackedWeights, device_uuid, pack_weights, put_weights
 from agentrl.engines.remote import EngineWorker, RemoteEngine, RemoteEngines, set_threads
 from agentrl.errors import ConfigError
 from agentrl.run.placement import (
@@ -163,6 +164,7 @@ class TrainerWorker:
         out = {f"train/{k}": v / max(1, len(parts)) for k, v in sums.items()}
         out.update({f"train/{k}": v for k, v in value_metrics.items()})
         out["train/optimizer_steps"] = float(len(parts))
+        trim_host_memory()  # the step's activations, freed, leave the heap: the engine needs it next
         return out
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -171,16 +173,18 @@ class TrainerWorker:
 
     def weights_for_engine(self, target: dict[str, Any] | None = None) -> PackedWeights:
         """The weights under HF names in one buffer, in the engine's dtype: a CUDA IPC handle when the
-        engine is on this trainer's GPU (``target``'s ``device_uuid``), else a host array for Ray's object
-        store (:mod:`agentrl.engines.packed_weights`). A GPU buffer stays alive until
-        :meth:`release_engine_weights`."""
+        engine is on this trainer's GPU (``target``'s ``device_uuid``), else host arrays put in Ray's
+        object store, sent by reference (:mod:`agentrl.engines.packed_weights`). A GPU buffer stays alive
+        until :meth:`release_engine_weights`; the host arrays live in the store only."""
 
         target = target or {}
         named = list(self.backend.hf_state_dict())
         here = device_uuid(named[0][1].device) if named else None
         same_gpu = here is not None and here == target.get("device_uuid")
         dtype = getattr(torch, target["dtype"]) if target.get("dtype") else None
-        packed, self._sent_weights = pack_weights(named, dtype=dtype, cuda_ipc=same_gpu)
+        if not same_gpu:
+            return put_weights(named, dtype=dtype)
+        packed, self._sent_weights = pack_weights(named, dtype=dtype, cuda_ipc=True)
         return packed
 
     def release_engine_weights(self) -> None:

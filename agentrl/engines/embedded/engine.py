@@ -41,6 +41,7 @@ from agentrl.engines.embedded.cuda_batcher import make_fast_path
 from agentrl.engines.embedded.kv_cache import KV, DecodeBatch, GrowingLayer, PrefixStore, cache_kv, make_cache
 from agentrl.engines.embedded.request import Request
 from agentrl.engines.embedded.sampling import hits_stop_string, sample_tokens
+from agentrl.engines.memory import trim_host_memory
 from agentrl.engines.packed_weights import PackedWeights, device_uuid, unpack_weights
 from agentrl.errors import ConfigError, EngineError
 
@@ -182,6 +183,7 @@ class EmbeddedEngine:
             torch.set_num_threads(self.config.num_threads or max(1, min(8, (os.cpu_count() or 2) // 2)))
         while not self._closed.is_set():
             fresh = self._gather(block=not self._running)
+            busy = bool(fresh or self._running)
             with self._model_lock, torch.inference_mode():  # the batch's KV tensors are inference tensors
                 if not self._admitting.is_set():  # paused since they were gathered: admit on resume
                     self._held, fresh = fresh + self._held, []
@@ -195,6 +197,8 @@ class EmbeddedEngine:
                     self._batch = DecodeBatch()
                     if self._cuda is not None:
                         self._cuda.reset()
+            if busy and not self._running and self._queue.empty():
+                trim_host_memory()  # idle after a batch: its KV, freed, leaves the heap while the trainer steps
         for req in [*self._running, *self._held]:
             req.resolve("abort", self.weight_version)
         while not self._queue.empty():
