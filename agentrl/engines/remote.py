@@ -82,6 +82,10 @@ class EngineWorker:
     def model_device(self) -> str:
         return str(next(self.engine.model.parameters()).device)
 
+    def weights_target(self) -> dict[str, Any]:
+        """The engine's GPU (UUID) and dtype, for the trainer to pack weights for it."""
+        return self.engine.weights_target()
+
     async def release_memory(self) -> int:
         """Colocated: stop generating and move the model off the GPU; bytes freed."""
         from agentrl.engines.memory import offload_embedded
@@ -132,6 +136,14 @@ class RemoteEngine:
     async def update_weights(self, source: Any, *, version: int) -> None:
         await self.actor.update_weights.remote(source, version)
 
+    def weights_target(self) -> dict[str, Any] | None:
+        """The actor's engine's :meth:`~agentrl.engines.embedded.engine.EmbeddedEngine.weights_target`:
+        a trainer on the same GPU then hands weights over by CUDA IPC."""
+        import ray
+
+        target: dict[str, Any] | None = ray.get(self.actor.weights_target.remote())
+        return target
+
     async def health(self) -> bool:
         return bool(await self.actor.health.remote())
 
@@ -175,6 +187,11 @@ class RemoteEngines:
 
     async def update_weights(self, source: Any, *, version: int) -> None:
         await asyncio.gather(*(e.update_weights(source, version=version) for e in self.engines))
+
+    def weights_target(self) -> dict[str, Any] | None:
+        """The engines' common target; None when they differ (engines on several GPUs get host arrays)."""
+        targets = [e.weights_target() for e in self.engines]
+        return targets[0] if all(t == targets[0] for t in targets) else None
 
     async def health(self) -> bool:
         return all(await asyncio.gather(*(e.health() for e in self.engines)))

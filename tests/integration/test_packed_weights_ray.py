@@ -65,3 +65,18 @@ def make_state(folder: Path) -> dict[str, torch.Tensor]:
     from transformers import AutoModelForCausalLM
 
     return dict(AutoModelForCausalLM.from_pretrained(folder).state_dict())
+
+
+def test_the_engine_actors_target_reaches_the_trainer(local_ray: None, tmp_path: Path) -> None:
+    """`Run.sync_weights` asks the rollout manager where the engine keeps its weights; for engines in
+    their own actors (`RemoteEngine(s)`) that must reach the actor's engine, or a trainer on the engine's
+    GPU never hands weights over by CUDA IPC (they would always go through host memory)."""
+    from agentrl.engines.remote import EngineWorker, RemoteEngine, RemoteEngines
+
+    model = make_tiny_gpt2(tmp_path / "tiny", seed=5)
+    actors = [
+        ray.remote(EngineWorker).options(max_concurrency=8).remote(str(model), 1, 0, "cpu") for _ in range(2)
+    ]
+    want = {"device_uuid": None, "dtype": "float32"}  # the CPU engine's: no GPU, fp32
+    assert RemoteEngine(actors[0]).weights_target() == want
+    assert RemoteEngines(actors).weights_target() == want
