@@ -29,7 +29,7 @@ from typing import Any
 from agentrl.errors import EngineError, RunFailedError
 from agentrl.rollout.driver import EnvFactory
 from agentrl.run.failures import FailurePolicy, write_summary
-from agentrl.run.loop_common import Deadline, RunResult
+from agentrl.run.loop_common import Deadline, RunResult, evaluate_before_training, out_of_time
 from agentrl.run.metrics import dump_rollouts, plot_curves, read_metrics
 from agentrl.run.run import PendingRollout, Run
 from agentrl.run.staleness import enforce_staleness
@@ -48,14 +48,10 @@ def train_async(config: TrainConfig, *, env_factory: EnvFactory | None = None) -
     pipe = OneStepPipeline(run)
     last_step, stopped_early = run.start_step, False
     try:
-        if run.start_step == 0 and run.can_evaluate:
-            eval_metrics = run.evaluate(step=0)
-            clock.eval_s = eval_metrics["time/eval_s"]
-            run.logger.log(0, eval_metrics)
+        evaluate_before_training(run, clock)
         for step in range(run.start_step + 1, config.num_rollouts + 1):
-            if clock.would_overrun():
+            if out_of_time(run, clock, last_step):
                 stopped_early = True
-                run.logger.write(f"time limit ({config.time_limit_s:.0f} s): stopping after step {last_step}")
                 break
             clock.step_started()
             trajectories, metrics = pipe.collect(step)  # generated ahead (or now, for the first one)

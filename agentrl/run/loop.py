@@ -15,7 +15,7 @@ import logging
 from agentrl.errors import EngineError, RunFailedError
 from agentrl.rollout.driver import EnvFactory
 from agentrl.run.failures import FailurePolicy, write_summary
-from agentrl.run.loop_common import Deadline, RunResult, timed
+from agentrl.run.loop_common import Deadline, RunResult, evaluate_before_training, out_of_time, timed
 from agentrl.run.metrics import dump_rollouts, plot_curves, read_metrics
 from agentrl.run.run import Run
 from agentrl.run.train_config import TrainConfig
@@ -36,17 +36,10 @@ def train(config: TrainConfig, *, env_factory: EnvFactory | None = None) -> RunR
     policy = FailurePolicy.of(config, run.log_dir)
     last_step, stopped_early = run.start_step, False
     try:
-        if run.start_step == 0 and run.can_evaluate:
-            eval_metrics = run.evaluate(step=0)
-            clock.eval_s = eval_metrics["time/eval_s"]
-            run.logger.log(0, eval_metrics)
+        evaluate_before_training(run, clock)
         for step in range(run.start_step + 1, config.num_rollouts + 1):
-            if clock.would_overrun():
+            if out_of_time(run, clock, last_step):
                 stopped_early = True
-                run.logger.write(
-                    f"time limit ({config.time_limit_s:.0f} s): stopping after step {last_step} of "
-                    f"{config.num_rollouts} (the next would not finish in time)"
-                )
                 break
             clock.step_started()
             metrics: dict[str, float] = {}

@@ -8,6 +8,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agentrl.run.run import Run
 
 
 @dataclass
@@ -56,3 +60,23 @@ class Deadline:
         if not self.limit_s or self.slowest_s == 0.0:
             return False
         return time.monotonic() - self.start + self.slowest_s + self.eval_s > self.limit_s
+
+
+def evaluate_before_training(run: Run, clock: Deadline) -> None:
+    """A fresh run's step-0 evaluation (the starting policy); its time joins the clock's estimate."""
+    if run.start_step == 0 and run.can_evaluate:
+        eval_metrics = run.evaluate(step=0)
+        clock.eval_s = eval_metrics["time/eval_s"]
+        run.logger.log(0, eval_metrics)
+
+
+def out_of_time(run: Run, clock: Deadline, last_step: int) -> bool:
+    """True (and said in the log) when the next rollout step would not finish within --time-limit-s."""
+    if not clock.would_overrun():
+        return False
+    config = run.config
+    run.logger.write(
+        f"time limit ({config.time_limit_s:.0f} s): stopping after step {last_step} of "
+        f"{config.num_rollouts} (the next would not finish in time)"
+    )
+    return True
