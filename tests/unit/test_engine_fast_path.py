@@ -18,6 +18,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from agentrl.engines.base import SamplingParams
 from agentrl.engines.embedded.device_sampling import hash_uniforms
 from agentrl.engines.embedded.engine import EmbeddedEngine, EmbeddedEngineConfig
+from agentrl.engines.embedded.graphs import length_buckets
+from agentrl.errors import ConfigError
 from agentrl.models import make_tiny_gpt2
 
 TINY = dict(
@@ -75,7 +77,15 @@ def prompts(n: int, vocab: int, seed: int = 0) -> list[list[int]]:
 
 
 @pytest.mark.parametrize(
-    ("model_type", "attention"), [("llama", "bmm"), ("qwen2", "bmm"), ("qwen3", "bmm"), ("qwen2", "sdpa")]
+    ("model_type", "attention"),
+    [
+        ("llama", "bmm"),
+        ("qwen2", "bmm"),
+        ("qwen3", "bmm"),
+        ("qwen2", "sdpa"),
+        ("llama", "fused"),
+        ("qwen3", "fused"),
+    ],
 )
 def test_logprobs_match_teacher_forced_transformers(
     tmp_path: Path, tok_dir: Path, model_type: str, attention: str
@@ -96,9 +106,12 @@ def test_logprobs_match_teacher_forced_transformers(
     asyncio.run(eng.close())
 
 
-def test_greedy_matches_transformers_path_and_prefix_reuse_is_exact(tmp_path: Path, tok_dir: Path) -> None:
+@pytest.mark.parametrize("attention", ["bmm", "fused"])
+def test_greedy_matches_transformers_path_and_prefix_reuse_is_exact(
+    tmp_path: Path, tok_dir: Path, attention: str
+) -> None:
     folder = tiny_model(tmp_path / "m", "qwen2", tok_dir)
-    fast, slow = engine(folder), engine(folder, fast_path=False)
+    fast, slow = engine(folder, decode_attention=attention), engine(folder, fast_path=False)
     sp = SamplingParams(max_new_tokens=10, temperature=0.0, ignore_eos=True)
     first, follow = prompts(4, len(fast.tokenizer)), prompts(4, len(fast.tokenizer), seed=1)
 
@@ -181,3 +194,16 @@ def test_weights_moved_off_and_back_are_rebound(tmp_path: Path, tok_dir: Path) -
 
     assert max(asyncio.run(run())) < 1e-4
     asyncio.run(eng.close())
+
+
+def test_length_buckets_step_by_128_then_double() -> None:
+    assert length_buckets(8192) == [128, 256, 384, 512, 640, 768, 896, 1024, 2048, 4096, 8192]
+    assert length_buckets(1536) == [128, 256, 384, 512, 640, 768, 896, 1024, 1536]
+    assert length_buckets(512) == [128, 256, 384, 512]
+    assert length_buckets(100) == [100]
+
+
+def test_unknown_decode_attention_is_refused(tmp_path: Path, tok_dir: Path) -> None:
+    folder = tiny_model(tmp_path / "m", "llama", tok_dir)
+    with pytest.raises(ConfigError, match="decode_attention must be"):
+        engine(folder, decode_attention="flash")

@@ -61,7 +61,13 @@ def decode_attention_sdpa(
 
 
 def prefill_attention(
-    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, scale: float
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    positions: torch.Tensor,
+    scale: float,
+    *,
+    from_zero: bool = False,
 ) -> torch.Tensor:
     """Queries of new ids (padded to ``T`` per row) against each row's keys up to their own position.
 
@@ -69,11 +75,18 @@ def prefill_attention(
         q: (n, T, Hq, D).
         keys, values: (n, Hkv, L, D), the rows' slots cut at the longest row's end.
         positions: (n, T) position of each query (padding queries may hold any position).
+        from_zero: every row's queries sit at positions ``0..T-1`` (no cached prefix, no earlier
+            chunk): then this is plain causal attention and runs without a mask.
     Returns:
         (n * T, Hq * D).
     """
     n, t, hq, d = q.shape
     group = hq // keys.shape[1]
+    if from_zero:  # plain causal attention over the first T columns: SDPA's flash kernel, no mask
+        k = keys[:, :, :t].repeat_interleave(group, dim=1)  # (n, Hq, T, D)
+        v = values[:, :, :t].repeat_interleave(group, dim=1)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, is_causal=True, scale=scale)
+        return out.transpose(1, 2).reshape(n * t, hq * d)
     k = keys.repeat_interleave(group, dim=1)  # (n, Hq, L, D)
     v = values.repeat_interleave(group, dim=1)
     columns = torch.arange(keys.shape[2], device=q.device)

@@ -39,9 +39,10 @@ class EmbeddedEngineConfig:
     """Fast path: the most tokens (prompt plus output) of one request; longer prompts are refused."""
     cuda_graphs: bool = True
     """Fast path: capture decode steps as CUDA graphs (off: eager launches, for debugging)."""
-    decode_attention: Literal["bmm", "sdpa"] = "bmm"
+    decode_attention: Literal["bmm", "sdpa", "fused"] = "bmm"
     """Fast path: decode attention as two batched products and a softmax (``"bmm"``, the measured
-    default) or one fused SDPA call per layer (``"sdpa"``: fewer kernels; not yet measured on a GPU)."""
+    default), one fused SDPA call per layer (``"sdpa"``: measured no faster), or the bmm math compiled
+    together with the rest of each layer and one cache write for keys and values (``"fused"``)."""
     compile: bool = True
     """Fast path: ``torch.compile`` the norms, RoPE, SwiGLU and masked softmax into fused kernels."""
     num_threads: int | None = None

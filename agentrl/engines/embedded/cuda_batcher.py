@@ -192,6 +192,8 @@ def make_fast_path(engine: EngineView) -> CudaBatcher | None:
         if cfg.fast_path:
             raise ConfigError(f"fast_path needs a Llama-family model ({', '.join(decoder.SUPPORTED)})")
         return None
+    if cfg.decode_attention not in ("bmm", "sdpa", "fused"):
+        raise ConfigError(f"decode_attention must be 'bmm', 'sdpa' or 'fused', got {cfg.decode_attention!r}")
     opts = RunnerOptions(
         rows=cfg.max_batch_size,
         max_len=min(cfg.max_seq_len, engine.max_context),

@@ -47,8 +47,9 @@ class RunnerOptions:
     compile: bool
     original_logprobs: bool
     attention: str = "bmm"
-    """Decode attention: ``"bmm"`` (two batched products and a softmax; measured) or ``"sdpa"`` (one
-    fused SDPA call per layer)."""
+    """Decode attention: ``"bmm"`` (two batched products and a softmax; measured), ``"sdpa"`` (one
+    fused SDPA call per layer) or ``"fused"`` (the bmm math compiled together with the rest of the
+    layer, keys and values written by one index write)."""
     prefill_tokens: int = 16384
     """Most ids (rows x padded chunk) in one prefill forward: bounds its activation memory."""
 
@@ -91,6 +92,13 @@ class CudaRunner:
         self._attn_out: Callable[..., Any] = _compiled(
             decoder.attention_output_and_mlp, fast, token_args=(0, 1)
         )
+        self._attn_in_kv: Callable[..., Any] = _compiled(
+            decoder.attention_inputs_kv, fast, token_args=(0, 6, 7)
+        )
+        # dim 0 (rows) of x, q, keys, values, bias and dim 2 / 3 (the length bucket) of keys, values / bias
+        self._attn_mlp: Callable[..., Any] = _compiled(
+            decoder.decode_attention_and_mlp, fast, token_args=(0, 1, 2, 3, 4), length_args={2: 2, 3: 2, 4: 3}
+        )
         self.graphs = DecodeGraphs(
             self._decode_body,
             self._state,
@@ -123,6 +131,45 @@ class CudaRunner:
             x = self._attn_out(x, attend(i, q, k, v), lw.o, lw.ln2, lw.gate_up, lw.down, spec.eps)
         return x
 
+    def _fused_layers(
+        self, x: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor, bias: torch.Tensor
+    ) -> torch.Tensor:
+        """All decoder layers of a decode step with ``attention="fused"``: per layer, one compiled
+        function to q and stacked k/v, one index write of k/v into the cache, one compiled function
+        for attention and the rest of the layer. x: (b, hidden); bias: (b, 1, 1, length)."""
+        spec, cos, sin = self.w.spec, self.w.cos[pos], self.w.sin[pos]
+        b, length = x.shape[0], bias.shape[-1]
+        for i, lw in enumerate(self.w.layers):
+            q, kv = self._attn_in_kv(
+                x,
+                lw.ln1,
+                lw.qkv,
+                lw.qkv_bias,
+                lw.q_norm,
+                lw.k_norm,
+                cos,
+                sin,
+                spec.heads,
+                spec.kv_heads,
+                spec.eps,
+            )
+            layer = self.cache.kv[i]  # (2, slots, Hkv, max_len, D)
+            layer[:, rows, :, pos] = kv  # kv: (b, 2, Hkv, D), the indexed dims first
+            x = self._attn_mlp(
+                x,
+                q,
+                layer[0, :b, :, :length],
+                layer[1, :b, :, :length],
+                bias,
+                lw.o,
+                lw.ln2,
+                lw.gate_up,
+                lw.down,
+                self.scale,
+                spec.eps,
+            )
+        return x
+
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return decoder.final_logits(x, self.w.norm, self.w.lm_head, self.w.spec.eps)
 
@@ -145,7 +192,10 @@ class CudaRunner:
         attention = decode_attention
         if self.opts.attention == "sdpa":
             attention, bias = decode_attention_sdpa, bias.to(self.w.embed.dtype)
-        x = self._layers(self.w.embed[self.tokens[:b]], pos, attend)
+        if self.opts.attention == "fused":
+            x = self._fused_layers(self.w.embed[self.tokens[:b]], pos, rows, bias)
+        else:
+            x = self._layers(self.w.embed[self.tokens[:b]], pos, attend)
         logits = self._logits(x)  # (b, V)
         tokens, logprobs = sample_rows(
             logits, self.params, filtered=filtered, original=self.opts.original_logprobs
@@ -218,15 +268,19 @@ class CudaRunner:
                 ids[r, : len(piece)] = torch.tensor(piece, dtype=torch.long)
             base = torch.tensor([offsets[j] + c0 for j in group]).unsqueeze(1)  # (n, 1)
             pos = (base + torch.arange(t)).clamp_(max=self.opts.max_len - 1).to(self.device)  # (n, t)
-            x = self._prefill_chunk(first, ids.to(self.device), pos)  # (n * t, hidden)
+            from_zero = c0 == 0 and not any(offsets[j] for j in group) and t <= self.opts.max_len
+            x = self._prefill_chunk(first, ids.to(self.device), pos, from_zero)  # (n * t, hidden)
             ending = [r for r, n in enumerate(lengths) if c0 <= n - 1 < c0 + t]
             if ending:
                 flat = torch.tensor([r * t + lengths[r] - 1 - c0 for r in ending], device=self.device)
                 last[torch.tensor(ending, device=self.device)] = x[flat]
         return last
 
-    def _prefill_chunk(self, first: int, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """Run the layers over ``ids`` (n, t) at ``pos`` (n, t) of rows ``first..first+n-1``."""
+    def _prefill_chunk(
+        self, first: int, ids: torch.Tensor, pos: torch.Tensor, from_zero: bool
+    ) -> torch.Tensor:
+        """Run the layers over ``ids`` (n, t) at ``pos`` (n, t) of rows ``first..first+n-1``
+        (``from_zero``: ``pos`` is ``0..t-1`` on every row)."""
         n, t = ids.shape
         rows = torch.arange(first, first + n, device=self.device).repeat_interleave(t)  # (n t,)
         flat = pos.reshape(-1)
@@ -244,6 +298,7 @@ class CudaRunner:
                 values[window, :, :length],
                 pos,
                 self.scale,
+                from_zero=from_zero,
             )
 
         return self._layers(self.w.embed[ids.reshape(-1)], flat, attend)
@@ -280,10 +335,16 @@ class CudaRunner:
         return n
 
 
-def _compiled(fn: Callable[..., Any], enabled: bool, token_args: tuple[int, ...]) -> Callable[..., Any]:
-    """``fn`` compiled with a dynamic token count (dim 0 of the ``token_args`` arguments) and every
-    other size static: one compile serves every layer and batch size of one model, and a model of
-    other sizes gets its own kernels (never ones generated for another model's sizes)."""
+def _compiled(
+    fn: Callable[..., Any],
+    enabled: bool,
+    token_args: tuple[int, ...],
+    length_args: dict[int, int] | None = None,
+) -> Callable[..., Any]:
+    """``fn`` compiled with a dynamic token count (dim 0 of the ``token_args`` arguments), a dynamic
+    length (dim ``length_args[i]`` of argument ``i``) and every other size static: one compile serves
+    every layer, batch size and length bucket of one model, and a model of other sizes gets its own
+    kernels (never ones generated for another model's sizes)."""
     if not enabled:
         return fn
     compiled = torch.compile(fn, dynamic=False)
@@ -291,6 +352,8 @@ def _compiled(fn: Callable[..., Any], enabled: bool, token_args: tuple[int, ...]
     def call(*args: Any) -> Any:
         for i in token_args:
             torch._dynamo.maybe_mark_dynamic(args[i], 0)
+        for i, dim in (length_args or {}).items():
+            torch._dynamo.maybe_mark_dynamic(args[i], dim)
         return compiled(*args)
 
     return call

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from agentrl.engines.embedded.attention import decode_attention
+
 SUPPORTED = ("llama", "qwen2", "qwen3")
 """``model_type`` s whose layers :func:`bind_weights` understands."""
 
@@ -208,3 +210,43 @@ def attention_output_and_mlp(
 def final_logits(x: torch.Tensor, norm: torch.Tensor, lm_head: torch.Tensor, eps: float) -> torch.Tensor:
     """(N, hidden) -> (N, V) float32 logits."""
     return F.linear(rms_norm(x, norm, eps), lm_head).float()
+
+
+def attention_inputs_kv(
+    x: torch.Tensor,
+    ln1: torch.Tensor,
+    qkv: torch.Tensor,
+    qkv_bias: torch.Tensor | None,
+    q_norm: torch.Tensor | None,
+    k_norm: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    heads: int,
+    kv_heads: int,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`attention_inputs` with keys and values stacked as (N, 2, Hkv, D): the layout of one
+    index write into the slot cache (``kv[layer][:, rows, :, positions]``), one kernel instead of two."""
+    q, k, v = attention_inputs(x, ln1, qkv, qkv_bias, q_norm, k_norm, cos, sin, heads, kv_heads, eps)
+    return q, torch.stack((k, v), dim=1)
+
+
+def decode_attention_and_mlp(
+    x: torch.Tensor,
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    bias: torch.Tensor,
+    o: torch.Tensor,
+    ln2: torch.Tensor,
+    gate_up: torch.Tensor,
+    down: torch.Tensor,
+    scale: float,
+    eps: float,
+) -> torch.Tensor:
+    """A decode step's attention (:func:`~agentrl.engines.embedded.attention.decode_attention`) and the
+    rest of the layer in one function, so a compiler fuses the length mask, softmax and cast with
+    their neighbours. x: (B, hidden); q: (B, Hq, D); keys, values: (B, Hkv, L, D); bias: (B, 1, 1, L)."""
+    return attention_output_and_mlp(
+        x, decode_attention(q, keys, values, bias, scale), o, ln2, gate_up, down, eps
+    )

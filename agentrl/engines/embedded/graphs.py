@@ -1,8 +1,8 @@
 """CUDA graphs of the decode step, one per (batch bucket, length bucket, top-k/top-p on or off).
 
 Why buckets: a graph replays fixed shapes. Rounding the running batch up to a bucket (idle rows
-compute garbage nobody reads) and the longest row's length up to a power of two keeps the number of
-graphs small while attention reads at most twice the columns it needs. Graphs are captured lazily,
+compute garbage nobody reads) and the longest row's length up to a bucket (multiples of 128 up to 1024, then powers
+of two) keeps the number of graphs small while attention reads few columns it does not need. Graphs are captured lazily,
 the first time a bucket is needed; they share one memory pool, since they never run at once.
 
 A capture first runs the step once eagerly (to compile and to let the allocators settle), which
@@ -29,13 +29,16 @@ def batch_buckets(rows: int) -> list[int]:
     return sorted({*buckets, rows})
 
 
-def length_buckets(max_len: int) -> list[int]:
-    """Powers of two from 128, and ``max_len`` itself."""
-    out, n = [], 128
+def length_buckets(max_len: int, step: int = 128, linear_until: int = 1024) -> list[int]:
+    """Multiples of ``step`` up to ``linear_until``, then powers of two, and ``max_len`` itself: a
+    short row's attention reads at most ``step`` columns it does not need (a 384-id row reads 384,
+    not 512), a long one at most twice its length."""
+    out = list(range(step, min(linear_until, max_len - 1) + 1, step))
+    n = 2 * linear_until
     while n < max_len:
         out.append(n)
         n *= 2
-    return [*out, max_len]
+    return sorted({*out, max_len})
 
 
 class DecodeGraphs:
