@@ -88,7 +88,10 @@ class StackSampler:
 
 def make_engine(args: argparse.Namespace, model_dir: Path) -> EmbeddedEngine:
     cfg = EmbeddedEngineConfig(
-        device=args.device, max_batch_size=max(64, args.groups * args.n), fast_path=args.fast_path
+        device=args.device,
+        max_batch_size=max(64, args.groups * args.n),
+        fast_path=args.fast_path,
+        decode_attention=args.attention,
     )
     return EmbeddedEngine(model_dir, cfg)
 
@@ -138,6 +141,7 @@ def main() -> None:
     p.add_argument("--shape", default=None, help="random weights of this shape instead (e.g. qwen3-tiny)")
     p.add_argument("--device", default="auto")
     p.add_argument("--fast-path", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--attention", default="bmm", choices=["bmm", "sdpa", "fused"])
     p.add_argument("--groups", type=int, default=8)
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=96)
