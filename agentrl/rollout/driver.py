@@ -26,15 +26,20 @@ import copy
 import dataclasses
 import hashlib
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from agentrl.engines.base import Engine, GenerateOutput, SamplingParams
 from agentrl.errors import ConfigError, EngineDeadError, EngineError
 from agentrl.rollout.controller import Policy, RolloutConfig, RolloutController, failure_component
 from agentrl.types import Status, Trajectory
+
+if TYPE_CHECKING:
+    from agentrl.rollout.stream import GroupStream
+
+T = TypeVar("T")
 
 EnvFactory = Callable[..., Any]
 """Builds an env from keyword arguments (``split``, ``max_turns``, the spec's kwargs); tests pass a class."""
@@ -203,6 +208,8 @@ class RolloutManager:
         self.env_factory = env_factory
         self._pools = [EnvPool(self._builder(i)) for i in range(len(self.specs))]
         self.version = 0
+        self._stream: GroupStream | None = None
+        """``--async-mode fully``: groups generating in the background (:meth:`stream_submit`)."""
 
     def _builder(self, entry: int) -> Callable[[], Any]:
         spec = self.specs[entry]
@@ -241,7 +248,27 @@ class RolloutManager:
         """``settings.n_samples`` episodes of each task key, in key order; every episode comes back once,
         with a status. ``on_episode`` (in-process callers only, e.g. a progress bar) is called as each
         one ends."""
-        return self._loop.run_until_complete(_generate(self, list(keys), settings, on_episode))
+        return self._run(_generate(self, list(keys), settings, on_episode))
+
+    def stream_submit(self, groups: list[tuple[int, str]], settings: GenerationSettings) -> None:
+        """Start generating each ``(index, task key)`` group in the background and return at once
+        (:mod:`agentrl.rollout.stream`); :meth:`stream_poll` hands back the finished ones."""
+        if self._stream is None:
+            from agentrl.rollout.stream import GroupStream
+
+            self._stream = GroupStream(self)
+        self._stream.submit(groups, settings)
+
+    def stream_poll(self, timeout: float) -> list[tuple[int, list[Trajectory]]]:
+        """The streamed groups finished since the last call, as ``(index, episodes)``, waiting up to
+        ``timeout`` seconds for one."""
+        return self._stream.poll(timeout) if self._stream is not None else []
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the manager's loop: here, or on the stream's thread once a stream runs it."""
+        if self._stream is not None:
+            return self._stream.run(coro)
+        return self._loop.run_until_complete(coro)
 
     def engine_stats(self) -> dict[str, float]:
         """The engine's counters since it started (prefill / decode tokens and seconds), if it keeps any."""
@@ -256,7 +283,7 @@ class RolloutManager:
 
     def update_weights(self, source: Any, version: int) -> None:
         """Load new weights into the engine (a state dict, packed weights, or an HF folder for SGLang)."""
-        self._loop.run_until_complete(self.engine.update_weights(source, version=version))
+        self._run(self.engine.update_weights(source, version=version))
         self.version = version
 
     def engine_memory(self, action: str) -> None:
@@ -266,12 +293,16 @@ class RolloutManager:
 
         if action not in ("release", "resume"):
             raise ValueError(f"engine_memory action must be 'release' or 'resume', got {action!r}")
-        self._loop.run_until_complete(set_engine_memory(self.engine, action))  # type: ignore[arg-type]
+        self._run(set_engine_memory(self.engine, action))  # type: ignore[arg-type]
 
     def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()  # cancels the groups still running
         for pool in self._pools:
             pool.close()
-        self._loop.run_until_complete(self.engine.close())
+        self._run(self.engine.close())
+        if self._stream is not None:
+            self._stream.stop()
 
 
 class _NoEngine:
@@ -314,6 +345,74 @@ def _failed(key: str, group_id: str, index: int, env_id: str, error: Exception) 
     )
 
 
+class EpisodeRunner:
+    """Runs single episodes of one batch's sampling settings on the manager's engine and envs: the
+    controller (its concurrency limit shared by every episode of the runner), one controller per env
+    chat template, and the env pools. :func:`_generate` uses one per batch; the stream of groups of
+    ``--async-mode fully`` (:mod:`agentrl.rollout.stream`) one for the whole run."""
+
+    def __init__(self, manager: RolloutManager, settings: GenerationSettings) -> None:
+        config = dataclasses.replace(manager.rollout, temperature=settings.temperature, top_p=settings.top_p)
+        if settings.max_new_tokens is not None:
+            config = dataclasses.replace(config, max_new_tokens=settings.max_new_tokens)
+        self.manager = manager
+        self.config = config
+        self.controller = RolloutController(manager.engine, manager.tokenizer, config, policy=manager.policy)
+        self._by_template: dict[str, RolloutController] = {}
+
+    def controller_for(self, env: Any) -> RolloutController:
+        """An env with its own ``chat_template`` (PromptData-v0 without --apply-chat-template renders
+        prompts as raw text) gets a controller whose tokenizer renders with that template."""
+        template = getattr(env.unwrapped, "chat_template", None)
+        if template is None:
+            return self.controller
+        if template not in self._by_template:
+            manager = self.manager
+            tokenizer = copy.copy(manager.tokenizer)  # shallow: the same vocabulary, its own template
+            tokenizer.chat_template = template
+            self._by_template[template] = RolloutController(
+                manager.engine, tokenizer, self.config, policy=manager.policy
+            )
+        return self._by_template[template]
+
+    async def episode(self, key: str, index: int, step: int) -> Trajectory:
+        """Sample ``index`` of task ``key`` (group ``"<step>/<key>"``, seeded by step, key and index)."""
+        manager = self.manager
+        entry = int(key.split(":", 1)[0])
+        spec, pool = manager.specs[entry], manager._pools[entry]
+        group_id = f"{step}/{key}"
+        async with self.controller.semaphore:
+            try:
+                env = await pool.acquire(self.controller)
+            except Exception as e:  # env construction failed: that episode fails, the others go on
+                trajectory = _failed(key, group_id, index, spec.env, e)
+            else:
+                trajectory = await self.controller_for(env).run_episode(
+                    env,
+                    task_id=key.split(":", 1)[1],
+                    group_id=group_id,
+                    sample_index=index,
+                    env_id=spec.env,
+                    seed=episode_seed(manager.seed, step, key, index),
+                    bounded=False,
+                )
+                await pool.release(self.controller, env, broken=trajectory.status is Status.FAILED)
+        trajectory.metrics["model"] = manager.model_path  # lets `agentrl view` find the tokenizer
+        return trajectory
+
+    def close(self) -> None:
+        for c in (self.controller, *self._by_template.values()):
+            c.env_threads.shutdown(wait=False)
+
+
+def raise_if_engine_dead(trajectories: Sequence[Trajectory]) -> None:
+    """An engine that can serve nothing any more fails every later request the same way: the command
+    must stop (:class:`EngineDeadError`)."""
+    dead = next((t for t in trajectories if t.metrics.get("engine_dead")), None)
+    if dead is not None:
+        raise EngineDeadError(dead.error.removeprefix("EngineDeadError: "))
+
+
 # A module-level coroutine, not a method: Ray turns a class with any ``async def`` into an async actor,
 # and this class must stay synchronous (it drives its own event loop).
 async def _generate(
@@ -322,47 +421,10 @@ async def _generate(
     settings: GenerationSettings,
     on_episode: Callable[[Trajectory], None] | None = None,
 ) -> list[Trajectory]:
-    config = dataclasses.replace(manager.rollout, temperature=settings.temperature, top_p=settings.top_p)
-    if settings.max_new_tokens is not None:
-        config = dataclasses.replace(config, max_new_tokens=settings.max_new_tokens)
-    controller = RolloutController(manager.engine, manager.tokenizer, config, policy=manager.policy)
-    by_template: dict[str, RolloutController] = {}
-
-    def controller_for(env: Any) -> RolloutController:
-        """An env with its own ``chat_template`` (PromptData-v0 without --apply-chat-template renders
-        prompts as raw text) gets a controller whose tokenizer renders with that template."""
-        template = getattr(env.unwrapped, "chat_template", None)
-        if template is None:
-            return controller
-        if template not in by_template:
-            tokenizer = copy.copy(manager.tokenizer)  # shallow: the same vocabulary, its own template
-            tokenizer.chat_template = template
-            by_template[template] = RolloutController(
-                manager.engine, tokenizer, config, policy=manager.policy
-            )
-        return by_template[template]
+    runner = EpisodeRunner(manager, settings)
 
     async def one(key: str, index: int) -> Trajectory:
-        entry = int(key.split(":", 1)[0])
-        spec, pool = manager.specs[entry], manager._pools[entry]
-        group_id = f"{settings.step}/{key}"
-        async with controller.semaphore:
-            try:
-                env = await pool.acquire(controller)
-            except Exception as e:  # env construction failed: that episode fails, the others go on
-                trajectory = _failed(key, group_id, index, spec.env, e)
-            else:
-                trajectory = await controller_for(env).run_episode(
-                    env,
-                    task_id=key.split(":", 1)[1],
-                    group_id=group_id,
-                    sample_index=index,
-                    env_id=spec.env,
-                    seed=episode_seed(manager.seed, settings.step, key, index),
-                    bounded=False,
-                )
-                await pool.release(controller, env, broken=trajectory.status is Status.FAILED)
-        trajectory.metrics["model"] = manager.model_path  # lets `agentrl view` find the tokenizer
+        trajectory = await runner.episode(key, index, settings.step)
         if on_episode is not None:
             on_episode(trajectory)
         return trajectory
@@ -371,9 +433,6 @@ async def _generate(
         jobs = [one(key, i) for key in keys for i in range(settings.n_samples)]
         trajectories = list(await asyncio.gather(*jobs))
     finally:
-        for c in (controller, *by_template.values()):
-            c.env_threads.shutdown(wait=False)
-    dead = next((t for t in trajectories if t.metrics.get("engine_dead")), None)
-    if dead is not None:  # every later request would fail the same way: the command must stop
-        raise EngineDeadError(dead.error.removeprefix("EngineDeadError: "))
+        runner.close()
+    raise_if_engine_dead(trajectories)
     return trajectories

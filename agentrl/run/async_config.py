@@ -4,9 +4,11 @@ count how stale the trained tokens are.
 ``--async-mode off`` (the default) is the synchronous loop of :mod:`agentrl.run.loop`: generate ->
 train -> sync, every token trained by the weights that sampled it. ``one-step`` generates the next
 rollout while the current one trains (:mod:`agentrl.run.async_loop`), so its tokens are sampled by
-weights up to ``update_weights_interval`` policy versions older than the ones they train. That gap needs
-an off-policy correction in the loss (TIS or ICEPOP on the rollout logprobs), which is why the checks
-here refuse an async run without one.
+weights up to ``update_weights_interval`` policy versions older than the ones they train. ``fully``
+keeps groups generating into a bounded buffer while the trainer takes batches from it
+(:mod:`agentrl.run.fully_async`); weights update under running episodes. Either gap needs an off-policy
+correction in the loss (TIS or ICEPOP on the rollout logprobs), which is why the checks here refuse an
+async run without one.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any, Literal
 
 from agentrl.errors import ConfigError
 
-AsyncMode = Literal["off", "one-step"]
+AsyncMode = Literal["off", "one-step", "fully"]
 StaleSamples = Literal["drop", "downweight"]
 
 
@@ -25,9 +27,10 @@ class AsyncConfig:
     """How generation and training overlap, and what happens to samples of old weights."""
 
     async_mode: AsyncMode = "off"
-    """``off`` (generate, train, sync in turn) or ``one-step`` (the next rollout generates while this one
-    trains; needs --tis-cap and/or --icepop-low/--icepop-high). With one-step the engine samples with its
-    current weights, which sync after training (docs/async.md)."""
+    """``off`` (generate, train, sync in turn), ``one-step`` (the next rollout generates while this one
+    trains) or ``fully`` (groups stream into a buffer while the trainer takes batches from it; weights
+    update under running episodes). Async modes need --tis-cap and/or --icepop-low/--icepop-high
+    (docs/async.md)."""
     update_weights_interval: int = field(default=1, metadata={"rare": True})
     """Sync the trainer's weights to the engine every this many rollouts (slime's flag). With one-step,
     a token is at most this many policy versions older than the weights it trains."""
@@ -40,7 +43,14 @@ class AsyncConfig:
     its episode still counts in its group's baseline); ``downweight`` halves its episode's advantage per
     version over the bound (critic-free estimators only)."""
 
+    async_buffer_size: int | None = field(default=None, metadata={"rare": True})
+    """``--async-mode fully``: most groups (of --n-samples-per-prompt episodes) admitted and not yet
+    trained, generating or finished; generation stops admitting at this many. None: two rollouts'
+    worth (2 x --rollout-batch-size)."""
+
     def __post_init__(self) -> None:
+        if self.async_buffer_size is not None and self.async_buffer_size < 1:
+            raise ConfigError(f"--async-buffer-size={self.async_buffer_size} must be >= 1 (groups)")
         if self.update_weights_interval < 1:
             raise ConfigError(f"--update-weights-interval={self.update_weights_interval} must be >= 1")
         if self.max_staleness is not None and self.max_staleness < 0:
@@ -50,16 +60,28 @@ class AsyncConfig:
     def enabled(self) -> bool:
         return self.async_mode != "off"
 
+    def buffer_groups(self, rollout_batch_size: int) -> int:
+        """The buffer's capacity in groups (``--async-buffer-size``, else two rollouts' worth)."""
+        return self.async_buffer_size or 2 * rollout_batch_size
+
     def check(self, run: Any) -> None:
         """Refuse a run (a :class:`~agentrl.run.train_config.TrainConfig`) these settings cannot serve,
         before anything slow starts."""
+        if not self.enabled and (self.update_weights_interval != 1 or self.max_staleness is not None):
+            raise ConfigError(
+                "--update-weights-interval and --max-staleness apply to asynchronous training; "
+                "add --async-mode one-step or fully, or drop them (--async-mode off syncs after every "
+                "rollout)"
+            )
+        if self.async_buffer_size is not None and self.async_mode != "fully":
+            raise ConfigError(
+                "--async-buffer-size bounds the buffer of --async-mode fully; add --async-mode fully "
+                f"or drop it (--async-mode {self.async_mode} has no buffer)"
+            )
         if not self.enabled:
-            if self.update_weights_interval != 1 or self.max_staleness is not None:
-                raise ConfigError(
-                    "--update-weights-interval and --max-staleness apply to asynchronous training; "
-                    "add --async-mode one-step, or drop them (--async-mode off syncs after every rollout)"
-                )
             return
+        if self.async_mode == "fully":
+            self._check_fully(run)
         algorithm = run.algorithm
         if not algorithm.corrects_off_policy:
             raise ConfigError(
@@ -96,3 +118,25 @@ class AsyncConfig:
                     "has just received the trainer's weights (so resume is exact and evaluations see "
                     "the trained policy)"
                 )
+
+    def _check_fully(self, run: Any) -> None:
+        """What ``--async-mode fully`` cannot serve (besides the checks of every async mode)."""
+        size = self.buffer_groups(run.rollout_batch_size)
+        if size < run.rollout_batch_size:
+            raise ConfigError(
+                f"--async-buffer-size={size} groups cannot hold one batch of --rollout-batch-size="
+                f"{run.rollout_batch_size} groups: the trainer would wait forever; make it at least "
+                f"{run.rollout_batch_size} (default: twice that)"
+            )
+        if run.inference.engine != "embedded":
+            raise ConfigError(
+                f"--async-mode fully updates weights under running episodes, which the {run.inference.engine} "
+                "engine cannot yet do while recording each token's version; use --engine embedded, or "
+                "--async-mode one-step"
+            )
+        if run.buffer:
+            raise ConfigError(
+                "--buffer (a user's replay buffer) fills short rollouts from earlier ones; --async-mode "
+                "fully has its own buffer and takes batches as groups finish: drop --buffer, or use "
+                "--async-mode one-step"
+            )

@@ -257,7 +257,7 @@ class OneStepPipeline:
         self.run.async_state = {"policy_version": self.policy_version}
 
 
-def idle_summary(records: list[dict[str, Any]]) -> str:
+def idle_summary(records: list[dict[str, Any]], mode: str = "one-step") -> str:
     """One summary line: how much of the trained steps' wall clock each side waited for the other."""
     steps = [r for r in records if r.get("async/step_s") is not None]
     wall = sum(r["async/step_s"] for r in steps)
@@ -267,7 +267,7 @@ def idle_summary(records: list[dict[str, Any]]) -> str:
     engine = sum(r["async/engine_idle_s"] for r in steps)
     stale = [r["async/staleness_max"] for r in steps]
     return (
-        f"async (one-step): over {wall:.1f} s of steps the trainer waited {trainer:.1f} s "
+        f"async ({mode}): over {wall:.1f} s of steps the trainer waited {trainer:.1f} s "
         f"({100 * trainer / wall:.0f}%), the engine {engine:.1f} s ({100 * engine / wall:.0f}%); "
         f"trained-token staleness max {max(stale):.0f}"
     )

@@ -26,7 +26,12 @@ log = logging.getLogger(__name__)
 def train(config: TrainConfig, *, env_factory: EnvFactory | None = None) -> RunResult:
     """Run ``config`` to the end; raises if an actor dies (the run is then resumed from a checkpoint), and
     :class:`RunFailedError` when the failure policy stops it (:mod:`agentrl.run.failures`). With
-    ``--async-mode one-step`` the overlapping loop of :mod:`agentrl.run.async_loop` runs instead."""
+    ``--async-mode one-step`` the overlapping loop of :mod:`agentrl.run.async_loop` runs instead, with
+    ``fully`` the streaming one of :mod:`agentrl.run.fully_async`."""
+    if config.asynchronous.async_mode == "fully":
+        from agentrl.run.fully_async import train_fully_async
+
+        return train_fully_async(config, env_factory=env_factory)
     if config.asynchronous.enabled:
         from agentrl.run.async_loop import train_async
 
