@@ -83,8 +83,10 @@ class EngineWorker:
         return str(next(self.engine.model.parameters()).device)
 
     def weights_target(self) -> dict[str, Any]:
-        """The engine's GPU (UUID) and dtype, for the trainer to pack weights for it."""
-        return self.engine.weights_target()
+        """The engine's GPU (UUID), dtype and Ray node, for the trainer to pack weights for it."""
+        import ray
+
+        return {**self.engine.weights_target(), "node_id": ray.get_runtime_context().get_node_id()}
 
     async def release_memory(self) -> int:
         """Colocated: stop generating and move the model off the GPU; bytes freed."""

@@ -30,7 +30,14 @@ import torch
 
 from agentrl.engines.factory import start_engine
 from agentrl.engines.memory import trim_host_memory
-from agentrl.engines.packed_weights import PackedWeights, device_uuid, pack_weights, put_weights
+from agentrl.engines.packed_weights import (
+    PackedWeights,
+    SharedHostBuffer,
+    device_uuid,
+    pack_shared,
+    pack_weights,
+    put_weights,
+)
 from agentrl.engines.remote import EngineWorker, RemoteEngine, RemoteEngines, set_threads
 from agentrl.errors import ConfigError
 from agentrl.run.placement import (
@@ -49,6 +56,7 @@ from agentrl.trainer.config import (
     TorchBackendConfig,
     TorchOptions,
 )
+from agentrl.trainer.step_metrics import combine_steps
 from agentrl.types import Trajectory
 
 log = logging.getLogger(__name__)
@@ -142,15 +150,18 @@ class TrainerWorker:
         self.config = config
         self.backend = make_backend(Path(model_path), config)
         self._sent_weights: torch.Tensor | None = None
+        self._host_weights: SharedHostBuffer | None = None
 
     def pid(self) -> int:
         return os.getpid()
 
     def train(self, trajectories: list[Trajectory]) -> dict[str, float]:
-        """``steps_per_rollout`` optimizer steps over the rollout, whole groups per step; mean metrics."""
+        """``steps_per_rollout`` optimizer steps over the rollout, whole groups per step; their metrics
+        combined (:func:`~agentrl.trainer.step_metrics.combine_steps`: means, and max/min for ``*_max`` /
+        ``*_min``)."""
         from agentrl.trainer.batch import trajectories_to_batch
 
-        sums: dict[str, float] = {}
+        steps: list[dict[str, float]] = []
         parts = split_by_group(trajectories, self.config.steps_per_rollout)
         converted = [trajectories_to_batch(part, self.config.algorithm) for part in parts]
         batches = [batch for batch, _ in converted]
@@ -159,9 +170,8 @@ class TrainerWorker:
             batches, value_metrics = self.backend.estimate_advantages(batches)
         for batch, (_, batch_metrics) in zip(batches, converted, strict=True):
             step_metrics = self.backend.train_step(batch) if len(batch) else {}
-            for key, value in {**batch_metrics, **step_metrics}.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-        out = {f"train/{k}": v / max(1, len(parts)) for k, v in sums.items()}
+            steps.append({**batch_metrics, **step_metrics})
+        out = {f"train/{k}": v for k, v in combine_steps(steps).items()}  # *_max: the max over steps
         out.update({f"train/{k}": v for k, v in value_metrics.items()})
         out["train/optimizer_steps"] = float(len(parts))
         trim_host_memory()  # the step's activations, freed, leave the heap: the engine needs it next
@@ -172,26 +182,44 @@ class TrainerWorker:
         return {name: tensor.detach().cpu() for name, tensor in self.backend.hf_state_dict()}
 
     def weights_for_engine(self, target: dict[str, Any] | None = None) -> PackedWeights:
-        """The weights under HF names in one buffer, in the engine's dtype: a CUDA IPC handle when the
-        engine is on this trainer's GPU (``target``'s ``device_uuid``), else host arrays put in Ray's
-        object store, sent by reference (:mod:`agentrl.engines.packed_weights`). A GPU buffer stays alive
-        until :meth:`release_engine_weights`; the host arrays live in the store only."""
+        """The weights under HF names in one buffer, in the engine's dtype, handed over the cheapest way
+        the engine (``target``, its ``weights_target``) can take (:mod:`agentrl.engines.packed_weights`):
+
+        * on this trainer's GPU (``device_uuid``): a CUDA IPC handle of a GPU buffer, alive until
+          :meth:`release_engine_weights`;
+        * on this machine (Ray ``node_id``): the name of one shared-memory buffer, refilled in place at
+          every sync (the caller waits for the engine's load before the next call);
+        * elsewhere: host arrays put in Ray's object store, sent by reference.
+        """
+        import ray
 
         target = target or {}
         named = list(self.backend.hf_state_dict())
         here = device_uuid(named[0][1].device) if named else None
         same_gpu = here is not None and here == target.get("device_uuid")
         dtype = getattr(torch, target["dtype"]) if target.get("dtype") else None
-        if not same_gpu:
-            return put_weights(named, dtype=dtype)
-        packed, self._sent_weights = pack_weights(named, dtype=dtype, cuda_ipc=True)
-        return packed
+        if same_gpu:
+            packed, self._sent_weights = pack_weights(named, dtype=dtype, cuda_ipc=True)
+            return packed
+        if target.get("node_id") == ray.get_runtime_context().get_node_id():
+            packed, self._host_weights = pack_shared(named, dtype=dtype, buffer=self._host_weights)
+            return packed
+        return put_weights(named, dtype=dtype)
 
     def release_engine_weights(self) -> None:
-        """The engine has copied the weights of :meth:`weights_for_engine`: free the buffer."""
+        """The engine has copied the weights of :meth:`weights_for_engine`: free the GPU buffer; the
+        shared host buffer stays for the next sync, its name removed (the engine has mapped it)."""
         self._sent_weights = None
+        if self._host_weights is not None:
+            self._host_weights.release()
         if torch.cuda.is_available():
             torch.cuda.ipc_collect()  # memory the engine's mapping kept in limbo
+
+    def close_engine_weights(self) -> None:
+        """Unlink the shared host buffer (at the end of a run)."""
+        if self._host_weights is not None:
+            self._host_weights.close()
+            self._host_weights = None
 
     def export_hf(self, path: str) -> str:
         self.backend.export_hf(Path(path))
@@ -278,6 +306,11 @@ class Actors:
                 ray.get(self.rollout.close.remote(), timeout=60)
             except Exception as e:  # a dead actor must not mask the error that killed the run
                 log.warning("closing the rollout manager failed: %s", e)
+        for rank in getattr(self.trainer, "ranks", [self.trainer]) if self.trainer is not None else []:
+            try:  # its shared weight buffer; if it is dead, Python's resource tracker unlinks it
+                ray.get(rank.close_engine_weights.remote(), timeout=10)
+            except Exception as e:
+                log.warning("closing the trainer's weight buffer failed: %s", e)
         for actor in [self.rollout, *getattr(self.trainer, "ranks", [self.trainer]), *self.engines]:
             if actor is not None:
                 ray.kill(actor)

@@ -113,3 +113,20 @@ def finish_totals(totals: Totals) -> dict[str, Any]:
         name: (value / weight if weight > 0 else math.nan) if kind_of(name) == "mean" else value
         for name, (value, weight) in totals.items()
     }
+
+
+def combine_steps(steps: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """The metrics of several optimizer steps (one rollout's ``steps_per_rollout``) as one record:
+    ``*_max`` / ``*_min`` the max / min over the steps (NaN ignored), every other metric the mean over
+    the steps that report it (a step's loss is already its batch's total, so losses are averaged too)."""
+    totals: dict[str, tuple[float, float]] = {}
+    for metrics in steps:
+        for name, value in metrics.items():
+            kind = kind_of(name)
+            totals[name] = _fold(
+                kind if kind in ("max", "min") else "mean", totals.get(name), float(value), 1.0
+            )
+    return {
+        name: value if kind_of(name) in ("max", "min") else value / weight
+        for name, (value, weight) in totals.items()
+    }

@@ -1,6 +1,7 @@
 """Weight sync on the CPU through a local Ray (issue 17): the trainer puts its weights in the object store
-once and sends a reference; an actor in between (the rollout manager) passes the record on without the
-weights; the engine maps them and loads exactly the trainer's weights."""
+once and sends a reference, or, for an engine on its machine, refills one shared buffer and sends its
+name; an actor in between (the rollout manager) passes the record on without the weights; the engine
+maps them and loads exactly the trainer's weights."""
 
 from __future__ import annotations
 
@@ -61,6 +62,48 @@ def test_trainer_weights_reach_the_engine_by_reference(local_ray: None, tmp_path
         assert torch.equal(got[name], tensor), name
 
 
+def test_an_engine_on_the_same_machine_reads_the_shared_buffer_at_each_sync(
+    local_ray: None, tmp_path: Path
+) -> None:
+    """An engine on the trainer's machine (its target names the same Ray node) gets the name of the
+    trainer's shared buffer, not the weights; two syncs of different weights reuse that one buffer, and
+    after each the engine holds exactly the trainer's weights of that sync."""
+    from agentrl.engines.packed_weights import SHM_DIR
+    from agentrl.engines.remote import EngineWorker
+    from agentrl.run.actors import TrainerWorker
+
+    class Trainer(TrainerWorker):
+        def perturb(self, scale: float) -> None:
+            with torch.no_grad():
+                for p in self.backend.model.parameters():
+                    p.mul_(scale).add_(0.5)
+
+    class Engine(EngineWorker):
+        def weights(self) -> dict[str, torch.Tensor]:
+            return {k: v.detach().clone() for k, v in self.engine.model.state_dict().items()}
+
+    model = make_tiny_gpt2(tmp_path / "tiny", seed=5)
+    trainer = ray.remote(Trainer).remote(str(model), TrainConfig(model=str(model), num_cpus=1))
+    engine = ray.remote(Engine).options(max_concurrency=8).remote(str(model), 1, 0, "cpu")
+    target = ray.get(engine.weights_target.remote())
+    names, states = [], []
+    for version, scale in ((1, 1.25), (2, -0.5)):
+        ray.get(trainer.perturb.remote(scale))
+        packed = ray.get(trainer.weights_for_engine.remote(target))
+        assert packed.host is None and packed.host_ref is None and packed.shared_name is not None
+        ray.get(engine.update_weights.remote(packed, version))
+        ray.get(trainer.release_engine_weights.remote())
+        assert not (SHM_DIR / packed.shared_name).exists()  # mapped by both: the name is gone
+        names.append(packed.shared_name)
+        expected, got = ray.get([trainer.state_dict.remote(), engine.weights.remote()])
+        for name, tensor in expected.items():
+            assert torch.equal(got[name], tensor), (version, name)
+        states.append(expected)
+    assert names[0] == names[1]  # one buffer, refilled
+    assert any(not torch.equal(states[0][k], v) for k, v in states[1].items())
+    ray.get(trainer.close_engine_weights.remote())
+
+
 def make_state(folder: Path) -> dict[str, torch.Tensor]:
     from transformers import AutoModelForCausalLM
 
@@ -77,6 +120,7 @@ def test_the_engine_actors_target_reaches_the_trainer(local_ray: None, tmp_path:
     actors = [
         ray.remote(EngineWorker).options(max_concurrency=8).remote(str(model), 1, 0, "cpu") for _ in range(2)
     ]
-    want = {"device_uuid": None, "dtype": "float32"}  # the CPU engine's: no GPU, fp32
+    node = ray.get_runtime_context().get_node_id()  # this one machine's Ray node
+    want = {"device_uuid": None, "dtype": "float32", "node_id": node}  # the CPU engine's: no GPU, fp32
     assert RemoteEngine(actors[0]).weights_target() == want
     assert RemoteEngines(actors).weights_target() == want

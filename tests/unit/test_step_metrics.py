@@ -9,7 +9,14 @@ import torch
 
 from agentrl.trainer.config import AlgorithmConfig
 from agentrl.trainer.losses import policy_loss
-from agentrl.trainer.step_metrics import StepMetrics, finish_totals, kind_of, merge_totals, to_floats
+from agentrl.trainer.step_metrics import (
+    StepMetrics,
+    combine_steps,
+    finish_totals,
+    kind_of,
+    merge_totals,
+    to_floats,
+)
 
 
 def test_kinds_follow_the_name() -> None:
@@ -116,3 +123,45 @@ def test_megatron_micro_batch_losses_combine_to_the_whole_batch() -> None:
     assert combined["loss"] == pytest.approx(whole.loss.item(), abs=1e-6)
     for key in ("pg_loss", "clip_frac", "ppo_kl", "ratio_mean", "ratio_max", "ratio_min"):
         assert combined[key] == pytest.approx(expected[key], abs=1e-6), key
+
+
+def test_optimizer_steps_of_a_rollout_combine_by_kind() -> None:
+    steps = [
+        {"train_rollout_logprob_abs_diff_max": 0.30, "ratio_min": 0.9, "loss": 2.0, "kl": 0.01},
+        {"train_rollout_logprob_abs_diff_max": math.nan, "ratio_min": 0.8, "loss": 4.0},  # no trained token
+        {"train_rollout_logprob_abs_diff_max": 0.10, "ratio_min": 0.95, "loss": 6.0, "kl": 0.03},
+    ]
+    out = combine_steps(steps)
+    assert out["train_rollout_logprob_abs_diff_max"] == 0.30  # the max of 0.30 and 0.10, not their mean
+    assert out["ratio_min"] == 0.8
+    assert out["loss"] == pytest.approx(4.0)  # (2 + 4 + 6) / 3: a step's loss is its batch's total
+    assert out["kl"] == pytest.approx(0.02)  # (0.01 + 0.03) / 2: the steps that report it
+
+
+def test_trainer_worker_reports_the_max_gap_over_its_optimizer_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``TrainerWorker.train`` with two optimizer steps per rollout: the max of the trainer/engine
+    logprob gap is the larger step's (0.30), where averaging the steps gave 0.20."""
+    from types import SimpleNamespace
+
+    import agentrl.trainer.batch
+    from agentrl.run.actors import TrainerWorker
+
+    step_metrics = iter(
+        [
+            {"train_rollout_logprob_abs_diff": 0.01, "train_rollout_logprob_abs_diff_max": 0.30, "loss": 2.0},
+            {"train_rollout_logprob_abs_diff": 0.03, "train_rollout_logprob_abs_diff_max": 0.10, "loss": 4.0},
+        ]
+    )
+    monkeypatch.setattr(
+        agentrl.trainer.batch, "trajectories_to_batch", lambda part, _: ([0], {"n_trajectories": len(part)})
+    )
+    worker = object.__new__(TrainerWorker)
+    worker.config = SimpleNamespace(steps_per_rollout=2, algorithm=SimpleNamespace(uses_critic=False))  # type: ignore[assignment]
+    worker.backend = SimpleNamespace(train_step=lambda batch: next(step_metrics))
+    groups = [SimpleNamespace(group_id=g) for g in ("a", "a", "a", "b")]
+    out = worker.train(groups)  # type: ignore[arg-type]
+    assert out["train/train_rollout_logprob_abs_diff_max"] == 0.30
+    assert out["train/train_rollout_logprob_abs_diff"] == pytest.approx(0.02)
+    assert out["train/loss"] == pytest.approx(3.0)
+    assert out["train/n_trajectories"] == pytest.approx(2.0)  # 3 and 1 episodes
+    assert out["train/optimizer_steps"] == 2.0
