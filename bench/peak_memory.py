@@ -9,7 +9,8 @@ solves about three in four, so groups differ and every step trains) or on the mu
 ``--interval`` seconds, reads the memory of the CLI's whole process tree (the driver, Ray's GCS, raylet
 and helpers, every worker and actor). It prints the peak of the sum over processes, each process's own
 peak (by role), what each held at the moment of the total's peak, the step time and the weight-sync time
-(``time/sync_s`` of the run's ``metrics.jsonl``).
+(``time/sync_s`` of the run's ``metrics.jsonl``, and the start-up sync of the initial weights that
+warms the CPU transport, from the run's log).
 
 Two sums are reported: PSS (``/proc/PID/smaps_rollup``: a page shared by n processes counts 1/n in each,
 so the sum counts shared libraries and Ray's shared-memory object store once: the memory the run takes),
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -168,7 +170,9 @@ def step_times(log_dir: Path) -> dict[str, Any]:
     steps = [{k: float(r.get(k) or 0.0) for k in keys} for r in rows]
     for s in steps:
         s["step_s"] = sum(s[k] for k in keys)
-    return {"steps": steps}
+    train_log = log_dir / "train.log"
+    warm = re.search(r"weight sync warmed up at start-up: ([0-9.]+) s", train_log.read_text(errors="replace"))
+    return {"steps": steps, "startup_sync_s": float(warm.group(1)) if warm else None}
 
 
 def _rows(at: dict[int, tuple[str, int]]) -> list[dict[str, Any]]:
@@ -206,6 +210,7 @@ def report(
         "steps": steps,
         "mean_step_s_after_first": sum(s["step_s"] for s in warm) / max(1, len(warm)),
         "sync_s": [s["time/sync_s"] for s in steps],
+        "startup_sync_s": times["startup_sync_s"],
         "wall_s": wall_s,
     }
 
@@ -245,6 +250,10 @@ def print_table(r: dict[str, Any]) -> None:
             f"{s['step_s']:>7.2f}"
         )
     print(f"mean step after the first: {r['mean_step_s_after_first']:.2f} s; wall {r['wall_s']:.0f} s")
+    if r["startup_sync_s"] is not None:
+        print(
+            f"weight sync at start-up (the initial weights, faulting the transport in): {r['startup_sync_s']:.3f} s"
+        )
 
 
 def main(argv: list[str]) -> int:

@@ -32,7 +32,8 @@ import mmap
 import os
 import secrets
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -113,23 +114,30 @@ def layout(
     return tensors, tuple(entries), offset
 
 
-def _fill(buffer: torch.Tensor, entries: Iterable[Entry], tensors: list[tuple[str, torch.Tensor]]) -> None:
-    """Copy (and convert) each tensor into its entry's place in ``buffer``; aliases are written once.
-
-    Host copies run on one thread: they are bound by memory bandwidth, and on a loaded machine torch's
-    threads wait for each other at every tensor (SmolLM2-135M on the busy 2-core CPU: 0.14-0.34 s with
-    2 threads, 0.06-0.07 s with 1)."""
+@contextmanager
+def single_threaded_on_cpu(device: torch.device | str) -> Iterator[None]:
+    """Host-to-host weight copies run on one thread: they are bound by memory bandwidth, and on a loaded
+    machine torch's threads wait for each other at every tensor (SmolLM2-135M on the busy 2-core CPU:
+    packing 0.14-0.34 s with 2 threads, 0.06-0.07 s with 1; the engine's load 0.25 s against 0.07 s)."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
     threads = torch.get_num_threads()
-    if buffer.device.type == "cpu":
-        torch.set_num_threads(1)
+    torch.set_num_threads(1)
     try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fill(buffer: torch.Tensor, entries: Iterable[Entry], tensors: list[tuple[str, torch.Tensor]]) -> None:
+    """Copy (and convert) each tensor into its entry's place in ``buffer``; aliases are written once."""
+    with single_threaded_on_cpu(buffer.device):
         written: set[int] = set()
         for entry, (_, t) in zip(entries, tensors, strict=True):
             if entry.offset not in written:
                 written.add(entry.offset)
                 _view(buffer, entry).copy_(t.reshape(entry.shape))
-    finally:
-        torch.set_num_threads(threads)
 
 
 def pack_weights(

@@ -42,7 +42,7 @@ from agentrl.engines.embedded.kv_cache import KV, DecodeBatch, GrowingLayer, Pre
 from agentrl.engines.embedded.request import Request
 from agentrl.engines.embedded.sampling import hits_stop_string, sample_tokens
 from agentrl.engines.memory import trim_host_memory
-from agentrl.engines.packed_weights import PackedWeights, device_uuid, unpack_weights
+from agentrl.engines.packed_weights import PackedWeights, device_uuid, single_threaded_on_cpu, unpack_weights
 from agentrl.errors import ConfigError, EngineError
 
 log = logging.getLogger(__name__)
@@ -344,7 +344,7 @@ class EmbeddedEngine:
             state = unpack_weights(source)  # views of the trainer's buffer: copied below, then dropped
         else:
             state = dict(source)
-        with self._model_lock:
+        with self._model_lock, single_threaded_on_cpu(self.device):
             missing, unexpected = self.model.load_state_dict(state, strict=False)
             tied = {"lm_head.weight"} if getattr(self.model.config, "tie_word_embeddings", False) else set()
             if unexpected or set(missing) - tied:
