@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentrl.errors import EngineError, RunFailedError
+from agentrl.errors import CheckpointError, EngineError, RunFailedError
 from agentrl.rollout.driver import EnvFactory
 from agentrl.run.failures import FailurePolicy, write_summary
 from agentrl.run.loop_common import Deadline, RunResult, evaluate_before_training, out_of_time
@@ -124,6 +124,11 @@ class OneStepPipeline:
         self.run = run
         self.config = run.config
         state = run.async_state  # from the checkpoint on --resume
+        if state.get("buffer", {}).get("groups"):
+            raise CheckpointError(
+                f"{run.config.save} was written by --async-mode fully (it holds a buffer of generated "
+                "groups, which one-step would skip): resume it with --async-mode fully"
+            )
         self.policy_version = int(state.get("policy_version", 0))
         """Trained rollouts that changed the weights: the trainer's version (staleness is counted in it)."""
         self.engine_version = self.policy_version  # Run.start synced it on --resume
