@@ -303,6 +303,7 @@ class RolloutManager:
         self._run(self.engine.close())
         if self._stream is not None:
             self._stream.stop()
+            self._stream = None  # the loop is this thread's again: a second close runs on it
 
 
 class _NoEngine:
