@@ -58,7 +58,8 @@ class Entry:
 
 @dataclass(frozen=True)
 class PackedWeights:
-    """One flat buffer of weights, on the host (``host``) or shared from a GPU (``cuda_ipc``)."""
+    """One flat buffer of weights: on the host (``host``, or ``host_ref`` before it is fetched), in a
+    shared host buffer (``shared_name``) or shared from a GPU (``cuda_ipc``)."""
 
     entries: tuple[Entry, ...]
     nbytes: int
