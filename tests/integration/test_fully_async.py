@@ -9,6 +9,7 @@ size; the idle times are parts of the step.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 import ray
 import tiny_envs
 
+from agentrl.errors import RunFailedError
 from agentrl.models import make_tiny_gpt2
 from agentrl.rollout.controller import RolloutConfig
 from agentrl.run.async_config import AsyncConfig
@@ -45,8 +47,8 @@ def local_ray() -> object:
     ray.shutdown()
 
 
-def _run(model: Path, log_dir: Path, **asynchronous: Any) -> dict[int, dict[str, Any]]:
-    config = TrainConfig(
+def _config(model: Path, log_dir: Path, **asynchronous: Any) -> TrainConfig:
+    return TrainConfig(
         env="letter",
         model=str(model),
         rollout_batch_size=GROUPS,
@@ -65,9 +67,20 @@ def _run(model: Path, log_dir: Path, **asynchronous: Any) -> dict[int, dict[str,
         algorithm=AlgorithmConfig(tis_cap=2.0),
         asynchronous=AsyncConfig(async_mode="fully", **asynchronous),
     )
-    train(config, env_factory=functools.partial(tiny_envs.LetterEnv, num_tasks=8))
-    records = read_metrics(log_dir / "metrics.jsonl")
-    return {r["step"]: r for r in records if r.get("async/step_s") is not None}
+
+
+def _steps(log_dir: Path) -> dict[int, dict[str, Any]]:
+    return {
+        r["step"]: r for r in read_metrics(log_dir / "metrics.jsonl") if r.get("async/step_s") is not None
+    }
+
+
+def _run(model: Path, log_dir: Path, **asynchronous: Any) -> dict[int, dict[str, Any]]:
+    train(
+        _config(model, log_dir, **asynchronous),
+        env_factory=functools.partial(tiny_envs.LetterEnv, num_tasks=8),
+    )
+    return _steps(log_dir)
 
 
 def test_fully_async_tokens_carry_their_version_and_none_trains_over_the_bound(
@@ -112,3 +125,35 @@ def test_fully_async_tokens_carry_their_version_and_none_trains_over_the_bound(
     assert stale_seen > 0, "a buffer of 3 batches must hold tokens over a bound of 1"
     summary = (tmp_path / "summary.txt").read_text()
     assert "async (fully)" in summary and "the trainer waited" in summary
+
+
+def test_a_failed_batch_stops_the_run_and_resume_generates_its_groups_again(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """Task ``train-5`` fails while a flag file exists; with the seed-0 task order it falls in the second
+    batch (groups 4-7), so the failure policy stops the run at rollout 2, after groups 8-11 were admitted
+    too. The stop checkpoints step 1 with the task sampler wound back to group 4 and an empty buffer
+    (docs/async.md); the resumed run, healed, takes groups 4-7 again (the same tasks) and finishes."""
+    flag = tmp_path / "tool-down"
+    flag.touch()
+    config = dataclasses.replace(
+        _config(tiny_model, tmp_path / "first"),
+        num_rollouts=4,
+        save=str(tmp_path / "ckpt"),
+        save_interval=4,
+        max_failed_fraction=0.2,  # a group of 4 of 16 episodes failing stops the run
+    )
+    env = functools.partial(tiny_envs.FailOnTaskEnv, num_tasks=8, fail_task="train-5", flag=str(flag))
+    with pytest.raises(RunFailedError, match="rollout 2: 4 of 16 episodes failed"):
+        train(config, env_factory=env)
+    assert (tmp_path / "ckpt" / "latest").read_text().strip().endswith("step_1")
+    failed = list(load_jsonl(tmp_path / "first" / "failed_rollouts" / "step_000002.jsonl"))
+    assert {t.group_id.split("/", 1)[0] for t in failed} <= {"4", "5", "6", "7"}
+    flag.unlink()
+    train(dataclasses.replace(config, resume=True, log_dir=str(tmp_path / "second")), env_factory=env)
+    resumed = _steps(tmp_path / "second")
+    assert sorted(resumed) == [2, 3, 4]
+    assert [resumed[s]["async/oldest_group"] for s in (2, 3, 4)] == [4, 8, 12]
+    again = list(load_jsonl(tmp_path / "second" / "rollouts" / "step_000002.jsonl"))
+    assert {t.task_id for t in failed} <= {t.task_id for t in again}
+    assert resumed[2]["rollout/failed_env"] == 0

@@ -51,3 +51,19 @@ class FailingAfterTwoEnv(LetterEnv):
         if type(self).built > 2:
             raise RuntimeError("sandbox pool exhausted")
         super().__init__(**kwargs)  # type: ignore[arg-type]
+
+
+class FailOnTaskEnv(LetterEnv):
+    """LetterEnv whose turn raises (a tool that is down: the episode FAILS) on task ``fail_task`` while the
+    file ``flag`` exists; removing the file heals it (a resumed run)."""
+
+    def __init__(self, *, fail_task: str, flag: str, **kwargs: object) -> None:
+        self.fail_task, self.flag = fail_task, flag
+        super().__init__(**kwargs)
+
+    def turn(self, text: str) -> TurnResult:
+        import os
+
+        if self.task is not None and self.task.id == self.fail_task and os.path.exists(self.flag):
+            raise RuntimeError("tool down")
+        return super().turn(text)
