@@ -176,11 +176,8 @@ class StreamingPipeline:
         self._keep_state(step, groups)  # a failure in this step winds the sampler back to its first group
         self.admit()
         self.step_started = started
-        return self._batch(step, groups, rejected), {
-            **self._batch_metrics(step, groups, rejected),
-            **fill,
-            "time/wait_rollout_s": time.perf_counter() - started,
-        }
+        trajectories, metrics = self._batch(step, groups, rejected)
+        return trajectories, {**metrics, **fill, "time/wait_rollout_s": time.perf_counter() - started}
 
     def train_and_sync(self, step: int, trajectories: list[Trajectory], *, drain: bool) -> dict[str, float]:
         """Train on the batch (in a thread, polling the stream meanwhile); then, every
@@ -236,7 +233,7 @@ class StreamingPipeline:
         finally:
             self.draining = False
             self._keep_state(step + 1, self.buffer.groups)
-            self.admit()
+        self.admit()
 
     def close(self) -> None:
         self._threads.shutdown(wait=True)
@@ -246,25 +243,29 @@ class StreamingPipeline:
         c = self.config
         return bool(keep_informative_groups(group, 1, c.dynamic_filter, self.run.hooks.group_filter))
 
-    def _batch(self, step: int, groups: list[BufferedGroup], rejected: list[Group]) -> list[Trajectory]:
+    def _batch(
+        self, step: int, groups: list[BufferedGroup], rejected: list[Group]
+    ) -> tuple[list[Trajectory], dict[str, float]]:
+        """The batch's episodes to train on (after ``--sample-filter``), and the metrics of every episode
+        of its groups and of the rejected ones (the filters must not make the policy look better)."""
         kept = [t for g in groups for t in g.episodes or []]
-        lost = [t for t in [*kept, *(t for g in rejected for t in g)] if not t.trainable]
+        every = kept + [t for g in rejected for t in g]
+        lost = [t for t in every if not t.trainable]
         if lost:  # the filters keep them out of training and of rollouts/: their errors are here
             dump_rollouts(lost, self.run.log_dir, step, folder="failed_rollouts")
-        sample_filter = self.run.hooks.sample_filter
-        return [t for t in kept if sample_filter(t)] if sample_filter is not None else kept
-
-    def _batch_metrics(
-        self, step: int, groups: list[BufferedGroup], rejected: list[Group]
-    ) -> dict[str, float]:
-        every = [t for g in groups for t in g.episodes or []] + [t for g in rejected for t in g]
-        return {
+        metrics = {
             **rollout_metrics(every),
             **failure_metrics(every),
-            "rollout/kept_episodes": float(sum(len(g.episodes or []) for g in groups)),
+            "rollout/kept_episodes": float(len(kept)),
             "async/rejected_groups": float(len(rejected)),
             "async/oldest_group": float(groups[0].index),
         }
+        sample_filter = self.run.hooks.sample_filter
+        if sample_filter is not None:
+            filtered = [t for t in kept if sample_filter(t)]
+            metrics["rollout/sample_filtered"] = float(len(kept) - len(filtered))
+            kept = filtered
+        return kept, metrics
 
     def _train(self, trajectories: list[Trajectory], any_token: bool) -> dict[str, float]:
         start = time.perf_counter()
