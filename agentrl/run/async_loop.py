@@ -271,8 +271,15 @@ def idle_summary(records: list[dict[str, Any]], mode: str = "one-step") -> str:
     trainer = sum(r["async/trainer_idle_s"] for r in steps)
     engine = sum(r["async/engine_idle_s"] for r in steps)
     stale = [r["async/staleness_max"] for r in steps]
-    return (
+    line = (
         f"async ({mode}): over {wall:.1f} s of steps the trainer waited {trainer:.1f} s "
         f"({100 * trainer / wall:.0f}%), the engine {engine:.1f} s ({100 * engine / wall:.0f}%); "
         f"trained-token staleness max {max(stale):.0f}"
     )
+    over = sum(r.get("async/stale_tokens", 0.0) for r in steps)
+    if over:
+        line += f", {over:.0f} tokens over --max-staleness"
+    fill = [r["async/buffer_fill"] for r in steps if "async/buffer_fill" in r]
+    if fill:  # fully: how full the buffer was when the trainer asked for a batch
+        line += f"; buffer {100 * sum(fill) / len(fill):.0f}% full on average"
+    return line

@@ -125,6 +125,7 @@ def test_fully_async_tokens_carry_their_version_and_none_trains_over_the_bound(
     assert stale_seen > 0, "a buffer of 3 batches must hold tokens over a bound of 1"
     summary = (tmp_path / "summary.txt").read_text()
     assert "async (fully)" in summary and "the trainer waited" in summary
+    assert f"{stale_seen} tokens over --max-staleness" in summary and "% full on average" in summary
 
 
 def test_a_failed_batch_stops_the_run_and_resume_generates_its_groups_again(
