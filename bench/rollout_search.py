@@ -151,6 +151,7 @@ def main() -> None:
     p.add_argument("--switch-interval", type=float, nargs="+", default=[sys.getswitchinterval()])
     p.add_argument("--env-kwargs", type=json.loads, default={})
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--torch-profile", action="store_true", help="torch.profiler over the rounds: top ops")
     p.add_argument("--json", default=None, help="append one JSON line per round here")
     args = p.parse_args()
 
@@ -177,7 +178,10 @@ def main() -> None:
             for interval in args.switch_interval:
                 sys.setswitchinterval(interval)
                 for r in range(args.rounds):
-                    with StackSampler() if args.profile else _Null() as sampler:
+                    with (
+                        StackSampler() if args.profile else _Null() as sampler,
+                        _torch_profile(args.torch_profile),
+                    ):
                         row = one_round(manager, keys, args.n)
                     row["switch_interval_s"] = interval
                     print(
@@ -192,6 +196,30 @@ def main() -> None:
                             f.write(json.dumps(row) + "\n")
         finally:
             manager.close()
+
+
+class _torch_profile:
+    """torch.profiler over the block when ``on``; prints the ops by device time and by host time."""
+
+    def __init__(self, on: bool) -> None:
+        self.on = on
+        self.prof: Any = None
+
+    def __enter__(self) -> None:
+        if self.on:
+            from torch.profiler import ProfilerActivity, profile
+
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+            self.prof = profile(activities=acts)
+            self.prof.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.prof is not None:
+            self.prof.__exit__(*exc)
+            table = self.prof.key_averages()
+            for key in ("self_cuda_time_total", "self_cpu_time_total", "cpu_time_total"):
+                print(f"--- by {key}")
+                print(table.table(sort_by=key, row_limit=18, max_name_column_width=60))
 
 
 class _Null:
