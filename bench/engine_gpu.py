@@ -245,7 +245,11 @@ def main() -> None:
     parser.add_argument("--mem-fraction", type=float, default=0.5)
     parser.add_argument("--no-compile", action="store_true", help="eager kernels inside the graphs")
     parser.add_argument(
-        "--attention", nargs="+", default=["bmm"], choices=["bmm", "sdpa", "fused"], help="decode attention variants"
+        "--attention",
+        nargs="+",
+        default=["fused"],
+        choices=["bmm", "sdpa", "fused"],
+        help="decode attention variants",
     )
     parser.add_argument("--no-graphs", action="store_true", help="eager launches (no CUDA graphs)")
     parser.add_argument("--json", type=Path, help="append one JSON line per row here")

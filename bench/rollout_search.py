@@ -141,7 +141,7 @@ def main() -> None:
     p.add_argument("--shape", default=None, help="random weights of this shape instead (e.g. qwen3-tiny)")
     p.add_argument("--device", default="auto")
     p.add_argument("--fast-path", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--attention", default="bmm", choices=["bmm", "sdpa", "fused"])
+    p.add_argument("--attention", default="fused", choices=["bmm", "sdpa", "fused"])
     p.add_argument("--groups", type=int, default=8)
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=96)

@@ -46,7 +46,7 @@ class RunnerOptions:
     graphs: bool
     compile: bool
     original_logprobs: bool
-    attention: str = "bmm"
+    attention: str = "fused"
     """Decode attention: ``"bmm"`` (two batched products and a softmax; measured), ``"sdpa"`` (one
     fused SDPA call per layer) or ``"fused"`` (the bmm math compiled together with the rest of the
     layer, keys and values written by one index write)."""
