@@ -256,7 +256,7 @@ class RolloutManager:
         if self._stream is None:
             from agentrl.rollout.stream import GroupStream
 
-            self._stream = GroupStream(self)
+            self._stream = GroupStream(self, lambda base: EpisodeRunner(self, base), raise_if_engine_dead)
         self._stream.submit(groups, settings)
 
     def stream_poll(self, timeout: float) -> list[tuple[int, list[Trajectory]]]:

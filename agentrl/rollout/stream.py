@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from agentrl.types import Trajectory
 
-if TYPE_CHECKING:
-    from agentrl.rollout.driver import EpisodeRunner, GenerationSettings, RolloutManager
+# The driver's RolloutManager, EpisodeRunner and GenerationSettings are typed Any here: the driver
+# imports this module, and an import back (even under TYPE_CHECKING) would make a cycle.
+RolloutManager = Any
+EpisodeRunner = Any
+GenerationSettings = Any
 
 T = TypeVar("T")
 
@@ -33,8 +36,17 @@ FinishedGroup = tuple[int, list[Trajectory]]
 class GroupStream:
     """Generates groups on the manager's event loop, run by a thread of this stream's own."""
 
-    def __init__(self, manager: RolloutManager) -> None:
+    def __init__(
+        self,
+        manager: RolloutManager,
+        make_runner: Callable[[GenerationSettings], EpisodeRunner],
+        check_group: Callable[[list[Trajectory]], None],
+    ) -> None:
+        """``make_runner`` builds the manager's episode runner for some settings and ``check_group``
+        raises for a group whose engine died (both from :mod:`agentrl.rollout.driver`, which imports
+        this module: passed in, not imported back)."""
         self.manager = manager
+        self._make_runner, self._check_group = make_runner, check_group
         self.loop = manager._loop
         self._thread = threading.Thread(target=self.loop.run_forever, name="agentrl-stream", daemon=True)
         self._thread.start()
@@ -50,11 +62,9 @@ class GroupStream:
 
     def submit(self, groups: list[tuple[int, str]], settings: GenerationSettings) -> None:
         """Start generating ``settings.n_samples`` episodes of each (index, task key)."""
-        from agentrl.rollout.driver import EpisodeRunner
-
         base = _without_step(settings)
         if base not in self._runners:  # one runner, so one concurrency limit, for the stream
-            self._runners[base] = EpisodeRunner(self.manager, base)
+            self._runners[base] = self._make_runner(base)
         runner = self._runners[base]
         for index, key in groups:
             self.loop.call_soon_threadsafe(self._start, runner, index, key, settings.n_samples)
@@ -62,8 +72,6 @@ class GroupStream:
     def poll(self, timeout: float) -> list[FinishedGroup]:
         """The groups finished since the last poll, waiting up to ``timeout`` seconds for one; raises
         what a group raised, and :class:`~agentrl.errors.EngineDeadError` for a dead engine."""
-        from agentrl.rollout.driver import raise_if_engine_dead
-
         with self._ready:
             if not self._finished and self._error is None:
                 self._ready.wait(timeout)
@@ -71,7 +79,7 @@ class GroupStream:
                 raise self._error
             finished, self._finished = self._finished, []
         for _, group in finished:
-            raise_if_engine_dead(group)
+            self._check_group(group)
         return finished
 
     def close(self) -> None:
