@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from agentrl.errors import CheckpointError, EngineError, RunFailedError
@@ -73,22 +74,13 @@ def train_async(config: TrainConfig, *, env_factory: EnvFactory | None = None) -
             last_step = step
             clock.step_ended()
             policy.check_trained(step, metrics)
-        if stopped_early and config.save and last_step > run.start_step and last_step % config.save_interval:
-            pipe.checkpoint(last_step)
-        evaluated = config.eval_interval and last_step % config.eval_interval == 0
-        if run.can_evaluate and last_step > 0 and not evaluated:
-            pipe.sync()
-            run.logger.log(last_step, run.evaluate(step=last_step))
-        hf_dir = run.export_hf() if config.export_hf else None
+        hf_dir = finish_async(run, pipe, config, last_step, stopped_early)
     except (RunFailedError, EngineError) as error:
         raise policy.stopped(run, last_step, error)  # noqa: B904 (the engine's error is its context)
     finally:
         pipe.close()
         run.close()
-    records = read_metrics(run.log_dir / "metrics.jsonl")
-    plot_curves(records, run.log_dir / "curves.png")
-    summary = write_summary(run.log_dir, extra=idle_summary(records))
-    return RunResult(run.log_dir, last_step, summary, hf_dir, stopped_early)
+    return async_result(run, last_step, hf_dir, stopped_early, mode="one-step")
 
 
 @dataclass
@@ -260,6 +252,29 @@ class OneStepPipeline:
         """What a checkpoint taken outside :meth:`checkpoint` (a stopped run's) holds: the policy version
         only; the run winds its sampler back to regenerate what was ahead."""
         self.run.async_state = {"policy_version": self.policy_version}
+
+
+def finish_async(
+    run: Run, pipe: Any, config: TrainConfig, last_step: int, stopped_early: bool
+) -> Path | None:
+    """The end of an async run (one-step or fully; ``pipe`` checkpoints and syncs): a checkpoint of a
+    run stopped between save intervals, the final evaluation unless the last step had one, the HF
+    export; its folder (None without --export-hf)."""
+    if stopped_early and config.save and last_step > run.start_step and last_step % config.save_interval:
+        pipe.checkpoint(last_step)
+    evaluated = config.eval_interval and last_step % config.eval_interval == 0
+    if run.can_evaluate and last_step > 0 and not evaluated:
+        pipe.sync()
+        run.logger.log(last_step, run.evaluate(step=last_step))
+    return run.export_hf() if config.export_hf else None
+
+
+def async_result(run: Run, last_step: int, hf_dir: Path | None, stopped_early: bool, mode: str) -> RunResult:
+    """Curves, summary (with each side's idle time) and the result of a finished async run."""
+    records = read_metrics(run.log_dir / "metrics.jsonl")
+    plot_curves(records, run.log_dir / "curves.png")
+    summary = write_summary(run.log_dir, extra=idle_summary(records, mode=mode))
+    return RunResult(run.log_dir, last_step, summary, hf_dir, stopped_early)
 
 
 def idle_summary(records: list[dict[str, Any]], mode: str = "one-step") -> str:

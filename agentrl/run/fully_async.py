@@ -24,11 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from agentrl.errors import CheckpointError, EngineError, RunFailedError
 from agentrl.rollout.driver import EnvFactory, GenerationSettings, keep_informative_groups
-from agentrl.run.async_loop import Busy, idle_summary
-from agentrl.run.failures import FailurePolicy, failure_metrics, write_summary
+from agentrl.run.async_loop import Busy, async_result, finish_async
+from agentrl.run.failures import FailurePolicy, failure_metrics
 from agentrl.run.group_buffer import BufferedGroup, Group, GroupBuffer
 from agentrl.run.loop_common import Deadline, RunResult, evaluate_before_training, out_of_time
-from agentrl.run.metrics import dump_rollouts, plot_curves, read_metrics, rollout_metrics
+from agentrl.run.metrics import dump_rollouts, rollout_metrics
 from agentrl.run.run import Run
 from agentrl.run.staleness import enforce_staleness
 from agentrl.run.train_config import TrainConfig
@@ -74,22 +74,13 @@ def train_fully_async(config: TrainConfig, *, env_factory: EnvFactory | None = N
             last_step = step
             clock.step_ended()
             policy.check_trained(step, metrics)
-        if stopped_early and config.save and last_step > run.start_step and last_step % config.save_interval:
-            pipe.checkpoint(last_step)
-        evaluated = config.eval_interval and last_step % config.eval_interval == 0
-        if run.can_evaluate and last_step > 0 and not evaluated:
-            pipe.sync()
-            run.logger.log(last_step, run.evaluate(step=last_step))
-        hf_dir = run.export_hf() if config.export_hf else None
+        hf_dir = finish_async(run, pipe, config, last_step, stopped_early)
     except (RunFailedError, EngineError) as error:
         raise policy.stopped(run, last_step, error)  # noqa: B904 (the engine's error is its context)
     finally:
         pipe.close()
         run.close()
-    records = read_metrics(run.log_dir / "metrics.jsonl")
-    plot_curves(records, run.log_dir / "curves.png")
-    summary = write_summary(run.log_dir, extra=idle_summary(records, mode="fully"))
-    return RunResult(run.log_dir, last_step, summary, hf_dir, stopped_early)
+    return async_result(run, last_step, hf_dir, stopped_early, mode="fully")
 
 
 class StreamingPipeline:
