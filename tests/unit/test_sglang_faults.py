@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 
 from agentrl.engines.base import SamplingParams
@@ -34,6 +35,7 @@ class FakeSGLang:
         self.generate_calls = 0
         self.version = "default"
         self.ignore_updates = False
+        self.drop_updates = False
         self.awake = threading.Event()
         self.awake.set()
         fake = self
@@ -61,8 +63,15 @@ class FakeSGLang:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fake.awake.wait()
                 if self.path == "/update_weights_from_disk":
+                    if fake.drop_updates:  # killed mid-request: the connection closes unanswered
+                        self.close_connection = True
+                        return
                     if not fake.ignore_updates:
                         fake.version = body["weight_version"]
+                    self._answer(200, {"success": True})
+                    return
+                if self.path == "/update_weight_version":
+                    fake.version = body["new_version"]
                     self._answer(200, {"success": True})
                     return
                 fake.generate_calls += 1
@@ -190,5 +199,118 @@ def test_served_weight_version_is_checked_after_every_update(servers: list[FakeS
             servers[1].ignore_updates = True  # it answers 200 but keeps serving version 1
             with pytest.raises(EngineError, match=r"serves weight version '1', the trainer's is 2"):
                 await engine.update_weights("/ckpt/v2", version=2)
+
+    asyncio.run(main())
+
+
+def test_a_server_that_missed_an_update_reloads_the_newest_weights_before_it_rejoins(
+    servers: list[FakeSGLang],
+) -> None:
+    async def main() -> None:
+        async with _engine(servers, request_timeout_s=60.0) as engine:
+            hung = servers[0]
+            hung.awake.clear()
+            deadline = time.monotonic() + 10
+            while engine.alive_urls() != [servers[1].url]:
+                assert time.monotonic() < deadline, "the hung server was never routed around"
+                await asyncio.sleep(0.05)
+            await engine.update_weights("/ckpt/v1", version=1)  # only the live server gets it
+            assert (hung.version, servers[1].version) == ("default", "1")
+            hung.awake.set()
+            while len(engine.alive_urls()) < 2:
+                assert time.monotonic() < deadline, "the recovered server never came back"
+                await asyncio.sleep(0.05)
+            assert hung.version == "1"  # loaded before it rejoined, never served with the old weights
+            engine._remember("s", engine._servers[0])
+            out = await engine.generate([1], SHORT, session_id="s")
+            assert out.meta["server"] == hung.url and out.weight_version == 1
+
+    asyncio.run(main())
+
+
+class _DyingProcess:
+    """A launched server's process as SGLangEngine sees it, SIGKILLed: its connections break a moment
+    before the process can be reaped (``running()`` stays true for ``dies_after_s``)."""
+
+    def __init__(self, url: str, dies_after_s: float = 0.0) -> None:
+        self.url, self.log_path = url, "sglang.log"
+        self.died_at = time.monotonic() + dies_after_s if dies_after_s else None
+        self.killed = False
+
+    def running(self) -> bool:
+        return not self.killed and (self.died_at is None or time.monotonic() < self.died_at)
+
+    def start(self) -> None:
+        return None
+
+    async def wait_healthy(self, timeout_s: float) -> None:
+        return None
+
+    def kill(self) -> None:
+        self.killed = True
+
+    def returncode(self) -> int | None:
+        return None if self.running() else -9
+
+    def log_tail(self) -> str:
+        return ""
+
+
+def test_a_launched_server_killed_during_a_weight_load_is_restarted_with_the_new_weights(
+    servers: list[FakeSGLang],
+) -> None:
+    """The race CI met: the load's connection breaks (ReadError, empty message) while the process is not
+    reaped yet; the update must not fail the run but restart the server, which then serves the update."""
+    dying, fresh = servers
+
+    async def main() -> None:
+        engine = SGLangEngine(
+            SGLangEngineConfig(model_path="/ckpt/v0", health_interval_s=0.1, exit_grace_s=2.0)
+        )
+        launched: list[str | None] = []
+
+        def new_process(index: int, path: str | None = None) -> Any:
+            launched.append(path)
+            return _DyingProcess(fresh.url)
+
+        engine._new_process = new_process  # type: ignore[method-assign,assignment]
+        engine._client = httpx.AsyncClient(timeout=5.0)
+        engine._servers = [engine._new_server(dying.url, _DyingProcess(dying.url))]  # type: ignore[arg-type]
+        engine._monitor = asyncio.create_task(engine._monitor_loop())
+        try:
+            engine._servers[0].process.died_at = time.monotonic() + 0.3  # type: ignore[union-attr]
+            dying.drop_updates = True
+            await engine.update_weights("/ckpt/v1", version=1)  # no error: the restart loads v1
+            deadline = time.monotonic() + 10
+            while engine.alive_urls() != [fresh.url]:
+                assert time.monotonic() < deadline, "the killed server was never replaced"
+                await asyncio.sleep(0.05)
+            assert launched == ["/ckpt/v1"] and engine._restarts_used == 1  # started from the new weights
+            assert fresh.version == "1"
+            out = await engine.generate([1], SHORT)
+            assert out.weight_version == 1 and out.meta["server"] == fresh.url
+        finally:
+            await engine.close()
+
+    asyncio.run(main())
+
+
+def test_a_launched_server_still_running_after_a_broken_load_fails_the_update_naming_the_error(
+    servers: list[FakeSGLang],
+) -> None:
+    async def main() -> None:
+        engine = SGLangEngine(
+            SGLangEngineConfig(model_path="/ckpt/v0", health_interval_s=60.0, exit_grace_s=0.3)
+        )
+        engine._client = httpx.AsyncClient(timeout=5.0)
+        engine._servers = [engine._new_server(servers[0].url, _DyingProcess(servers[0].url))]  # type: ignore[arg-type]
+        try:
+            servers[0].drop_updates = True
+            with pytest.raises(
+                EngineError, match=r"loading weights version 1 failed on 1 server\(s\): .*: \w+Error"
+            ):
+                await engine.update_weights("/ckpt/v1", version=1)
+        finally:
+            await engine.close()
 
     asyncio.run(main())

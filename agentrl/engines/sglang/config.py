@@ -51,6 +51,10 @@ class SGLangEngineConfig:
     """Consecutive failed probes before a running process is declared dead (an exited one is at once)."""
     restart_budget: int = 2
     """Restarts of launched servers over the engine's life; one more death then raises EngineError."""
+    exit_grace_s: float = 2.0
+    """A launched server whose connection broke (during a request or a weight load) is given this long to
+    show that its process exited, so that it is restarted at once (with the newest weights) and the
+    requests wait for it, rather than aborting them or failing the load."""
     server_wait_s: float = 120.0
     """How long a request waits for some server to be alive (e.g. during a restart) before ``abort``."""
     pause_mode: proto.PauseMode = "abort"

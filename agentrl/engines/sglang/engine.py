@@ -166,7 +166,9 @@ class SGLangEngine(ServerHealth):
                     return _aborted_output(self.weight_version, "aborted while the server failed")
                 error = f"{type(exc).__name__} from {server.url}: {exc}"
                 log.warning("SGLang request failed (attempt %d): %s", attempt + 1, error)
-                self._mark_dead(server)
+                if server.process is not None:  # killed: its connections break before it can be reaped
+                    await self._exits_within(server, self.config.exit_grace_s)
+                self._mark_dead(server)  # restarted if its process exited; the next attempt waits for it
                 self._raise_if_failed()
                 await asyncio.sleep(self.config.retry_backoff_s * 2**attempt)
         return _aborted_output(self.weight_version, error)
@@ -217,6 +219,9 @@ class SGLangEngine(ServerHealth):
         path = str(source)
         self._raise_if_failed()
         async with self._weights_lock:
+            for server in self._servers:  # a launched server found dead by a request: restart it now
+                if not server.alive and server.process is not None and not server.process.running():
+                    self._mark_dead(server)  # its restart loads the newest weights when it rejoins
             live = self._live()
             if not live and not any(s.restarting for s in self._servers):
                 raise EngineError("no live SGLang server to load weights on; see the server logs")
@@ -224,7 +229,7 @@ class SGLangEngine(ServerHealth):
             results = await asyncio.gather(
                 *(self._load(s, path, version) for s in live), return_exceptions=True
             )
-        errors = [f"{s.url}: {r}" for s, r in zip(live, results, strict=True) if isinstance(r, BaseException)]
+        errors = [_failure(s, r) for s, r in zip(live, results, strict=True) if isinstance(r, BaseException)]
         self._raise_if_failed()
         if errors:
             raise EngineError(
@@ -240,9 +245,12 @@ class SGLangEngine(ServerHealth):
             )
             await self._check_version(server, version)
         except _TRANSIENT:
-            if server.process is None or server.process.running():
+            # A SIGKILLed server cuts its connections a moment before its process can be reaped.
+            if server.process is None or not await self._exits_within(server, self.config.exit_grace_s):
                 raise
             self._mark_dead(server)
+        else:
+            server.version = version
 
     async def health(self) -> bool:
         """True while the engine is usable and at least one server answers ``/health_generate``."""
@@ -372,9 +380,14 @@ class SGLangEngine(ServerHealth):
         results = await asyncio.gather(
             *(self._post(s, path, payload) for s in servers), return_exceptions=True
         )
-        errors = [f"{s.url}: {r}" for s, r in zip(servers, results, strict=True) if isinstance(r, Exception)]
+        errors = [_failure(s, r) for s, r in zip(servers, results, strict=True) if isinstance(r, Exception)]
         if errors:
             raise EngineError(f"SGLang {path} failed on {len(errors)} server(s): " + "; ".join(errors))
+
+
+def _failure(server: _Server, error: BaseException) -> str:
+    """``url: ReadError: ...``: httpx's transport errors often have an empty message."""
+    return f"{server.url}: {type(error).__name__}: {error}".rstrip(": ")
 
 
 def _aborted_output(version: int, error: str) -> GenerateOutput:

@@ -48,6 +48,8 @@ class _Server:
     alive: bool = True
     failures: int = 0
     restarting: bool = False
+    version: int = 0
+    """The weight version this server was last seen to serve (checked after each load)."""
     inflight: dict[str, str | None] = field(default_factory=dict)
     """rid -> session_id of requests sent to this server and not answered yet."""
     requests: dict[str, asyncio.Task[httpx.Response]] = field(default_factory=dict)
@@ -99,10 +101,27 @@ class ServerHealth:
             for server, ok in zip(servers, results, strict=True):
                 self._record_probe(server, ok)
 
+    async def _exits_within(self, server: _Server, seconds: float) -> bool:
+        """True once ``server``'s process has exited, False if it still runs after ``seconds``."""
+        process = server.process
+        assert process is not None
+        deadline = asyncio.get_running_loop().time() + seconds
+        while process.running():
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
     def _record_probe(self, server: _Server, ok: bool) -> None:
         if ok:
             server.failures = 0
-            if not server.alive:
+            if not server.alive and server.version != self.weight_version:
+                # It missed a weight update while it looked dead: load the newest before it rejoins.
+                server.restarting = True
+                task = asyncio.create_task(self._resync(server), name=f"sglang-resync-{server.url}")
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+            elif not server.alive:
                 log.warning("SGLang server %s is healthy again", server.url)
                 server.alive = True
                 self._alive_changed.set()
@@ -140,6 +159,30 @@ class ServerHealth:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def _resync(self, server: _Server) -> None:
+        """Bring a server that answers again but missed weight updates up to date, then let it rejoin;
+        if it cannot load them it stays out (a launched one is restarted)."""
+        try:
+            async with self._weights_lock:
+                version = self.weight_version
+                payload = proto.update_weights_from_disk_payload(str(self._weights_path), version)
+                await self._post(server, "/update_weights_from_disk", payload)
+                await self._check_version(server, version)
+                server.version, server.alive = version, True
+                log.warning(
+                    "SGLang server %s is healthy again (weights version %d reloaded)", server.url, version
+                )
+        except (EngineError, *_TRANSIENT) as exc:
+            log.warning(
+                "SGLang server %s answers but could not load the current weights: %s", server.url, exc
+            )
+            server.failures = self.config.health_failures
+        finally:
+            server.restarting = False
+            self._alive_changed.set()
+        if not server.alive:
+            self._mark_dead(server)
+
     async def _restart(self, server: _Server) -> None:
         """Replace a dead launched server with a fresh process serving the latest weights."""
         old = server.process
@@ -170,6 +213,7 @@ class ServerHealth:
                     )
                 await self._check_version(server, self.weight_version)
                 server.process, server.failures, server.alive = process, 0, True
+                server.version = self.weight_version
         except (EngineError, *_TRANSIENT) as exc:
             self._fatal = EngineDeadError(f"restarting SGLang server {server.url} failed: {exc}")
             await asyncio.to_thread(process.kill)
