@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import dataclasses
+import itertools
 import json
 import sys
 import tempfile
@@ -66,7 +68,7 @@ class StackSampler:
                 if ident == me:
                     continue
                 name = names.get(ident, str(ident))
-                chain = []
+                chain: list[str] = []
                 f: Any = frame
                 while f is not None and len(chain) < self.depth:
                     code = f.f_code
@@ -131,6 +133,8 @@ def one_round(manager: RolloutManager, keys: list[str], n: int) -> dict[str, flo
         "ms_per_step": 1e3 * d.get("decode_s", 0.0) / steps,
         "mean_batch": d.get("decode_tokens", 0.0) / steps,
         "prefill_s": d.get("prefill_s", 0.0),
+        "prefills": d.get("prefills", 0.0),
+        "prefill_batch": d.get("prefill_requests", 0.0) / max(d.get("prefills", 0.0), 1.0),
         "engine_busy_frac": (d.get("decode_s", 0.0) + d.get("prefill_s", 0.0)) / wall,
     }
 
@@ -149,6 +153,13 @@ def main() -> None:
     p.add_argument("--max-context", type=int, default=1536)
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--switch-interval", type=float, nargs="+", default=[sys.getswitchinterval()])
+    p.add_argument(
+        "--admit-wait-steps",
+        type=int,
+        nargs="+",
+        default=[EmbeddedEngineConfig.admit_wait_steps],
+        help="fast path: decode steps newcomers wait to be prefilled together (each value its own rounds)",
+    )
     p.add_argument("--env-kwargs", type=json.loads, default={})
     p.add_argument("--profile", action="store_true")
     p.add_argument("--torch-profile", action="store_true", help="torch.profiler over the rounds: top ops")
@@ -173,21 +184,27 @@ def main() -> None:
             keys = manager.task_keys()[: args.groups]
             warm = one_round(manager, keys, args.n)
             print(f"warm-up: {warm['wall_s']:.2f} s ({warm['sampled_tokens']} sampled tokens)")
-            header = "| switch ms | round | wall s | sampled | turns | steps | ms/step | batch | prefill s | busy |"
-            print(header + "\n|" + "---:|" * 10)
-            for interval in args.switch_interval:
+            header = (
+                "| admit wait | switch ms | round | wall s | sampled | turns | steps | ms/step | batch "
+                "| prefills | prefill batch | prefill s | busy |"
+            )
+            print(header + "\n|" + "---:|" * 13)
+            engine: Any = manager.engine
+            for wait, interval in itertools.product(args.admit_wait_steps, args.switch_interval):
                 sys.setswitchinterval(interval)
+                engine.config = dataclasses.replace(engine.config, admit_wait_steps=wait)
                 for r in range(args.rounds):
                     with (
                         StackSampler() if args.profile else _Null() as sampler,
                         _torch_profile(args.torch_profile),
                     ):
                         row = one_round(manager, keys, args.n)
-                    row["switch_interval_s"] = interval
+                    row["switch_interval_s"], row["admit_wait_steps"] = interval, wait
                     print(
-                        f"| {interval * 1e3:g} | {r} | {row['wall_s']:.2f} | {row['sampled_tokens']} | "
+                        f"| {wait} | {interval * 1e3:g} | {r} | {row['wall_s']:.2f} | {row['sampled_tokens']} | "
                         f"{row['turns']:.2f} | {row['decode_steps']:.0f} | {row['ms_per_step']:.2f} | "
-                        f"{row['mean_batch']:.1f} | {row['prefill_s']:.2f} | {row['engine_busy_frac']:.2f} |"
+                        f"{row['mean_batch']:.1f} | {row['prefills']:.0f} | {row['prefill_batch']:.1f} | "
+                        f"{row['prefill_s']:.2f} | {row['engine_busy_frac']:.2f} |"
                     )
                     if args.profile and isinstance(sampler, StackSampler):
                         print(sampler.report())

@@ -91,6 +91,8 @@ def engine_metrics(before: dict[str, float], after: dict[str, float], wall_s: fl
     out = {f"engine/{k}": v for k, v in d.items()}
     out["engine/busy_frac"] = busy / wall_s if wall_s > 0 else 0.0
     out["engine/mean_decode_batch"] = d.get("decode_tokens", 0.0) / steps if steps else 0.0
+    prefills = d.get("prefills", 0.0)
+    out["engine/mean_prefill_batch"] = d.get("prefill_requests", 0.0) / prefills if prefills else 0.0
     out["engine/prefix_hit_rate"] = d.get("cached_tokens", 0.0) / offered if offered else 0.0
     out["engine/decode_tokens_per_s"] = d.get("decode_tokens", 0.0) / wall_s if wall_s > 0 else 0.0
     return out

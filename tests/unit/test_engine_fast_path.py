@@ -16,6 +16,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from agentrl.engines.base import SamplingParams
+from agentrl.engines.embedded.attention import prefill_attention, prefill_attention_bmm, prefill_bias
 from agentrl.engines.embedded.device_sampling import hash_uniforms
 from agentrl.engines.embedded.engine import EmbeddedEngine, EmbeddedEngineConfig
 from agentrl.engines.embedded.graphs import length_buckets
@@ -207,3 +208,63 @@ def test_unknown_decode_attention_is_refused(tmp_path: Path, tok_dir: Path) -> N
     folder = tiny_model(tmp_path / "m", "llama", tok_dir)
     with pytest.raises(ConfigError, match="decode_attention must be"):
         engine(folder, decode_attention="flash")
+
+
+def test_fused_prefill_attention_matches_a_per_query_softmax_with_cached_offsets() -> None:
+    """Rows with different cached prefixes (offsets 0, 5, 11) and padded new ids: each query attends
+    to the key columns up to its own position, checked against an explicit loop of softmaxes."""
+    g = torch.Generator().manual_seed(3)
+    n, t, hq, hkv, d, columns = 3, 6, 4, 2, 8, 17
+    q = torch.randn(n, t, hq, d, generator=g)
+    keys, values = torch.randn(n, hkv, columns, d, generator=g), torch.randn(n, hkv, columns, d, generator=g)
+    positions = torch.tensor([0, 5, 11]).unsqueeze(1) + torch.arange(t)  # (n, t)
+    scale = d**-0.5
+    want = torch.empty(n, t, hq, d)
+    for r in range(n):
+        for i in range(t):
+            p = int(positions[r, i])
+            for h in range(hq):
+                kv = h // (hq // hkv)  # grouped-query: query heads 0,1 read KV head 0; 2,3 read 1
+                w = torch.softmax(keys[r, kv, : p + 1] @ q[r, i, h] * scale, dim=0)
+                want[r, i, h] = w @ values[r, kv, : p + 1]
+    got = prefill_attention_bmm(q, keys, values, prefill_bias(positions, columns), scale)
+    assert torch.allclose(got, want.reshape(n * t, hq * d), atol=1e-5)
+    sdpa = prefill_attention(q, keys, values, positions, scale)  # the path for large chunks agrees
+    assert torch.allclose(sdpa, got, atol=1e-5)
+
+
+def test_newcomers_wait_for_each_other_and_are_prefilled_together(tmp_path: Path, tok_dir: Path) -> None:
+    """While one request decodes, six staggered arrivals are admitted in one prefill (admit_wait_steps
+    large), and they sample exactly what they sample when admitted one step at a time."""
+    folder = tiny_model(tmp_path / "m", "llama", tok_dir)
+    long = SamplingParams(max_new_tokens=230, temperature=1.0, ignore_eos=True, seed=1)
+    short = [
+        SamplingParams(max_new_tokens=5, temperature=1.0, ignore_eos=True, seed=10 + i) for i in range(6)
+    ]
+    ps = [p[:20] for p in prompts(7, 300)]  # 20 + 230 ids fit max_seq_len 256
+
+    async def run(e: EmbeddedEngine) -> list[list[int]]:
+        first = asyncio.ensure_future(e.generate(ps[0], long))
+        while e.stats["decode_steps"] < 1:  # the long request decodes (230 steps: longer than what follows)
+            await asyncio.sleep(0.001)
+        rest = []
+        for i in range(6):
+            rest.append(asyncio.ensure_future(e.generate(ps[1 + i], short[i])))
+            await asyncio.sleep(0.001)
+        return [o.output_ids for o in await asyncio.gather(first, *rest)]
+
+    batched = engine(folder, admit_wait_steps=10_000)
+    eager = engine(folder, admit_wait_steps=0)
+    try:
+        got, want = asyncio.run(run(batched)), asyncio.run(run(eager))
+        assert batched.stats["prefills"] == 2 and batched.stats["prefill_requests"] == 7
+        assert got == want
+    finally:
+        asyncio.run(batched.close())
+        asyncio.run(eager.close())
+
+
+def test_negative_admit_wait_steps_is_refused(tmp_path: Path, tok_dir: Path) -> None:
+    folder = tiny_model(tmp_path / "m", "llama", tok_dir)
+    with pytest.raises(ConfigError, match="admit_wait_steps must be >= 0"):
+        engine(folder, admit_wait_steps=-1)

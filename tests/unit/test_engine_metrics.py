@@ -12,9 +12,11 @@ from agentrl.run.metrics import engine_metrics
 
 
 def test_deltas_and_rates_by_hand() -> None:
-    before = {"prefill_tokens": 100, "cached_tokens": 0, "prefill_s": 1.0, "decode_steps": 10,
+    before = {"prefills": 2, "prefill_requests": 3, "prefill_tokens": 100, "cached_tokens": 0, "prefill_s": 1.0,
+              "decode_steps": 10,
               "decode_tokens": 40, "decode_s": 2.0}  # fmt: skip
-    after = {"prefill_tokens": 400, "cached_tokens": 100, "prefill_s": 1.5, "decode_steps": 60,
+    after = {"prefills": 6, "prefill_requests": 15, "prefill_tokens": 400, "cached_tokens": 100, "prefill_s": 1.5,
+             "decode_steps": 60,
              "decode_tokens": 240, "decode_s": 3.5}  # fmt: skip
     out = engine_metrics(before, after, wall_s=4.0)
     assert out["engine/prefill_tokens"] == 300 and out["engine/cached_tokens"] == 100
@@ -22,6 +24,7 @@ def test_deltas_and_rates_by_hand() -> None:
     assert out["engine/busy_frac"] == pytest.approx((0.5 + 1.5) / 4.0)  # half the rollout the engine waited
     assert out["engine/mean_decode_batch"] == pytest.approx(200 / 50)
     assert out["engine/prefix_hit_rate"] == pytest.approx(100 / 400)
+    assert out["engine/mean_prefill_batch"] == pytest.approx(12 / 4)  # 12 requests in 4 prefills
     assert out["engine/decode_tokens_per_s"] == pytest.approx(200 / 4.0)
 
 
@@ -47,3 +50,4 @@ def test_counters_of_a_real_engine(tmp_path: Path) -> None:
         asyncio.run(engine.close())
     assert out["engine/decode_tokens"] >= 6  # 2 x 4 new ids, the first of each may come from prefill
     assert out["engine/cached_tokens"] > 0 and 0 < out["engine/prefix_hit_rate"] < 1
+    assert out["engine/prefills"] == 2 and out["engine/mean_prefill_batch"] == 1.0  # one turn at a time

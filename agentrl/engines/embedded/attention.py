@@ -95,3 +95,37 @@ def prefill_attention(
         q.transpose(1, 2), k, v, attn_mask=mask, scale=scale
     )  # (n, Hq, T, D)
     return out.transpose(1, 2).reshape(n * t, hq * d)
+
+
+def prefill_bias(positions: torch.Tensor, columns: int) -> torch.Tensor:
+    """(n, 1, 1, T, columns) float32: 0 where a query at ``positions[r, t]`` may see key column ``c``
+    (``c <= position``: causal with each row's cached offset), -inf elsewhere. Built once per prefill
+    chunk and shared by the layers."""
+    visible = torch.arange(columns, device=positions.device) <= positions.unsqueeze(-1)  # (n, T, columns)
+    bias = torch.zeros(visible.shape, device=positions.device).masked_fill_(~visible, float("-inf"))
+    return bias.unsqueeze(1).unsqueeze(1)
+
+
+def prefill_attention_bmm(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """:func:`prefill_attention` as two batched products and a softmax, grouped-query heads folded
+    into the query dimension (no repeated K/V heads): the form a compiler fuses with the rest of the
+    layer. Materialises the (n, Hq, T, L) scores, so it is for prefills of short turns; the runner
+    takes :func:`prefill_attention` above a size.
+
+    Args:
+        q: (n, T, Hq, D).
+        keys, values: (n, Hkv, L, D).
+        bias: (n, 1, 1, T, L) from :func:`prefill_bias`.
+    Returns:
+        (n * T, Hq * D), in ``q``'s dtype.
+    """
+    n, t, hq, d = q.shape
+    hkv, columns = keys.shape[1], keys.shape[2]
+    g = hq // hkv
+    qg = q.view(n, t, hkv, g, d).permute(0, 2, 3, 1, 4).reshape(n, hkv, g * t, d)
+    scores = torch.matmul(qg, keys.transpose(-1, -2)).view(n, hkv, g, t, columns)
+    weights = torch.softmax(torch.add(bias, scores, alpha=scale), dim=-1)  # float32
+    out = torch.matmul(weights.to(q.dtype).view(n, hkv, g * t, columns), values)  # (n, Hkv, G T, D)
+    return out.view(n, hkv, g, t, d).permute(0, 3, 1, 2, 4).reshape(n * t, hq * d)

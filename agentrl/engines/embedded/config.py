@@ -45,6 +45,10 @@ class EmbeddedEngineConfig:
     H200, 84k sampled tokens/s for SmolLM2-135M at batch 256 against 77k for ``"bmm"``, bench/RESULTS.md);
     ``"bmm"`` the same math with the attention uncompiled; ``"sdpa"`` one SDPA call per layer (measured
     no faster than ``"bmm"``)."""
+    admit_wait_steps: int = 4
+    """Fast path: while requests decode, newly arrived ones wait up to this many decode steps (less if
+    they fill the free rows) so that they are prefilled together: a prefill's host cost hardly depends
+    on how many requests it holds. 0 admits at every step."""
     compile: bool = True
     """Fast path: ``torch.compile`` the norms, RoPE, SwiGLU and masked softmax into fused kernels."""
     num_threads: int | None = None

@@ -103,6 +103,8 @@ class CudaBatcher:
         started = time.perf_counter()
         results = self.runner.prefill(start, new_ids, offsets, self._filtered(reqs))
         self.engine._count(
+            prefills=1,
+            prefill_requests=len(reqs),
             prefill_tokens=sum(len(i) for i in new_ids),
             cached_tokens=sum(offsets),
             prefill_s=time.perf_counter() - started,
@@ -194,6 +196,10 @@ def make_fast_path(engine: EngineView) -> CudaBatcher | None:
         return None
     if cfg.decode_attention not in ("bmm", "sdpa", "fused"):
         raise ConfigError(f"decode_attention must be 'bmm', 'sdpa' or 'fused', got {cfg.decode_attention!r}")
+    if cfg.admit_wait_steps < 0:
+        raise ConfigError(
+            f"admit_wait_steps must be >= 0 (0 admits at every step), got {cfg.admit_wait_steps}"
+        )
     opts = RunnerOptions(
         rows=cfg.max_batch_size,
         max_len=min(cfg.max_seq_len, engine.max_context),

@@ -26,10 +26,15 @@ from agentrl.engines.embedded.attention import (
     decode_attention_sdpa,
     length_bias,
     prefill_attention,
+    prefill_bias,
 )
 from agentrl.engines.embedded.device_sampling import RowParams, finished_rows, sample_rows
 from agentrl.engines.embedded.graphs import DecodeGraphs
 from agentrl.engines.embedded.slot_cache import PrefixSlots, SlotCache, plan_slots
+
+PREFILL_SCORE_BYTES = 1 << 28
+"""A fused-attention prefill chunk materialises its (n, Hq, T, L) float32 scores; above this many bytes
+the chunk takes SDPA (flash / memory-efficient kernels) instead."""
 
 MAX_STOP_IDS = 8
 """Stop ids per row checked on the device (EOS ids included); a request with more is refused."""
@@ -99,6 +104,13 @@ class CudaRunner:
         self._attn_mlp: Callable[..., Any] = _compiled(
             decoder.decode_attention_and_mlp, fast, token_args=(0, 1, 2, 3, 4), length_args={2: 2, 3: 2, 4: 3}
         )
+        # x (n T tokens), q (n, T), keys / values (n rows, L columns), bias (n, T, L)
+        self._prefill_attn_mlp: Callable[..., Any] = _compiled(
+            decoder.prefill_attention_and_mlp,
+            fast,
+            token_args=(0, 1, 2, 3, 4),
+            length_args={1: (1,), 2: (2,), 3: (2,), 4: (3, 4)},
+        )
         self.graphs = DecodeGraphs(
             self._decode_body,
             self._state,
@@ -132,13 +144,22 @@ class CudaRunner:
         return x
 
     def _fused_layers(
-        self, x: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor, bias: torch.Tensor
+        self,
+        x: torch.Tensor,
+        pos: torch.Tensor,
+        rows: torch.Tensor,
+        window: slice,
+        bias: torch.Tensor,
+        attend_and_mlp: Callable[..., torch.Tensor],
+        q_shape: tuple[int, ...] | None = None,
     ) -> torch.Tensor:
-        """All decoder layers of a decode step with ``attention="fused"``: per layer, one compiled
-        function to q and stacked k/v, one index write of k/v into the cache, one compiled function
-        for attention and the rest of the layer. x: (b, hidden); bias: (b, 1, 1, length)."""
+        """All decoder layers with fused attention (decode steps with ``attention="fused"``, and prefill
+        chunks of moderate size): per layer, one compiled function to q and stacked k/v, one index write
+        of k/v into the cache at (``rows``, ``pos``), one compiled function ``attend_and_mlp`` for
+        attention over the ``window`` rows' first ``bias.shape[-1]`` columns and the rest of the layer.
+        x: (N, hidden) flat tokens; ``q_shape``: the view ``attend_and_mlp`` takes q in."""
         spec, cos, sin = self.w.spec, self.w.cos[pos], self.w.sin[pos]
-        b, length = x.shape[0], bias.shape[-1]
+        length = bias.shape[-1]
         for i, lw in enumerate(self.w.layers):
             q, kv = self._attn_in_kv(
                 x,
@@ -154,12 +175,12 @@ class CudaRunner:
                 spec.eps,
             )
             layer = self.cache.kv[i]  # (2, slots, Hkv, max_len, D)
-            layer[:, rows, :, pos] = kv  # kv: (b, 2, Hkv, D), the indexed dims first
-            x = self._attn_mlp(
+            layer[:, rows, :, pos] = kv  # kv: (N, 2, Hkv, D), the indexed dims first
+            x = attend_and_mlp(
                 x,
-                q,
-                layer[0, :b, :, :length],
-                layer[1, :b, :, :length],
+                q if q_shape is None else q.view(q_shape),
+                layer[0, window, :, :length],
+                layer[1, window, :, :length],
                 bias,
                 lw.o,
                 lw.ln2,
@@ -193,7 +214,9 @@ class CudaRunner:
         if self.opts.attention == "sdpa":
             attention, bias = decode_attention_sdpa, bias.to(self.w.embed.dtype)
         if self.opts.attention == "fused":
-            x = self._fused_layers(self.w.embed[self.tokens[:b]], pos, rows, bias)
+            x = self._fused_layers(
+                self.w.embed[self.tokens[:b]], pos, rows, slice(0, b), bias, self._attn_mlp
+            )
         else:
             x = self._layers(self.w.embed[self.tokens[:b]], pos, attend)
         logits = self._logits(x)  # (b, V)
@@ -286,6 +309,12 @@ class CudaRunner:
         flat = pos.reshape(-1)
         length = int(pos.max()) + 1
         spec = self.w.spec
+        if self.opts.attention == "fused" and n * spec.heads * t * length * 4 <= PREFILL_SCORE_BYTES:
+            bias = prefill_bias(pos, length)  # (n, 1, 1, t, length), shared by the layers
+            window = slice(first, first + n)
+            q_shape = (n, t, spec.heads, spec.head_dim)
+            x = self.w.embed[ids.reshape(-1)]
+            return self._fused_layers(x, flat, rows, window, bias, self._prefill_attn_mlp, q_shape)
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             keys, values = self.cache.keys(i), self.cache.values(i)
@@ -339,20 +368,21 @@ def _compiled(
     fn: Callable[..., Any],
     enabled: bool,
     token_args: tuple[int, ...],
-    length_args: dict[int, int] | None = None,
+    length_args: dict[int, int | tuple[int, ...]] | None = None,
 ) -> Callable[..., Any]:
-    """``fn`` compiled with a dynamic token count (dim 0 of the ``token_args`` arguments), a dynamic
-    length (dim ``length_args[i]`` of argument ``i``) and every other size static: one compile serves
+    """``fn`` compiled with a dynamic token count (dim 0 of the ``token_args`` arguments), dynamic
+    lengths (dims ``length_args[i]`` of argument ``i``) and every other size static: one compile serves
     every layer, batch size and length bucket of one model, and a model of other sizes gets its own
     kernels (never ones generated for another model's sizes)."""
     if not enabled:
         return fn
     compiled = torch.compile(fn, dynamic=False)
+    marks = [(i, 0) for i in token_args]
+    for i, dims in (length_args or {}).items():
+        marks += [(i, d) for d in ((dims,) if isinstance(dims, int) else dims)]
 
     def call(*args: Any) -> Any:
-        for i in token_args:
-            torch._dynamo.maybe_mark_dynamic(args[i], 0)
-        for i, dim in (length_args or {}).items():
+        for i, dim in marks:
             torch._dynamo.maybe_mark_dynamic(args[i], dim)
         return compiled(*args)
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from agentrl.engines.embedded.attention import decode_attention
+from agentrl.engines.embedded.attention import decode_attention, prefill_attention_bmm
 
 SUPPORTED = ("llama", "qwen2", "qwen3")
 """``model_type`` s whose layers :func:`bind_weights` understands."""
@@ -249,4 +249,27 @@ def decode_attention_and_mlp(
     their neighbours. x: (B, hidden); q: (B, Hq, D); keys, values: (B, Hkv, L, D); bias: (B, 1, 1, L)."""
     return attention_output_and_mlp(
         x, decode_attention(q, keys, values, bias, scale), o, ln2, gate_up, down, eps
+    )
+
+
+def prefill_attention_and_mlp(
+    x: torch.Tensor,
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    bias: torch.Tensor,
+    o: torch.Tensor,
+    ln2: torch.Tensor,
+    gate_up: torch.Tensor,
+    down: torch.Tensor,
+    scale: float,
+    eps: float,
+) -> torch.Tensor:
+    """A prefill chunk's attention (:func:`~agentrl.engines.embedded.attention.prefill_attention_bmm`)
+    and the rest of the layer in one function: with the mask built once per chunk, a layer of a prefill
+    is two compiled calls and one index write, not a dozen eager launches (a prefill of a few short
+    turns is host-bound). x: (n T, hidden); q: (n, T, Hq, D); keys, values: (n, Hkv, L, D);
+    bias: (n, 1, 1, T, L)."""
+    return attention_output_and_mlp(
+        x, prefill_attention_bmm(q, keys, values, bias, scale), o, ln2, gate_up, down, eps
     )

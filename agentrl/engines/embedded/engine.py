@@ -97,10 +97,21 @@ class EmbeddedEngine:
         self._running: list[Request] = []
         self._held: list[Request] = []  # taken off the queue just as pause() came: admitted on resume
         self._reprefill = False  # weights changed under running requests: prefill them again
+        self._waited_steps = 0  # decode steps the queued requests have waited for admission
         self._batch = DecodeBatch()
         self._prefixes = PrefixStore(self.config.prefix_cache_mb << 20)
         self.stats: dict[str, float] = dict.fromkeys(
-            ("prefill_tokens", "cached_tokens", "prefill_s", "decode_steps", "decode_tokens", "decode_s"), 0
+            (
+                "prefills",
+                "prefill_requests",
+                "prefill_tokens",
+                "cached_tokens",
+                "prefill_s",
+                "decode_steps",
+                "decode_tokens",
+                "decode_s",
+            ),
+            0,
         )
         """Counters since start, for profiling: where the worker's time goes."""
         self._admitting = threading.Event()
@@ -225,6 +236,8 @@ class EmbeddedEngine:
                 self._admitting.wait(timeout=0.1)
             return []
         room = self.config.max_batch_size - len(self._running)
+        if not block and not self._held and not self._admission_due(room):
+            return []
         fresh, self._held = self._held[:room], self._held[room:]
         try:
             if block and not fresh:
@@ -247,6 +260,21 @@ class EmbeddedEngine:
                 ready.append(req)
         return ready
 
+    def _admission_due(self, room: int) -> bool:
+        """While requests decode, whether to admit the queued ones now. On the fast path a prefill costs
+        the same host time for one request as for a dozen, and turns of desynchronised episodes arrive
+        one or two a step: newcomers wait up to ``admit_wait_steps`` decode steps (or until they would
+        fill the free rows) and are then prefilled together."""
+        waiting = self._queue.qsize()
+        if self._cuda is None or waiting == 0:
+            self._waited_steps = 0
+            return waiting > 0
+        self._waited_steps += 1
+        if self._waited_steps > self.config.admit_wait_steps or waiting >= room:
+            self._waited_steps = 0
+            return True
+        return False
+
     def _admit_all(self, fresh: list[Request]) -> None:
         joining = [(req, kv) for req in fresh if (kv := self._admit(req)) is not None]
         self._batch.add([kv for _, kv in joining])  # one copy of the batch at most, not one per request
@@ -264,7 +292,11 @@ class EmbeddedEngine:
         started = time.perf_counter()
         logits = self._forward(new, None, positions, cache)
         self._count(
-            prefill_tokens=len(ids) - cached, cached_tokens=cached, prefill_s=time.perf_counter() - started
+            prefills=1,
+            prefill_requests=1,
+            prefill_tokens=len(ids) - cached,
+            cached_tokens=cached,
+            prefill_s=time.perf_counter() - started,
         )
         full = cache_kv(cache)
         self._prefixes.store(req.key, ids, full)
