@@ -128,12 +128,6 @@ class AsyncConfig:
                 f"{run.rollout_batch_size} groups: the trainer would wait forever; make it at least "
                 f"{run.rollout_batch_size} (default: twice that)"
             )
-        if run.inference.engine != "embedded":
-            raise ConfigError(
-                f"--async-mode fully updates weights under running episodes, which the {run.inference.engine} "
-                "engine cannot yet do while recording each token's version; use --engine embedded, or "
-                "--async-mode one-step"
-            )
         if run.buffer:
             raise ConfigError(
                 "--buffer (a user's replay buffer) fills short rollouts from earlier ones; --async-mode "

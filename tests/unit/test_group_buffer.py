@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agentrl.cli import main
+from agentrl.engines.config import EngineConfig
 from agentrl.errors import CheckpointError, ConfigError
 from agentrl.run.async_config import AsyncConfig
 from agentrl.run.group_buffer import GroupBuffer
@@ -124,6 +125,7 @@ def _config(**kwargs: Any) -> TrainConfig:
     [
         (AsyncConfig(async_mode="fully"), {}, None),
         (AsyncConfig(async_mode="fully", async_buffer_size=4), {}, None),
+        (AsyncConfig(async_mode="fully"), {"inference": EngineConfig(engine="sglang")}, None),
         (AsyncConfig(async_mode="fully", async_buffer_size=3), {}, "cannot hold one batch"),
         (AsyncConfig(async_buffer_size=8), {}, "--async-buffer-size bounds the buffer"),
         (AsyncConfig(async_mode="one-step", async_buffer_size=8), {}, "one-step has no buffer"),
@@ -146,7 +148,7 @@ def test_fully_async_flag_checks(asynchronous: AsyncConfig, extra: dict[str, Any
         AsyncConfig(async_buffer_size=0)
 
 
-def test_fully_async_refuses_sglang_before_anything_starts(
+def test_fully_async_refuses_a_replay_buffer_before_anything_starts(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import ray
@@ -156,6 +158,6 @@ def test_fully_async_refuses_sglang_before_anything_starts(
 
     monkeypatch.setattr(ray, "init", forbidden)
     argv = ["train", "--env", "search", "--async-mode", "fully", "--tis-cap", "2", "--engine", "sglang"]
-    assert main(argv) == 2
+    assert main([*argv, "--buffer", "my.mod:Replay"]) == 2
     err = capsys.readouterr().err
-    assert "--async-mode fully updates weights under running episodes" in err and "Traceback" not in err
+    assert "--async-mode fully has its own buffer" in err and "Traceback" not in err

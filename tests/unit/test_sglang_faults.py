@@ -2,8 +2,10 @@
 (docs/reliability.md D20-D21): a 4xx is a clear error and not retried, a 5xx is retried on another
 server, a hung server (it accepts connections but answers nothing, as a SIGSTOPped one does) is found by
 the health probes and its requests in flight are cut and retried elsewhere, and a server that does not
-serve the synced weight version is an error. The real-server versions are in
-tests/integration/test_sglang_failover.py."""
+serve the synced weight version is an error; a request that a weight update cuts is continued under the
+new weights (a partial rollout: one output, each id with its version), one the user aborts is not. The
+real-server versions are in tests/integration/test_sglang_failover.py and
+tests/integration/test_fully_async_sglang.py."""
 
 from __future__ import annotations
 
@@ -28,7 +30,10 @@ class FakeSGLang:
 
     ``statuses``: HTTP codes to answer the next /generate calls with (then 200). ``hung``: while set,
     every request blocks (connections are accepted; nothing is answered). ``ignore_updates``: report the
-    old weight version after an update (a server that did not load)."""
+    old weight version after an update (a server that did not load). ``hold_after``: the next /generate
+    samples this many ids (logprob -0.5), then waits until /abort_request or an update with
+    ``abort_all_requests`` aborts it, and answers ``abort`` with them (as SGLang does: the update then
+    waits for it to answer before loading)."""
 
     def __init__(self) -> None:
         self.statuses: list[int] = []
@@ -38,6 +43,11 @@ class FakeSGLang:
         self.drop_updates = False
         self.awake = threading.Event()
         self.awake.set()
+        self.hold_after: int | None = None
+        self.held = threading.Event()  # a held /generate has arrived
+        self.abort_held = threading.Event()
+        self.held_answered = threading.Event()
+        self.bodies: list[tuple[str, dict[str, Any]]] = []  # (path, body) of every POST
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -62,6 +72,15 @@ class FakeSGLang:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fake.awake.wait()
+                fake.bodies.append((self.path, body))
+                if self.path == "/abort_request":
+                    fake.abort_held.set()
+                    self._answer(200, {})
+                    return
+                if self.path == "/update_weights_from_disk" and body.get("abort_all_requests"):
+                    fake.abort_held.set()
+                    if fake.held.is_set():
+                        fake.held_answered.wait(10)
                 if self.path == "/update_weights_from_disk":
                     if fake.drop_updates:  # killed mid-request: the connection closes unanswered
                         self.close_connection = True
@@ -79,13 +98,21 @@ class FakeSGLang:
                 if status != 200:
                     self._answer(status, {"error": {"message": f"fake error {status}"}})
                     return
-                ids = [7] * body["sampling_params"]["max_new_tokens"]
+                if fake.hold_after is not None:
+                    ids, logprob, finish = [5] * fake.hold_after, -0.5, "abort"
+                    fake.hold_after = None
+                    fake.held.set()
+                    fake.abort_held.wait(10)
+                else:
+                    ids, logprob, finish = [7] * body["sampling_params"]["max_new_tokens"], -1.0, "length"
                 meta = {
-                    "finish_reason": {"type": "length"},
+                    "finish_reason": {"type": finish},
                     "weight_version": fake.version,
-                    "output_token_logprobs": [[-1.0, i, None] for i in ids],
+                    "output_token_logprobs": [[logprob, i, None] for i in ids],
                 }
                 self._answer(200, {"output_ids": ids, "meta_info": meta})
+                if finish == "abort":
+                    fake.held_answered.set()
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -312,5 +339,58 @@ def test_a_launched_server_still_running_after_a_broken_load_fails_the_update_na
                 await engine.update_weights("/ckpt/v1", version=1)
         finally:
             await engine.close()
+
+    asyncio.run(main())
+
+
+def test_a_request_cut_by_a_weight_update_continues_under_the_new_weights(servers: list[FakeSGLang]) -> None:
+    """A partial rollout: the update aborts the request after 2 of its 5 ids (version 0, SGLang's
+    "default"); the engine re-sends prompt + those 2 ids for the 3 left, and returns one output."""
+    fake = servers[0]
+
+    async def main() -> None:
+        async with _engine(servers[:1]) as engine:
+            fake.hold_after = 2
+            request = asyncio.create_task(
+                engine.generate([1, 2, 3], SamplingParams(max_new_tokens=5), session_id="s")
+            )
+            assert await asyncio.to_thread(fake.held.wait, 10)
+            await engine.update_weights("/ckpt/v1", version=1)
+            out = await asyncio.wait_for(request, 10)
+            assert out.output_ids == [5, 5, 7, 7, 7]
+            assert out.logprobs == [-0.5, -0.5, -1.0, -1.0, -1.0]
+            assert out.finish_reason == "length"
+            assert out.meta["token_versions"] == [0, 0, 1, 1, 1]
+            assert out.weight_version == 0  # the oldest that sampled an id, as the embedded engine says
+            generates = [body for path, body in fake.bodies if path == "/generate"]
+            assert [g["input_ids"] for g in generates] == [[1, 2, 3], [1, 2, 3, 5, 5]]
+            assert [g["sampling_params"]["max_new_tokens"] for g in generates] == [5, 3]
+            update = next(body for path, body in fake.bodies if path == "/update_weights_from_disk")
+            assert update["abort_all_requests"] is True
+            # With nothing in flight, an update aborts nothing and a request is one piece.
+            await engine.update_weights("/ckpt/v2", version=2)
+            assert "abort_all_requests" not in fake.bodies[-1][1]
+            again = await engine.generate([1], SHORT)
+            assert (again.output_ids, again.weight_version) == ([7, 7, 7], 2)
+            assert "token_versions" not in again.meta
+
+    asyncio.run(main())
+
+
+def test_a_request_aborted_by_the_user_is_not_continued(servers: list[FakeSGLang]) -> None:
+    fake = servers[0]
+
+    async def main() -> None:
+        async with _engine(servers[:1]) as engine:
+            fake.hold_after = 2
+            request = asyncio.create_task(
+                engine.generate([1, 2, 3], SamplingParams(max_new_tokens=5), session_id="s")
+            )
+            assert await asyncio.to_thread(fake.held.wait, 10)
+            await engine.abort("s")
+            out = await asyncio.wait_for(request, 10)
+            assert (out.finish_reason, out.output_ids, out.weight_version) == ("abort", [5, 5], 0)
+            assert "token_versions" not in out.meta
+            assert fake.generate_calls == 1
 
     asyncio.run(main())

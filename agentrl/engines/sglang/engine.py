@@ -18,6 +18,11 @@ What it promises (docs/reliability.md D20-D21):
 * After every weight update and every restart, each server's served ``weight_version`` is checked
   against the trainer's: a sample is never labelled with a policy that did not produce it.
 * Requests of one ``session_id`` (one episode) stick to one server while it lives, for its prefix cache.
+* A weight update lands under running requests (``--async-mode fully``): the servers abort them, load the
+  new weights, and ``generate`` continues each request that *our update* cut from its partial output
+  (input ids + partial ids, the rest of the ``max_new_tokens`` budget) under the new weights, returning
+  one output whose ``meta["token_versions"]`` gives each id's version (a partial rollout,
+  docs/async.md). A request aborted by ``abort()`` or by a failed server still returns ``"abort"``.
 
 Example::
 
@@ -32,6 +37,7 @@ import asyncio
 import logging
 import uuid
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +57,10 @@ from agentrl.errors import EngineDeadError, EngineError
 
 log = logging.getLogger(__name__)
 
+_PREEMPTED = "preempted"
+"""Key of a piece's meta while it travels from ``_generate_on`` to ``generate``: our own weight update
+aborted it, so it is continued (never seen by callers)."""
+
 
 class SGLangEngine(ServerHealth):
     """SGLang servers behind the :class:`~agentrl.engines.base.Engine` protocol."""
@@ -63,6 +73,14 @@ class SGLangEngine(ServerHealth):
         self._servers: list[_Server] = []
         self._sessions: OrderedDict[str, _Server] = OrderedDict()
         self._aborted: set[str] = set()
+        """Request ids (and ids of requests between two pieces) that ``abort()`` aborted."""
+        self._preempted: set[str] = set()
+        """Request ids in flight when a weight update began: if they answer "abort", the update cut them."""
+        self._between: dict[str, str | None] = {}
+        """Requests cut by a weight update and waiting to continue: their id -> session_id."""
+        self._settled = asyncio.Event()
+        """Clear while a weight update runs: new requests and continuations wait for the new weights."""
+        self._settled.set()
         self._admitted = asyncio.Event()
         self._admitted.set()
         self._alive_changed = asyncio.Event()
@@ -149,9 +167,35 @@ class SGLangEngine(ServerHealth):
     async def generate(
         self, input_ids: list[int], sampling: SamplingParams, *, session_id: str | None = None
     ) -> GenerateOutput:
-        """Continue ``input_ids``; retried on another server if this one dies, else ``abort``."""
+        """Continue ``input_ids``; retried on another server if this one dies, else ``abort``. A request
+        that a weight update cut is continued under the new weights (see the module docstring)."""
+        pieces = [await self._generate_piece(input_ids, sampling, session_id)]
+        while pieces[-1].meta.pop(_PREEMPTED, False):
+            sampled = [t for piece in pieces for t in piece.output_ids]
+            left = sampling.max_new_tokens - len(sampled)
+            if left <= 0:  # cut after its last token: it ended on the budget
+                pieces[-1].finish_reason = "length"
+                break
+            key = uuid.uuid4().hex
+            self._between[key] = session_id  # so that abort() reaches it while it waits
+            try:
+                await self._settled.wait()
+            finally:
+                self._between.pop(key, None)
+            if key in self._aborted:
+                self._aborted.discard(key)
+                break
+            rest = replace(sampling, max_new_tokens=left)
+            pieces.append(await self._generate_piece(input_ids + sampled, rest, session_id))
+        return pieces[0] if len(pieces) == 1 else proto.join_pieces(pieces)
+
+    async def _generate_piece(
+        self, input_ids: list[int], sampling: SamplingParams, session_id: str | None
+    ) -> GenerateOutput:
+        """One ``/generate`` call, retried on another server if this one dies, else ``abort``."""
         self._raise_if_failed()
         await self._admitted.wait()
+        await self._settled.wait()
         error = "no live SGLang server"
         for attempt in range(self.config.max_retries + 1):
             server = await self._pick(session_id)
@@ -184,6 +228,8 @@ class SGLangEngine(ServerHealth):
         assert self._client is not None, "call start() first"
         async with server.semaphore:
             server.inflight[rid] = session_id
+            if not self._settled.is_set():  # sent while a weight update runs: it may be cut too
+                self._preempted.add(rid)
             request = asyncio.create_task(
                 self._client.post(
                     f"{server.url}/generate", json=proto.generate_payload(input_ids, sampling, rid)
@@ -200,6 +246,9 @@ class SGLangEngine(ServerHealth):
             finally:
                 server.inflight.pop(rid, None)
                 server.requests.pop(rid, None)
+                preempted = rid in self._preempted
+                self._preempted.discard(rid)
+        by_user = rid in self._aborted
         self._aborted.discard(rid)
         if response.status_code >= 500:
             raise _ServerFailed(f"HTTP {response.status_code}: {response.text[:500]}")
@@ -208,8 +257,11 @@ class SGLangEngine(ServerHealth):
                 f"SGLang {server.url}/generate rejected a request with {len(input_ids)} input ids "
                 f"(max_new_tokens {sampling.max_new_tokens}): HTTP {response.status_code} {response.text[:500]}"
             )
-        out = proto.parse_generate_response(response.json(), self.weight_version)
+        # SGLang says "default" before its first update: the version this server was last checked at.
+        out = proto.parse_generate_response(response.json(), server.version)
         out.meta["server"] = server.url
+        if preempted and out.finish_reason == "abort" and not by_user:
+            out.meta[_PREEMPTED] = True
         return out
 
     async def update_weights(self, source: Any, *, version: int) -> None:
@@ -226,9 +278,15 @@ class SGLangEngine(ServerHealth):
             if not live and not any(s.restarting for s in self._servers):
                 raise EngineError("no live SGLang server to load weights on; see the server logs")
             self._weights_path, self.weight_version = path, version  # what restarts load from now on
-            results = await asyncio.gather(
-                *(self._load(s, path, version) for s in live), return_exceptions=True
-            )
+            self._settled.clear()
+            try:
+                for server in live:  # the update aborts them: generate() continues them afterwards
+                    self._preempted.update(server.inflight)
+                results = await asyncio.gather(
+                    *(self._load(s, path, version) for s in live), return_exceptions=True
+                )
+            finally:
+                self._settled.set()
         errors = [_failure(s, r) for s, r in zip(live, results, strict=True) if isinstance(r, BaseException)]
         self._raise_if_failed()
         if errors:
@@ -238,11 +296,13 @@ class SGLangEngine(ServerHealth):
 
     async def _load(self, server: _Server, path: str, version: int) -> None:
         """Load ``path`` on ``server`` and check the version it serves; a launched server that died
-        meanwhile is left to its restart (which loads the newest weights)."""
+        meanwhile is left to its restart (which loads the newest weights). Requests in flight there are
+        aborted first (SGLang would otherwise wait for them to finish under the old weights)."""
+        payload = proto.update_weights_from_disk_payload(
+            path, version, abort_all_requests=bool(server.inflight)
+        )
         try:
-            await self._post(
-                server, "/update_weights_from_disk", proto.update_weights_from_disk_payload(path, version)
-            )
+            await self._post(server, "/update_weights_from_disk", payload)
             await self._check_version(server, version)
         except _TRANSIENT:
             # A SIGKILLed server cuts its connections a moment before its process can be reaped.
@@ -275,6 +335,7 @@ class SGLangEngine(ServerHealth):
 
     async def abort(self, session_id: str | None = None) -> None:
         """Abort in-flight requests of ``session_id`` (or all); they return ``finish_reason="abort"``."""
+        self._aborted.update(k for k, sid in self._between.items() if session_id in (None, sid))
         calls = []
         for server in self._live():
             if session_id is None:

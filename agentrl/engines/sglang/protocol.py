@@ -121,7 +121,48 @@ def pause_payload(mode: PauseMode) -> dict[str, Any]:
 
 
 def update_weights_from_disk_payload(
-    model_path: str, version: int, *, flush_cache: bool = True
+    model_path: str, version: int, *, flush_cache: bool = True, abort_all_requests: bool = False
 ) -> dict[str, Any]:
-    """Body of ``POST /update_weights_from_disk``: load an HF folder, tag the served version."""
-    return {"model_path": model_path, "weight_version": str(version), "flush_cache": flush_cache}
+    """Body of ``POST /update_weights_from_disk``: load an HF folder, tag the served version.
+
+    ``abort_all_requests`` first aborts the requests in flight (they answer ``finish_reason="abort"``
+    with their partial output and the old version) instead of waiting for them to finish: a partial
+    rollout, continued by the engine under the new weights."""
+    payload: dict[str, Any] = {
+        "model_path": model_path,
+        "weight_version": str(version),
+        "flush_cache": flush_cache,
+    }
+    if abort_all_requests:
+        payload["abort_all_requests"] = True
+    return payload
+
+
+def join_pieces(pieces: Sequence[GenerateOutput]) -> GenerateOutput:
+    """One request's output from its pieces: the partial outputs that weight updates cut, then the last.
+
+    Ids and logprobs are concatenated; each id keeps the version of the piece that sampled it
+    (``meta["token_versions"]`` when they differ) and ``weight_version`` is the oldest of them, as the
+    embedded engine reports a request that a weight update reached mid-way; ``finish_reason`` and the
+    rest of ``meta`` are the last piece's."""
+    output_ids: list[int] = []
+    logprobs: list[float] = []
+    versions: list[int] = []
+    for piece in pieces:
+        output_ids += piece.output_ids
+        logprobs += piece.logprobs
+        versions += [piece.weight_version] * len(piece.output_ids)
+    last = pieces[-1]
+    meta = {**last.meta, "resumed": len(pieces) - 1}
+    texts = [piece.meta.get("text") for piece in pieces]
+    if all(isinstance(text, str) for text in texts):
+        meta["text"] = "".join(texts)  # type: ignore[arg-type]
+    if len(set(versions)) > 1:
+        meta["token_versions"] = versions
+    return GenerateOutput(
+        output_ids,
+        logprobs,
+        last.finish_reason,
+        weight_version=min(versions, default=last.weight_version),
+        meta=meta,
+    )
