@@ -5,8 +5,9 @@ Generation never waits for the trainer: the rollout manager keeps groups generat
 (:mod:`agentrl.run.group_buffer`, ``--async-buffer-size`` groups), and the trainer takes a batch of
 ``--rollout-batch-size`` groups as soon as the oldest ones are in. Every ``--update-weights-interval``
 train steps the weights sync to the engine *under the running episodes*: the embedded engine loads them
-between two decode steps and samples on, each token recording the version that sampled it (partial
-rollouts, docs/async.md), so generation stops no longer than the load itself. ``--max-staleness``
+between two decode steps and samples on; SGLang aborts the running requests, loads the exported HF
+folder, and the engine continues each from its partial output. Either way each token records the
+version that sampled it (partial rollouts, docs/async.md), so generation stops no longer than the load. ``--max-staleness``
 bounds the trained tokens (:mod:`agentrl.run.staleness`); TIS / ICEPOP correct the rest.
 
 Checkpoints come at *drain points*: at a checkpoint step the loop stops admitting groups, lets the
