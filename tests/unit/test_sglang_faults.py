@@ -47,6 +47,8 @@ class FakeSGLang:
         self.held = threading.Event()  # a held /generate has arrived
         self.abort_held = threading.Event()
         self.held_answered = threading.Event()
+        self.loading = threading.Event()  # cleared: /update_weights_from_disk waits (a slow load)
+        self.loading.set()
         self.bodies: list[tuple[str, dict[str, Any]]] = []  # (path, body) of every POST
         fake = self
 
@@ -81,6 +83,7 @@ class FakeSGLang:
                     fake.abort_held.set()
                     if fake.held.is_set():
                         fake.held_answered.wait(10)
+                    fake.loading.wait(10)
                 if self.path == "/update_weights_from_disk":
                     if fake.drop_updates:  # killed mid-request: the connection closes unanswered
                         self.close_connection = True
@@ -392,5 +395,32 @@ def test_a_request_aborted_by_the_user_is_not_continued(servers: list[FakeSGLang
             assert (out.finish_reason, out.output_ids, out.weight_version) == ("abort", [5, 5], 0)
             assert "token_versions" not in out.meta
             assert fake.generate_calls == 1
+
+    asyncio.run(main())
+
+
+def test_a_cut_request_aborted_by_the_user_while_the_update_loads_is_not_continued(
+    servers: list[FakeSGLang],
+) -> None:
+    fake = servers[0]
+
+    async def main() -> None:
+        async with _engine(servers[:1]) as engine:
+            fake.hold_after, fake.loading = 2, threading.Event()  # the load takes until we set it
+            request = asyncio.create_task(
+                engine.generate([1, 2, 3], SamplingParams(max_new_tokens=5), session_id="s")
+            )
+            assert await asyncio.to_thread(fake.held.wait, 10)
+            update = asyncio.create_task(engine.update_weights("/ckpt/v1", version=1))
+            deadline = time.monotonic() + 10
+            while not engine._between:  # cut, waiting for the new weights to continue
+                assert time.monotonic() < deadline, "the cut request never waited to continue"
+                await asyncio.sleep(0.01)
+            await engine.abort("s")
+            out = await asyncio.wait_for(request, 10)
+            assert (out.finish_reason, out.output_ids, out.weight_version) == ("abort", [5, 5], 0)
+            fake.loading.set()
+            await asyncio.wait_for(update, 10)
+            assert fake.generate_calls == 1 and not engine._aborted
 
     asyncio.run(main())

@@ -73,11 +73,11 @@ class SGLangEngine(ServerHealth):
         self._servers: list[_Server] = []
         self._sessions: OrderedDict[str, _Server] = OrderedDict()
         self._aborted: set[str] = set()
-        """Request ids (and ids of requests between two pieces) that ``abort()`` aborted."""
+        """Request ids in flight that ``abort()`` aborted."""
         self._preempted: set[str] = set()
         """Request ids in flight when a weight update began: if they answer "abort", the update cut them."""
-        self._between: dict[str, str | None] = {}
-        """Requests cut by a weight update and waiting to continue: their id -> session_id."""
+        self._between: dict[asyncio.Event, str | None] = {}
+        """Requests cut by a weight update and waiting to continue: set to abort one -> its session_id."""
         self._settled = asyncio.Event()
         """Clear while a weight update runs: new requests and continuations wait for the new weights."""
         self._settled.set()
@@ -176,18 +176,24 @@ class SGLangEngine(ServerHealth):
             if left <= 0:  # cut after its last token: it ended on the budget
                 pieces[-1].finish_reason = "length"
                 break
-            key = uuid.uuid4().hex
-            self._between[key] = session_id  # so that abort() reaches it while it waits
-            try:
-                await self._settled.wait()
-            finally:
-                self._between.pop(key, None)
-            if key in self._aborted:
-                self._aborted.discard(key)
-                break
+            if not await self._wait_to_continue(session_id):
+                break  # abort() reached it while it waited: it ends here, "abort"
             rest = replace(sampling, max_new_tokens=left)
             pieces.append(await self._generate_piece(input_ids + sampled, rest, session_id))
         return pieces[0] if len(pieces) == 1 else proto.join_pieces(pieces)
+
+    async def _wait_to_continue(self, session_id: str | None) -> bool:
+        """Wait for the weight update that cut a request to load; False if ``abort()`` came first."""
+        aborted = asyncio.Event()
+        self._between[aborted] = session_id
+        waiters = [asyncio.create_task(self._settled.wait()), asyncio.create_task(aborted.wait())]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            self._between.pop(aborted, None)
+        return not aborted.is_set()
 
     async def _generate_piece(
         self, input_ids: list[int], sampling: SamplingParams, session_id: str | None
@@ -335,7 +341,9 @@ class SGLangEngine(ServerHealth):
 
     async def abort(self, session_id: str | None = None) -> None:
         """Abort in-flight requests of ``session_id`` (or all); they return ``finish_reason="abort"``."""
-        self._aborted.update(k for k, sid in self._between.items() if session_id in (None, sid))
+        for cut, sid in self._between.items():
+            if session_id in (None, sid):
+                cut.set()
         calls = []
         for server in self._live():
             if session_id is None:
