@@ -53,7 +53,8 @@ from agentrl.engines.sglang.launcher import (
     find_sglang_python,
     free_port,
 )
-from agentrl.errors import EngineDeadError, EngineError
+from agentrl.engines.sglang.routing import SessionRouting
+from agentrl.errors import EngineError
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ _PREEMPTED = "preempted"
 aborted it, so it is continued (never seen by callers)."""
 
 
-class SGLangEngine(ServerHealth):
+class SGLangEngine(SessionRouting, ServerHealth):
     """SGLang servers behind the :class:`~agentrl.engines.base.Engine` protocol."""
 
     def __init__(self, config: SGLangEngineConfig) -> None:
@@ -372,61 +373,6 @@ class SGLangEngine(ServerHealth):
     @property
     def restarts_used(self) -> int:
         return self._restarts_used
-
-    # ---- routing ---------------------------------------------------------------------------------
-
-    def _live(self) -> list[_Server]:
-        return [s for s in self._servers if s.alive]
-
-    async def _pick(self, session_id: str | None) -> _Server | None:
-        """The session's server if alive, else the least loaded live one; waits during restarts."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.server_wait_s
-        while True:
-            self._raise_if_failed()
-            if session_id is not None and session_id in self._sessions:
-                server = self._sessions[session_id]
-                if server.alive:
-                    self._sessions.move_to_end(session_id)
-                    return server
-            live = self._live()
-            if live:
-                server = min(live, key=lambda s: len(s.inflight))
-                if session_id is not None:
-                    self._remember(session_id, server)
-                return server
-            if not any(s.restarting or s.process is None for s in self._servers):
-                return None
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                self._raise_if_none_can_return()
-                return None
-            self._alive_changed.clear()
-            try:
-                await asyncio.wait_for(self._alive_changed.wait(), timeout=remaining)
-            except TimeoutError:
-                self._raise_if_none_can_return()
-                return None
-
-    def _raise_if_none_can_return(self) -> None:
-        """``server_wait_s`` passed with no live server: a restart may still finish (this request is
-        aborted), but servers given by URL that all stay dead fail the engine for good."""
-        if not any(s.restarting for s in self._servers):
-            self._fatal = EngineDeadError(
-                f"no SGLang server answered /health_generate for {self.config.server_wait_s:.0f} s "
-                f"({', '.join(s.url for s in self._servers)}); check that they are running"
-            )
-            raise self._fatal
-
-    def _remember(self, session_id: str, server: _Server) -> None:
-        self._sessions[session_id] = server
-        self._sessions.move_to_end(session_id)
-        while len(self._sessions) > self.config.max_sessions:
-            self._sessions.popitem(last=False)
-
-    def _raise_if_failed(self) -> None:
-        if self._fatal is not None:
-            raise self._fatal
 
     # ---- control calls -------------------------------------------------------------------------
 
