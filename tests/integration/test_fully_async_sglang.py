@@ -1,6 +1,6 @@
 """``--async-mode fully`` on a real SGLang server on CPU (tiny GPT-2): partial rollouts over HTTP.
 
-First the engine alone: a weight update (``update_weights_from_disk`` with ``abort_all_requests``) lands
+First the engine alone: a weight update (``/abort_request``, then ``/update_weights_from_disk``) lands
 while long requests run; each comes back as one output of its full length whose ids before the cut were
 sampled by the old weights and the rest by the new ones, every logprob equal to transformers' forward
 pass of the weights its ``token_versions`` names (so the continuation really re-sent prompt + partial ids

@@ -31,9 +31,8 @@ class FakeSGLang:
     ``statuses``: HTTP codes to answer the next /generate calls with (then 200). ``hung``: while set,
     every request blocks (connections are accepted; nothing is answered). ``ignore_updates``: report the
     old weight version after an update (a server that did not load). ``hold_after``: the next /generate
-    samples this many ids (logprob -0.5), then waits until /abort_request or an update with
-    ``abort_all_requests`` aborts it, and answers ``abort`` with them (as SGLang does: the update then
-    waits for it to answer before loading)."""
+    samples this many ids (logprob -0.5), then waits until /abort_request aborts it, and answers
+    ``abort`` with them, as SGLang does."""
 
     def __init__(self) -> None:
         self.statuses: list[int] = []
@@ -46,7 +45,6 @@ class FakeSGLang:
         self.hold_after: int | None = None
         self.held = threading.Event()  # a held /generate has arrived
         self.abort_held = threading.Event()
-        self.held_answered = threading.Event()
         self.loading = threading.Event()  # cleared: /update_weights_from_disk waits (a slow load)
         self.loading.set()
         self.bodies: list[tuple[str, dict[str, Any]]] = []  # (path, body) of every POST
@@ -79,10 +77,10 @@ class FakeSGLang:
                     fake.abort_held.set()
                     self._answer(200, {})
                     return
-                if self.path == "/update_weights_from_disk" and body.get("abort_all_requests"):
-                    fake.abort_held.set()
-                    if fake.held.is_set():
-                        fake.held_answered.wait(10)
+                if self.path.startswith("/flush_cache"):
+                    self._answer(200, {})
+                    return
+                if self.path == "/update_weights_from_disk":
                     fake.loading.wait(10)
                 if self.path == "/update_weights_from_disk":
                     if fake.drop_updates:  # killed mid-request: the connection closes unanswered
@@ -114,8 +112,6 @@ class FakeSGLang:
                     "output_token_logprobs": [[logprob, i, None] for i in ids],
                 }
                 self._answer(200, {"output_ids": ids, "meta_info": meta})
-                if finish == "abort":
-                    fake.held_answered.set()
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -368,11 +364,19 @@ def test_a_request_cut_by_a_weight_update_continues_under_the_new_weights(server
             generates = [body for path, body in fake.bodies if path == "/generate"]
             assert [g["input_ids"] for g in generates] == [[1, 2, 3], [1, 2, 3, 5, 5]]
             assert [g["sampling_params"]["max_new_tokens"] for g in generates] == [5, 3]
-            update = next(body for path, body in fake.bodies if path == "/update_weights_from_disk")
-            assert update["abort_all_requests"] is True
+            # Cut, then waited for the server to be idle (its cache flushes), then loaded:
+            paths = [path.split("?")[0] for path, _ in fake.bodies]
+            assert paths == [
+                "/generate",
+                "/abort_request",
+                "/flush_cache",
+                "/update_weights_from_disk",
+                "/generate",
+            ]
+            assert fake.bodies[1][1] == {"abort_all": True}
             # With nothing in flight, an update aborts nothing and a request is one piece.
             await engine.update_weights("/ckpt/v2", version=2)
-            assert "abort_all_requests" not in fake.bodies[-1][1]
+            assert fake.bodies[-1][0] == "/update_weights_from_disk"
             again = await engine.generate([1], SHORT)
             assert (again.output_ids, again.weight_version) == ([7, 7, 7], 2)
             assert "token_versions" not in again.meta

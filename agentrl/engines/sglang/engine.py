@@ -234,9 +234,8 @@ class SGLangEngine(SessionRouting, ServerHealth):
     ) -> GenerateOutput:
         assert self._client is not None, "call start() first"
         async with server.semaphore:
+            await self._settled.wait()  # a weight update began while this waited for a slot
             server.inflight[rid] = session_id
-            if not self._settled.is_set():  # sent while a weight update runs: it may be cut too
-                self._preempted.add(rid)
             request = asyncio.create_task(
                 self._client.post(
                     f"{server.url}/generate", json=proto.generate_payload(input_ids, sampling, rid)
@@ -305,10 +304,10 @@ class SGLangEngine(SessionRouting, ServerHealth):
         """Load ``path`` on ``server`` and check the version it serves; a launched server that died
         meanwhile is left to its restart (which loads the newest weights). Requests in flight there are
         aborted first (SGLang would otherwise wait for them to finish under the old weights)."""
-        payload = proto.update_weights_from_disk_payload(
-            path, version, abort_all_requests=bool(server.inflight)
-        )
+        payload = proto.update_weights_from_disk_payload(path, version)
         try:
+            if server.inflight:
+                await self._cut_requests(server)
             await self._post(server, "/update_weights_from_disk", payload)
             await self._check_version(server, version)
         except _TRANSIENT:
@@ -318,6 +317,24 @@ class SGLangEngine(SessionRouting, ServerHealth):
             self._mark_dead(server)
         else:
             server.version = version
+
+    async def _cut_requests(self, server: _Server) -> None:
+        """Abort our requests in flight on ``server`` (they answer with their partial output) and wait
+        until it is idle: SGLang refuses to flush the old weights' cache after a load while a request
+        is still in its batch, which an aborted one is for a scheduler step after it answered."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.control_timeout_s / 2
+        while server.inflight and loop.time() < deadline:
+            # Again while any is left: one still on its way when the last abort arrived is not cut.
+            await self._post(server, "/abort_request", proto.abort_payload(None))
+            for _ in range(10):
+                if not server.inflight:
+                    break
+                await asyncio.sleep(0.05)
+        try:  # answers once the scheduler is idle (and flushes its cache)
+            await self._post(server, f"/flush_cache?timeout={self.config.control_timeout_s / 2:g}", {})
+        except EngineError as exc:
+            log.warning("SGLang %s stayed busy before a weight load: %s", server.url, exc)
 
     async def health(self) -> bool:
         """True while the engine is usable and at least one server answers ``/health_generate``."""

@@ -121,21 +121,10 @@ def pause_payload(mode: PauseMode) -> dict[str, Any]:
 
 
 def update_weights_from_disk_payload(
-    model_path: str, version: int, *, flush_cache: bool = True, abort_all_requests: bool = False
+    model_path: str, version: int, *, flush_cache: bool = True
 ) -> dict[str, Any]:
-    """Body of ``POST /update_weights_from_disk``: load an HF folder, tag the served version.
-
-    ``abort_all_requests`` first aborts the requests in flight (they answer ``finish_reason="abort"``
-    with their partial output and the old version) instead of waiting for them to finish: a partial
-    rollout, continued by the engine under the new weights."""
-    payload: dict[str, Any] = {
-        "model_path": model_path,
-        "weight_version": str(version),
-        "flush_cache": flush_cache,
-    }
-    if abort_all_requests:
-        payload["abort_all_requests"] = True
-    return payload
+    """Body of ``POST /update_weights_from_disk``: load an HF folder, tag the served version."""
+    return {"model_path": model_path, "weight_version": str(version), "flush_cache": flush_cache}
 
 
 def join_pieces(pieces: Sequence[GenerateOutput]) -> GenerateOutput:
