@@ -342,6 +342,16 @@ def test_a_launched_server_still_running_after_a_broken_load_fails_the_update_na
     asyncio.run(main())
 
 
+async def _held_after_two_ids(engine: SGLangEngine, fake: FakeSGLang) -> asyncio.Task[Any]:
+    """A 5-id request of session "s" that the fake server holds after its first 2 ids."""
+    fake.hold_after = 2
+    request = asyncio.create_task(
+        engine.generate([1, 2, 3], SamplingParams(max_new_tokens=5), session_id="s")
+    )
+    assert await asyncio.to_thread(fake.held.wait, 10)
+    return request
+
+
 def test_a_request_cut_by_a_weight_update_continues_under_the_new_weights(servers: list[FakeSGLang]) -> None:
     """A partial rollout: the update aborts the request after 2 of its 5 ids (version 0, SGLang's
     "default"); the engine re-sends prompt + those 2 ids for the 3 left, and returns one output."""
@@ -349,11 +359,7 @@ def test_a_request_cut_by_a_weight_update_continues_under_the_new_weights(server
 
     async def main() -> None:
         async with _engine(servers[:1]) as engine:
-            fake.hold_after = 2
-            request = asyncio.create_task(
-                engine.generate([1, 2, 3], SamplingParams(max_new_tokens=5), session_id="s")
-            )
-            assert await asyncio.to_thread(fake.held.wait, 10)
+            request = await _held_after_two_ids(engine, fake)
             await engine.update_weights("/ckpt/v1", version=1)
             out = await asyncio.wait_for(request, 10)
             assert out.output_ids == [5, 5, 7, 7, 7]
@@ -389,11 +395,7 @@ def test_a_request_aborted_by_the_user_is_not_continued(servers: list[FakeSGLang
 
     async def main() -> None:
         async with _engine(servers[:1]) as engine:
-            fake.hold_after = 2
-            request = asyncio.create_task(
-                engine.generate([1, 2, 3], SamplingParams(max_new_tokens=5), session_id="s")
-            )
-            assert await asyncio.to_thread(fake.held.wait, 10)
+            request = await _held_after_two_ids(engine, fake)
             await engine.abort("s")
             out = await asyncio.wait_for(request, 10)
             assert (out.finish_reason, out.output_ids, out.weight_version) == ("abort", [5, 5], 0)
