@@ -148,8 +148,11 @@ def close(engine: EmbeddedEngine) -> None:
     torch.cuda.empty_cache()
 
 
-def engine_rows(shape: str, folder: Path, batches: list[int], fast: dict[str, Any], bw: float) -> list[dict]:
-    """The fast path on 128 + 256 ids at each batch size (after one warm-up run of each)."""
+def engine_rows(
+    shape: str, folder: Path, batches: list[int], fast: dict[str, Any], bw: float, repeats: int = 1
+) -> list[dict]:
+    """The fast path on 128 + 256 ids at each batch size (after one warm-up run of each): the median of
+    ``repeats`` timed runs, with the slowest and fastest run's tokens/s."""
     cfg = hf_config(shape)
     config = EmbeddedEngineConfig(max_batch_size=max(batches), prefix_cache_mb=0, batch_wait_ms=20, **fast)
     started = time.perf_counter()
@@ -162,10 +165,18 @@ def engine_rows(shape: str, folder: Path, batches: list[int], fast: dict[str, An
     )
     rows = []
     for b in batches:
-        wall, step_ms = run_engine(engine, b, cfg.vocab_size, seed=2)
+        runs = sorted(run_engine(engine, b, cfg.vocab_size, seed=2 + i) for i in range(repeats))
+        wall, step_ms = runs[len(runs) // 2]  # the median wall clock (the upper one of an even count)
         row = {"shape": shape, "attention": fast["decode_attention"], "batch": b, "tok_s": b * NEW / wall}
+        spread = {"tok_s_min": b * NEW / runs[-1][0], "tok_s_max": b * NEW / runs[0][0], "repeats": repeats}
         rows.append(
-            {**row, "ms_step": step_ms, "wall_s": wall, "floor_ms": floor_ms(cfg, b, PROMPT + NEW / 2, bw)}
+            {
+                **row,
+                "ms_step": step_ms,
+                "wall_s": wall,
+                "floor_ms": floor_ms(cfg, b, PROMPT + NEW / 2, bw),
+                **spread,
+            }
         )
         print(json.dumps(rows[-1]), flush=True)
     close(engine)
@@ -195,7 +206,7 @@ def bench_shape(
             mem_fraction_static=args.mem_fraction,
             decode_attention=attention,
         )
-        rows += engine_rows(shape, folder, batches, fast, bw)
+        rows += engine_rows(shape, folder, batches, fast, bw, args.repeats)
         if not args.skip_multi:
             rows.append(multi_row(shape, folder, fast))
             print(json.dumps(rows[-1]), flush=True)
@@ -227,8 +238,9 @@ def table(rows: list[dict], bw: float) -> str:
             continue
         hf = f"{r['hf_tok_s']:,.0f} | {r['hf_ms_step']:.2f}" if "hf_tok_s" in r else "- | -"
         floor_tok = r["batch"] / r["floor_ms"] * 1e3
+        spread = f" ({r['tok_s_min']:,.0f}-{r['tok_s_max']:,.0f})" if r.get("repeats", 1) > 1 else ""
         lines.append(
-            f"| {r['shape']} | {r['attention']} | {r['batch']} | {r['tok_s']:,.0f} | {r['ms_step']:.2f} | {hf} | "
+            f"| {r['shape']} | {r['attention']} | {r['batch']} | {r['tok_s']:,.0f}{spread} | {r['ms_step']:.2f} | {hf} | "
             f"{r['floor_ms']:.3f} | {floor_tok:,.0f} |"
         )
     return "\n".join(lines)
@@ -252,8 +264,13 @@ def main() -> None:
         help="decode attention variants",
     )
     parser.add_argument("--no-graphs", action="store_true", help="eager launches (no CUDA graphs)")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="timed runs per batch size; the table shows their median"
+    )
     parser.add_argument("--json", type=Path, help="append one JSON line per row here")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
     bw = copy_bandwidth()
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
