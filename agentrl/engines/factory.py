@@ -34,7 +34,10 @@ async def start_engine(
     if config.engine == "embedded":
         from agentrl.engines.embedded.engine import EmbeddedEngine, EmbeddedEngineConfig
 
-        return EmbeddedEngine(str(model_path), EmbeddedEngineConfig(device=config.device, seed=seed))
+        embedded = EmbeddedEngineConfig(
+            device=config.device, dtype=config.dtype, num_threads=config.threads, seed=seed
+        )
+        return EmbeddedEngine(str(model_path), embedded)
     from agentrl.engines.sglang.engine import SGLangEngine, SGLangEngineConfig
 
     args = tuple(config.sglang_args)

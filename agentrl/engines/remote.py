@@ -43,11 +43,20 @@ def where_am_i() -> dict[str, Any]:
 class EngineWorker:
     """Hosts an embedded engine; ``generate`` calls from the rollout manager run concurrently here."""
 
-    def __init__(self, model_path: str, num_cpus: int | None, seed: int, device: str = "auto") -> None:
+    def __init__(
+        self,
+        model_path: str,
+        num_cpus: int | None,
+        seed: int,
+        device: str = "auto",
+        dtype: str = "auto",
+        threads: int | None = None,
+    ) -> None:
         from agentrl.engines.embedded.engine import EmbeddedEngine, EmbeddedEngineConfig
 
         set_threads(num_cpus)
-        self.engine = EmbeddedEngine(model_path, EmbeddedEngineConfig(device=device, seed=seed))
+        config = EmbeddedEngineConfig(device=device, dtype=dtype, num_threads=threads, seed=seed)
+        self.engine = EmbeddedEngine(model_path, config)
 
     async def generate(
         self, input_ids: list[int], sampling: SamplingParams, session_id: str | None = None

@@ -339,14 +339,20 @@ def create_actors(config: TrainConfig, model_path: Path, env_factory: Any, log_d
     if not config.debug_train_only:
         engine: Any
         inference = config.inference
+        worker_args = (
+            str(model_path),
+            config.num_cpus,
+            config.seed,
+            inference.device,
+            inference.dtype,
+            inference.threads,
+        )
         if inference.engine == "embedded" and plan:
-            engines = start_engines(
-                EngineWorker, plan, group, str(model_path), config.num_cpus, config.seed, inference.device
-            )
+            engines = start_engines(EngineWorker, plan, group, *worker_args)
             engine = RemoteEngines(engines)
         elif inference.engine == "embedded":
             worker = ray.remote(EngineWorker).options(max_concurrency=1024, **options)
-            engines = [worker.remote(str(model_path), config.num_cpus, config.seed, inference.device)]
+            engines = [worker.remote(*worker_args)]
             engine = RemoteEngine(engines[0])
         else:
             colocated_gpus = bool(config.placement.num_gpus) and config.placement.placement == "colocated"

@@ -90,7 +90,7 @@ class TorchBackend:
         pad = getattr(self.model.config, "pad_token_id", None)
         self.pad_id = int(pad) if isinstance(pad, int) else 0
         on_gpu = self.device.type == "cuda"
-        self.autocast_bf16 = on_gpu and self.config.bf16
+        self.autocast_bf16 = self.config.bf16 if on_gpu else self.config.cpu_bf16
         if on_gpu and self.config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.ref: ReferenceModel | None = None
@@ -144,30 +144,36 @@ class TorchBackend:
 
     def _autocast(self) -> AbstractContextManager[object]:
         if self.autocast_bf16:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
     def _forward(
         self,
         model: torch.nn.Module,
         ids: list[torch.Tensor],
-        entropy_mask: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        *,
+        entropy: bool = False,
         first: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logprobs (B, T) of each token given its prefix and, when ``entropy_mask`` is given, entropy
-        (B, T) at its nonzero positions. Columns before ``first`` are 0.0: the LM head runs only on the
-        positions that predict tokens ``first..T-1`` (a prompt shared by the batch costs no logits).
-        Full-vocab fp32 logits live only inside this call."""
+        """Logprobs (B, T) of each token given its prefix and, with ``entropy``, entropy (B, T). Columns
+        before ``first`` are 0.0: the LM head runs only on the positions that predict tokens
+        ``first..T-1`` (a prompt shared by the batch costs no logits); given a ``mask`` (B, T), only on
+        the positions predicting its nonzero tokens (the rest are 0.0: a multi-turn episode's tool output
+        costs no logits). Full-vocab fp32 logits live only inside this call."""
         input_ids = pad_right(ids, self.device, self.pad_id).long()  # (B, T)
         n_seq, seq_len = input_ids.shape
         lengths = torch.tensor([len(x) for x in ids], device=self.device)
         attention_mask = (torch.arange(seq_len, device=self.device)[None] < lengths[:, None]).long()
+        sel = None if mask is None else mask[:, first:].bool()  # (B, T-first)
+        targets = input_ids[:, first:] if sel is None else input_ids[:, first:][sel]  # (B, T-first) | (N,)
         hf: Any = model  # a transformers PreTrainedModel
         head = hf.get_output_embeddings() if self.config.fp32_lm_head else None
         if isinstance(head, torch.nn.Linear) and not _scales_logits(model):
             with self._autocast():
                 out = hf.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-            hidden = out.last_hidden_state[:, first - 1 : -1].float()  # (B, T-first, H)
+            hidden = out.last_hidden_state[:, first - 1 : -1]  # (B, T-first, H)
+            hidden = (hidden if sel is None else hidden[sel]).float()  # (B, T-first, H) | (N, H)
             with torch.autocast(device_type=self.device.type, enabled=False):
                 logits = F.linear(
                     hidden, head.weight.float(), None if head.bias is None else head.bias.float()
@@ -181,19 +187,23 @@ class TorchBackend:
                     logits_to_keep=seq_len - first + 1,
                 )
             logits = out.logits[:, :-1].float()  # (B, T-first, V): position t-1 predicts token t
-        targets = input_ids[:, first:]  # (B, T-first)
-        token_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T-first)
-        lp = torch.cat(
-            [token_logits.new_zeros(n_seq, first), token_logits - torch.logsumexp(logits, dim=-1)], 1
-        )
-        entropy = None
-        if entropy_mask is not None:
-            sel = entropy_mask[:, first:].bool()  # (B, T-first)
+            logits = logits if sel is None else logits[sel]
+        token_lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        if sel is None:
+            lp = torch.cat([token_lp.new_zeros(n_seq, first), token_lp], 1)
+        else:
+            lp = token_lp.new_zeros(n_seq, seq_len)
+            lp[:, first:][sel] = token_lp
+        ent = None
+        if entropy:
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.algorithm.entropy_coef != 0):
-                rows = entropy_from_logits(logits[sel])  # (n_sel,)
-            entropy = lp.new_zeros(lp.shape)
-            entropy[:, first:][sel] = rows
-        return lp, entropy
+                rows = entropy_from_logits(logits)  # (B, T-first) | (N,)
+            ent = lp.new_zeros(lp.shape)
+            if sel is None:
+                ent[:, first:] = rows
+            else:
+                ent[:, first:][sel] = rows
+        return lp, ent
 
     @torch.no_grad()
     def _logprobs_with(self, model: torch.nn.Module, input_ids: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -283,8 +293,8 @@ class TorchBackend:
         ref = None if batch.ref_logprobs is None else pick(batch.ref_logprobs)
         if algo.kl_coef > 0 and ref is None:
             with torch.no_grad(), self._reference().resident() as (ref_model,):
-                ref, _ = self._forward(ref_model, ids, first=first)
-        lp, entropy = self._forward(self.model, ids, entropy_mask=mask, first=first)
+                ref, _ = self._forward(ref_model, ids, mask, first=first)
+        lp, entropy = self._forward(self.model, ids, mask, entropy=True, first=first)
         old = lp.detach() if batch.old_logprobs is None else pick(batch.old_logprobs)
         out = policy_loss(
             lp,

@@ -24,21 +24,28 @@ A=${AGENTRL:-agentrl}
 MODEL=${MODEL:-smollm2-135m}
 PY=${PYTHON:-python}
 DEMOS=${DEMOS:-96}
+ENGINE_FLAGS=() TRAINER_FLAGS=()
 if [ "${GPU:-0}" = 1 ]; then
   ROLLOUTS=${ROLLOUTS:-60}
   EVAL_EPISODES=${EVAL_EPISODES:-271}  # every single-hop test question (the split holds 271)
   GRPO_FLAGS=(--rollout-batch-size 32 --n-samples-per-prompt 8 --global-batch-size 64 --over-sample 2
               --steps-per-rollout 4 --lr 2e-5 --eval-interval 10 --save-interval 5 --max-concurrency 256)
 else
-  ROLLOUTS=${ROLLOUTS:-5}
+  ROLLOUTS=${ROLLOUTS:-16}
   EVAL_EPISODES=${EVAL_EPISODES:-105}  # 15 of each type
-  GRPO_FLAGS=(--rollout-batch-size 4 --n-samples-per-prompt 4 --global-batch-size 16 --over-sample 3 --lr 2e-5)
+  GRPO_FLAGS=(--rollout-batch-size 4 --n-samples-per-prompt 4 --global-batch-size 16 --over-sample 3 --lr ${LR:-3e-5})
+  # bf16 on CPUs that have it (AVX-512 BF16 / AMX): the engine decodes ~1.5x and the trainer steps ~1.9x
+  # faster; the engine gets every core (eval runs it alone; training's phases take turns).
+  if grep -qE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then
+    ENGINE_FLAGS=(--engine-dtype bfloat16 --engine-threads "$(nproc)")
+    TRAINER_FLAGS=(--cpu-bf16)
+  fi
 fi
 mkdir -p "$OUT"
 SECONDS=0
 stage() { echo "== $1 ($((SECONDS / 60)) min $((SECONDS % 60)) s)"; }
 quiet=(--no-progress)
-budget=(--max-new-tokens 48)
+budget=(--max-new-tokens 48 "${ENGINE_FLAGS[@]}")
 
 done_or() { [ -e "$1" ] && echo "   (done: $1)"; }
 
@@ -50,7 +57,8 @@ stage "the base model on the test questions"
 done_or "$OUT/eval_base/report.json" || $A eval --suite search-1hop-test --model "$MODEL" "${budget[@]}" --out "$OUT/eval_base" "${quiet[@]}"
 
 stage "supervised fine-tuning on the demonstrations"
-done_or "$OUT/sft/hf_model/config.json" || $A sft --data "$OUT/demos.jsonl" --model "$MODEL" --lr 1e-4 --global-batch-size 16 --log-dir "$OUT/sft" "${quiet[@]}"
+done_or "$OUT/sft/hf_model/config.json" || $A sft --data "$OUT/demos.jsonl" --model "$MODEL" --lr 1e-4 --global-batch-size 16 --log-dir "$OUT/sft" "${quiet[@]}" \
+  "${TRAINER_FLAGS[@]}"
 
 grpo() {  # $1: log dir, then extra flags. Evaluates the SFT policy at step 0 and its own at the end.
   local dir=$1 resume=()
@@ -60,7 +68,8 @@ grpo() {  # $1: log dir, then extra flags. Evaluates the SFT policy at step 0 an
   if [ -n "${DEADLINE_S:-}" ] && [ -z "${GRPO_TIME_S:-}" ]; then budget_s=$((DEADLINE_S - SECONDS - 90)); fi
   $A train --suite search-1hop-train --eval-split test --eval-episodes "$EVAL_EPISODES" \
     --model "$OUT/sft/hf_model" "${budget[@]}" --num-rollouts "$ROLLOUTS" "${GRPO_FLAGS[@]}" \
-    --save "${dir}_ckpt" --time-limit-s "$budget_s" --log-dir "$dir" "${resume[@]}" "${quiet[@]}" "$@"
+    --save "${dir}_ckpt" --time-limit-s "$budget_s" --log-dir "$dir" "${resume[@]}" "${quiet[@]}" \
+    "${TRAINER_FLAGS[@]}" "$@"
 }
 stage "GRPO from the fine-tuned policy, exact-match reward"
 grpo "$OUT/grpo"

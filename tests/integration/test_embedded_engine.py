@@ -285,3 +285,32 @@ def test_request_joins_running_batch(engine: EmbeddedEngine) -> None:
             assert out.logprobs == pytest.approx(expected, abs=1e-3)
 
     asyncio.run(main())
+
+
+def test_engine_dtype_and_threads_reach_the_embedded_engine(model_dir: Path) -> None:
+    from agentrl.engines.config import EngineConfig
+    from agentrl.engines.factory import start_engine
+    from agentrl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--engine-dtype='bf16' is not one of"):
+        EngineConfig(dtype="bf16")
+    with pytest.raises(ConfigError, match="--engine-threads=0 must be >= 1"):
+        EngineConfig(threads=0)
+    async def generate() -> tuple[Any, list[int], Any]:
+        engine: Any = await start_engine(EngineConfig(device="cpu", dtype="bfloat16", threads=2), model_dir)
+        try:
+            ids = prompt(engine, "Hello there")
+            out = await engine.generate(ids, SamplingParams(max_new_tokens=6, temperature=0.0))
+            return engine, ids, out
+        finally:
+            await engine.close()
+
+    engine, ids, out = asyncio.run(generate())
+    assert engine.config.num_threads == 2
+    assert {p.dtype for p in engine.model.parameters()} == {torch.bfloat16}
+    assert len(out.output_ids) == 6
+    # The contract's logprobs, of the bf16 model: within bf16 rounding of an fp32 forward.
+    fp32 = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    want = reference_logprobs(fp32, ids + out.output_ids, len(out.output_ids), 1.0)
+    gaps = [abs(a - b) for a, b in zip(out.logprobs, want, strict=True)]
+    assert 0 < max(gaps) < 0.2

@@ -243,3 +243,52 @@ def test_cosine_schedule_drives_the_optimizer_and_survives_resume(model_dir: Pat
     b.load(tmp_path / "ckpt")
     seen += [b.train_step(batch)["lr"] for _ in range(2)]
     assert seen == pytest.approx([5e-4, 1e-3, 1e-3, 8.682e-4, 5.5e-4], rel=1e-4)
+
+
+@pytest.mark.parametrize("fp32_lm_head", [True, False])
+def test_masked_forward_equals_the_full_forward_on_the_mask(model_dir: Path, fp32_lm_head: bool) -> None:
+    # A multi-turn shape: two sampled spans with a tool output between them. The LM head then runs only
+    # on the masked positions; their logprobs, entropies and gradient must be the full forward's.
+    backend = TorchBackend(model_dir, _config(fp32_lm_head=fp32_lm_head))
+    ids = _sequences()
+    spans = [(3, 5, 7, 9), (2, 3, 4, 5), (4, 8, 11, 14)]  # (start, end) of two sampled spans per row
+    mask = torch.zeros(len(ids), max(len(x) for x in ids))
+    for row, (a, b, c, d) in enumerate(spans):
+        mask[row, a:b] = 1.0
+        mask[row, c:d] = 1.0
+    first = 2
+
+    def run(masked: bool) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        backend.model.zero_grad()
+        lp, ent = backend._forward(backend.model, ids, mask if masked else None, entropy=True, first=first)
+        assert ent is not None
+        (lp * mask).sum().backward()
+        grads = [p.grad.clone() for p in backend.model.parameters() if p.grad is not None]
+        return lp.detach(), ent.detach(), grads
+
+    lp_full, ent_full, grads_full = run(False)
+    lp_mask, ent_mask, grads_mask = run(True)
+    on = mask.bool()
+    torch.testing.assert_close(lp_mask[on], lp_full[on], rtol=0, atol=1e-6)
+    torch.testing.assert_close(ent_mask[on], ent_full[on], rtol=0, atol=1e-6)
+    assert bool((lp_mask[~on] == 0).all()) and bool((ent_mask[~on] == 0).all())
+    assert bool((lp_full[~on][:, None] != 0).any())  # the full forward did fill the other positions
+    assert len(grads_mask) == len(grads_full)
+    for g_mask, g_full in zip(grads_mask, grads_full, strict=True):
+        torch.testing.assert_close(g_mask, g_full, rtol=1e-5, atol=1e-7)
+
+
+def test_cpu_bf16_runs_the_model_under_bf16_autocast(model_dir: Path) -> None:
+    exact = TorchBackend(model_dir, _config())
+    fast = TorchBackend(model_dir, _config(cpu_bf16=True))
+    assert not exact.autocast_bf16 and fast.autocast_bf16
+    for want, got in zip(exact.logprobs(_sequences()), fast.logprobs(_sequences()), strict=True):
+        gap = (want[1:] - got[1:]).abs()
+        # bf16 rounding of the activations: visible, but small against logprobs of about -7 (ln 1024)
+        assert 0 < float(gap.max()) < 0.1
+    batch = _batch(fast, [1.0, -1.0, 0.0])
+    before = _masked_sums(fast, batch)
+    fast.train_step(batch)
+    after = _masked_sums(fast, batch)
+    assert after[0] - before[0] > 0.1 and after[1] - before[1] < -0.1
+    assert all(p.dtype == torch.float32 for p in fast.model.parameters())  # weights stay fp32
