@@ -296,6 +296,7 @@ def test_engine_dtype_and_threads_reach_the_embedded_engine(model_dir: Path) -> 
         EngineConfig(dtype="bf16")
     with pytest.raises(ConfigError, match="--engine-threads=0 must be >= 1"):
         EngineConfig(threads=0)
+
     async def generate() -> tuple[Any, list[int], Any]:
         engine: Any = await start_engine(EngineConfig(device="cpu", dtype="bfloat16", threads=2), model_dir)
         try:
