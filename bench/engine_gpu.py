@@ -78,6 +78,10 @@ def prompts(batch: int, vocab: int, length: int = PROMPT, seed: int = 0) -> list
     return torch.randint(100, vocab, (batch, length), generator=g).tolist()
 
 
+LAST_RUN: dict[str, float] = {}
+"""Where the last :func:`run_engine` call's wall clock went (seconds): prefill, decode steps, the rest."""
+
+
 def run_engine(engine: EmbeddedEngine, batch: int, vocab: int, seed: int) -> tuple[float, float]:
     """Wall seconds for ``batch`` concurrent 128+256 requests, and mean ms per decode step."""
     sp = SamplingParams(max_new_tokens=NEW, temperature=1.0, ignore_eos=True)
@@ -90,7 +94,28 @@ def run_engine(engine: EmbeddedEngine, batch: int, vocab: int, seed: int) -> tup
     asyncio.run(go())
     wall = time.perf_counter() - started
     steps = engine.stats["decode_steps"] - before["decode_steps"]
-    return wall, (engine.stats["decode_s"] - before["decode_s"]) / max(steps, 1) * 1e3
+    decode_s = engine.stats["decode_s"] - before["decode_s"]
+    prefill_s = engine.stats["prefill_s"] - before["prefill_s"]
+    LAST_RUN.update(prefill_s=prefill_s, decode_s=decode_s, other_s=wall - prefill_s - decode_s, steps=steps)
+    return wall, decode_s / max(steps, 1) * 1e3
+
+
+def profile_run(engine: EmbeddedEngine, batch: int, vocab: int, out: Path) -> None:
+    """One more run under torch's profiler (host and device, every thread): the ops by host time, then
+    by device time, to ``out``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run_engine(engine, batch, vocab, seed=99)
+    averages = prof.key_averages()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        f"wall split (s): {json.dumps(LAST_RUN)}\n\n"
+        + averages.table(sort_by="self_cpu_time_total", row_limit=45)
+        + "\n\n"
+        + averages.table(sort_by="self_cuda_time_total", row_limit=25)
+    )
+    print(f"profile: {out}", flush=True)
 
 
 def run_hf(folder: Path, batch: int, vocab: int) -> tuple[float, float]:
@@ -149,7 +174,13 @@ def close(engine: EmbeddedEngine) -> None:
 
 
 def engine_rows(
-    shape: str, folder: Path, batches: list[int], fast: dict[str, Any], bw: float, repeats: int = 1
+    shape: str,
+    folder: Path,
+    batches: list[int],
+    fast: dict[str, Any],
+    bw: float,
+    repeats: int = 1,
+    profile: Path | None = None,
 ) -> list[dict]:
     """The fast path on 128 + 256 ids at each batch size (after one warm-up run of each): the median of
     ``repeats`` timed runs, with the slowest and fastest run's tokens/s."""
@@ -165,7 +196,14 @@ def engine_rows(
     )
     rows = []
     for b in batches:
-        runs = sorted(run_engine(engine, b, cfg.vocab_size, seed=2 + i) for i in range(repeats))
+        runs, parts = [], []
+        for i in range(repeats):
+            runs.append(run_engine(engine, b, cfg.vocab_size, seed=2 + i))
+            parts.append(dict(LAST_RUN))
+        print(f"B={b}: where each run's wall clock went (s): {json.dumps(parts)}", flush=True)
+        if profile is not None and b == max(batches):
+            profile_run(engine, b, cfg.vocab_size, profile / f"{shape}-B{b}.txt")
+        runs.sort()
         wall, step_ms = runs[len(runs) // 2]  # the median wall clock (the upper one of an even count)
         row = {"shape": shape, "attention": fast["decode_attention"], "batch": b, "tok_s": b * NEW / wall}
         spread = {"tok_s_min": b * NEW / runs[-1][0], "tok_s_max": b * NEW / runs[0][0], "repeats": repeats}
@@ -206,7 +244,7 @@ def bench_shape(
             mem_fraction_static=args.mem_fraction,
             decode_attention=attention,
         )
-        rows += engine_rows(shape, folder, batches, fast, bw, args.repeats)
+        rows += engine_rows(shape, folder, batches, fast, bw, args.repeats, args.profile)
         if not args.skip_multi:
             rows.append(multi_row(shape, folder, fast))
             print(json.dumps(rows[-1]), flush=True)
@@ -266,6 +304,9 @@ def main() -> None:
     parser.add_argument("--no-graphs", action="store_true", help="eager launches (no CUDA graphs)")
     parser.add_argument(
         "--repeats", type=int, default=1, help="timed runs per batch size; the table shows their median"
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="folder: one more run of the largest batch under torch's profiler"
     )
     parser.add_argument("--json", type=Path, help="append one JSON line per row here")
     args = parser.parse_args()
