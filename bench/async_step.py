@@ -1,4 +1,4 @@
-"""Benchmark: step time of ``--async-mode off``, ``one-step`` and ``fully`` at equal work, on this machine (CPU).
+"""Benchmark: step time of ``--async-mode off``, ``one-step`` and ``fully`` at equal work (CPU, or one GPU).
 
 All modes run the same real ``agentrl train`` (Ray actors, embedded engine, torch backend, a random-init
 GPT-2) for the same number of rollouts of the same size, with the same seed, on an agentic env whose
@@ -15,6 +15,12 @@ trained tokens; then the speedups over off.
     python bench/async_step.py                        # 6 rollouts of 32 episodes, 2 turns, 0.4 s tools
     python bench/async_step.py --latency 0 --rollouts 4   # no tool latency: engine and trainer share the CPU
     python bench/async_step.py --modes off fully          # a subset of the modes
+
+On a CUDA machine ``--gpu`` runs the same on one GPU: ``--model`` (default the real SmolLM2-135M-
+Instruct) on the embedded engine's CUDA path, the torch trainer (bf16 autocast) on the same GPU under
+``--placement shared`` (both keep their memory, so generation and training can overlap)::
+
+    python bench/async_step.py --gpu --prompts 32 --new-tokens 128 --latency 0.5
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from agentrl.rollout.controller import RolloutConfig
 from agentrl.run.async_config import AsyncConfig
 from agentrl.run.loop import train
 from agentrl.run.metrics import read_metrics
-from agentrl.run.train_config import TrainConfig
+from agentrl.run.train_config import PlacementConfig, TrainConfig
 from agentrl.trainer.config import AlgorithmConfig, OptimizerConfig, TorchOptions
 
 
@@ -65,7 +71,7 @@ class SlowToolEnv(ToolEnv):
         return TurnResult([], reward=share, terminated=True, info={"success": share > 0.2})
 
 
-def run_mode(mode: str, model: Path, args: argparse.Namespace) -> dict[str, float]:
+def run_mode(mode: str, model: Path | str, args: argparse.Namespace) -> dict[str, float]:
     log_dir = Path(tempfile.mkdtemp(prefix=f"agentrl-async-{mode}-"))
     config = TrainConfig(
         env="slow-tool",
@@ -74,7 +80,11 @@ def run_mode(mode: str, model: Path, args: argparse.Namespace) -> dict[str, floa
         n_samples_per_prompt=4,
         global_batch_size=args.prompts * 4,
         num_rollouts=args.rollouts,
-        rollout=RolloutConfig(max_turns=args.turns, max_new_tokens=args.new_tokens, max_context=512),
+        rollout=RolloutConfig(
+            max_turns=args.turns,
+            max_new_tokens=args.new_tokens,
+            max_context=max(512, 96 + args.turns * (args.new_tokens + 32)),
+        ),
         dynamic_filter=False,
         eval_episodes=0,
         dump_interval=0,
@@ -83,9 +93,10 @@ def run_mode(mode: str, model: Path, args: argparse.Namespace) -> dict[str, floa
         log_dir=str(log_dir),
         seed=0,
         num_cpus=args.threads,
-        optimizer=OptimizerConfig(lr=1e-3),
+        placement=PlacementConfig(placement="shared", num_gpus=1) if args.gpu else PlacementConfig(),
+        optimizer=OptimizerConfig(lr=1e-5 if args.gpu else 1e-3),
         algorithm=AlgorithmConfig(tis_cap=2.0),  # the same loss in both modes
-        torch=TorchOptions(micro_batch_tokens=4096),
+        torch=TorchOptions(micro_batch_tokens=16384 if args.gpu else 4096),
         asynchronous=AsyncConfig(async_mode=mode),  # type: ignore[arg-type]
     )
     factory = functools.partial(SlowToolEnv, latency=args.latency, turns=args.turns)
@@ -128,14 +139,28 @@ def main() -> None:
         "--threads", type=int, default=2, help="torch threads of the trainer and of the engine"
     )
     parser.add_argument("--modes", nargs="+", default=["off", "one-step", "fully"])
+    parser.add_argument("--gpu", action="store_true", help="one CUDA GPU shared by engine and trainer")
+    parser.add_argument("--model", default="smollm2-135m", help="--gpu: the policy (an alias or HF folder)")
     args = parser.parse_args()
-    folder = Path(tempfile.gettempdir()) / f"agentrl-bench-gpt2-{args.layers}x{args.width}"
-    model = make_tiny_gpt2(folder, n_layer=args.layers, n_embd=args.width, n_head=4)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    if args.gpu:
+        model = args.model
+        name = f"{args.model} (one GPU, --placement shared)"
+        ray.init(
+            address="local",
+            num_cpus=2 * args.threads,
+            num_gpus=1,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+        )
+    else:
+        folder = Path(tempfile.gettempdir()) / f"agentrl-bench-gpt2-{args.layers}x{args.width}"
+        model = make_tiny_gpt2(folder, n_layer=args.layers, n_embd=args.width, n_head=4)
+        name = f"GPT-2 {args.layers}x{args.width}"
+        ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
     results = {mode: run_mode(mode, model, args) for mode in args.modes}
     ray.shutdown()
     print(
-        f"GPT-2 {args.layers}x{args.width}, {args.rollouts} rollouts x {args.prompts * 4} episodes, "
+        f"{name}, {args.rollouts} rollouts x {args.prompts * 4} episodes, "
         f"{args.turns} turns, {args.latency} s per tool call"
     )
     print(

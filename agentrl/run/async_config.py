@@ -103,7 +103,8 @@ class AsyncConfig:
             raise ConfigError(
                 f"--async-mode {self.async_mode} needs the engines and the trainer on separate devices: "
                 "--placement colocated time-shares the GPUs (engines release their memory while the "
-                "trainer steps). Use --placement disaggregated"
+                "trainer steps). Use --placement shared (both sides on the same GPUs at once, each "
+                "keeping its memory: one GPU is enough) or --placement disaggregated"
             )
         k = self.update_weights_interval
         for name, every in (

@@ -8,6 +8,8 @@ One placement group holds ``num_gpus`` bundles of one GPU each, packed onto as f
 * ``colocated``: trainer rank ``i`` and engine ``i`` share bundle ``i`` (each asks for half its GPU, so
   Ray puts both on the same device). Engines release their GPU memory around each train step
   (:mod:`.engine_memory`); weights move in memory.
+* ``shared``: the bundles of ``colocated``, but both sides keep their memory and may work at once:
+  asynchronous training (``--async-mode``) on one GPU, or on GPUs that hold a small model twice over.
 
 Every actor started here gets :data:`NCCL_SAFE_ENV`: NCCL's NVLink multicast (NVLS) can take a shared
 host's GPUs out of service, so it is off everywhere, together with the multicast paths of torch's
@@ -27,7 +29,7 @@ from agentrl.engines.weight_transport import NCCL_SAFE_ENV
 from agentrl.errors import ConfigError
 from agentrl.run.train_config import TrainConfig
 
-Placement = Literal["colocated", "disaggregated"]
+Placement = Literal["colocated", "shared", "disaggregated"]
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,8 @@ class PlacementPlan:
     """Which placement-group bundle (one GPU each) every trainer rank and engine takes."""
 
     mode: Placement
-    """``colocated`` (shared GPUs) or ``disaggregated`` (separate GPUs)."""
+    """``colocated`` (GPUs time-shared), ``shared`` (GPUs shared at once) or ``disaggregated``
+    (separate GPUs)."""
     num_gpus: int
     """Bundles in the placement group."""
     trainer_bundles: tuple[int, ...]
@@ -46,16 +49,16 @@ class PlacementPlan:
     @property
     def gpu_share(self) -> float:
         """GPU fraction each actor asks of its bundle: half when two actors share one GPU."""
-        return 0.5 if self.mode == "colocated" else 1.0
+        return 1.0 if self.mode == "disaggregated" else 0.5
 
 
 def plan_placement(mode: Placement, num_gpus: int, trainer_gpus: int | None = None) -> PlacementPlan:
     """The bundles of each role; ``trainer_gpus`` defaults to all (colocated) or half (disaggregated)."""
     if num_gpus < 1:
         raise ConfigError(f"a placement needs --num-gpus >= 1, got {num_gpus}")
-    if mode == "colocated":
+    if mode in ("colocated", "shared"):
         if trainer_gpus not in (None, num_gpus):
-            raise ConfigError(f"colocated placement uses all {num_gpus} GPUs for the trainer")
+            raise ConfigError(f"{mode} placement uses all {num_gpus} GPUs for the trainer")
         every = tuple(range(num_gpus))
         return PlacementPlan(mode, num_gpus, every, every)
     k = num_gpus // 2 if trainer_gpus is None else trainer_gpus

@@ -48,10 +48,11 @@ def _train_rollout() -> RolloutConfig:
 class PlacementConfig:
     """How a GPU run shares its GPUs between trainer ranks and engines (docs/placement.md)."""
 
-    placement: Literal["colocated", "disaggregated"] = "colocated"
+    placement: Literal["colocated", "shared", "disaggregated"] = "colocated"
     """GPU sharing. ``colocated`` time-shares every GPU between trainer ranks and engines (engines
-    release their memory during train steps); ``disaggregated`` puts the trainer on GPUs
-    [0, trainer_gpus) and engines on the rest, weights synced by broadcast."""
+    release their memory during train steps); ``shared`` puts them on the same GPUs too but both keep
+    their memory and may run at once (asynchronous training on one GPU); ``disaggregated`` puts the
+    trainer on GPUs [0, trainer_gpus) and engines on the rest, weights synced by broadcast."""
     num_gpus: int = 0
     """GPUs of the run (0: none). One Ray placement-group bundle each."""
     trainer_gpus: int | None = field(default=None, metadata={"rare": True})
@@ -66,9 +67,9 @@ class PlacementConfig:
             return
         if self.num_gpus == 0:
             raise ConfigError("--trainer-gpus needs --num-gpus N (the GPUs to split); drop it on CPU")
-        if self.placement == "colocated" and self.trainer_gpus != self.num_gpus:
+        if self.placement in ("colocated", "shared") and self.trainer_gpus != self.num_gpus:
             raise ConfigError(
-                f"--placement colocated shares all {self.num_gpus} GPUs between trainer and engines, so "
+                f"--placement {self.placement} shares all {self.num_gpus} GPUs between trainer and engines, so "
                 f"--trainer-gpus must be {self.num_gpus} (or unset); use --placement disaggregated to split"
             )
         if self.placement == "disaggregated" and not 1 <= self.trainer_gpus < self.num_gpus:

@@ -56,6 +56,10 @@ def test_plans() -> None:
         PlacementConfig(placement="disaggregated", num_gpus=1)
     with pytest.raises(ConfigError, match="--trainer-gpus must be 2"):
         PlacementConfig(placement="colocated", num_gpus=2, trainer_gpus=1)
+    plan = plan_placement("shared", 1)  # the bundles of colocated: one GPU holds both sides
+    assert (plan.trainer_bundles, plan.engine_bundles, plan.gpu_share) == ((0,), (0,), 0.5)
+    with pytest.raises(ConfigError, match="--placement shared shares all 2 GPUs"):
+        PlacementConfig(placement="shared", num_gpus=2, trainer_gpus=1)
 
 
 def _start(mode: str, tiny_model: Path) -> PlacedActors:
@@ -141,6 +145,27 @@ def test_colocated_bundles_and_embedded_release_resume(local_ray: None, tiny_mod
         # Same tokens; logprobs equal up to float noise (the second request reuses the prompt's cached KV).
         assert after.output_ids == before.output_ids
         assert max(abs(a - b) for a, b in zip(after.logprobs, before.logprobs, strict=True)) < 1e-5
+    finally:
+        _kill(placed)
+
+
+def test_shared_engines_keep_serving_through_the_train_step(local_ray: None, tiny_model: Path) -> None:
+    placed = _start("shared", tiny_model)
+    try:
+        infos = ray.get([a.placement_info.remote() for a in [*placed.trainer_ranks, *placed.engines]])
+        t0, t1, e0, e1 = infos
+        assert all(i["resources"] == {"GPU": 0.5} for i in infos)
+        assert t0["gpu_ids"] == e0["gpu_ids"] and t1["gpu_ids"] == e1["gpu_ids"]
+        engine = placed.engines[0]
+        prompt = [3, 1, 4, 1, 5]
+        before = _greedy(engine, prompt)
+        metrics: dict[str, float] = {}
+        # No rollout manager is reached: a shared engine is never asked to release its memory.
+        with placed.engines_released(rollout=object(), metrics=metrics):
+            during = _greedy(engine, prompt)  # served while the train step's body runs
+            assert ray.get(engine.model_device.remote()) != "cpu"
+        assert metrics == {}
+        assert during.output_ids == before.output_ids
     finally:
         _kill(placed)
 

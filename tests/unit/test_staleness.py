@@ -134,7 +134,14 @@ def test_async_mode_refuses_to_start_without_an_off_policy_correction() -> None:
         ({"asynchronous": AsyncConfig(async_mode="one-step"), "debug_rollout_only": True}, "debug"),
         (
             {"asynchronous": AsyncConfig(async_mode="one-step"), "placement": PlacementConfig(num_gpus=2)},
-            "disaggregated",
+            "Use --placement shared .* or --placement disaggregated",
+        ),
+        (  # shared: the engine keeps its memory, so one GPU can overlap both sides
+            {
+                "asynchronous": AsyncConfig(async_mode="one-step"),
+                "placement": PlacementConfig(placement="shared", num_gpus=1),
+            },
+            None,
         ),
         (
             {
