@@ -5,7 +5,8 @@ The policy is a random-init two-layer Llama with the tiny BPE tokenizer and Chat
 :func:`agentrl.models.make_tiny_gpt2` (Megatron takes Llama / Qwen shapes), trained on the Calculator
 env, as a user runs ``agentrl train``. Checked: the run's records (KL reported, finite losses), the resume taking up at step 3,
 and the exported folder loading in the embedded engine with the weights the trainer wrote, which the
-three updates moved away from the initial ones.
+three updates moved away from the initial ones. Then asynchronous training (one-step and fully) on the
+one GPU under ``--placement shared``, on both backends.
 """
 
 from __future__ import annotations
@@ -127,3 +128,39 @@ def test_train_megatron_kl_checkpoint_resume_export(tiny_llama: Path, tmp_path: 
 
     out = asyncio.run(sample())
     assert len(out.output_ids) == len(out.logprobs) > 0 and all(math.isfinite(x) for x in out.logprobs)
+
+
+@pytest.mark.parametrize("backend", ["torch", "megatron"])
+@pytest.mark.parametrize("mode", ["one-step", "fully"])
+def test_async_training_on_one_shared_gpu(tiny_llama: Path, tmp_path: Path, backend: str, mode: str) -> None:
+    """`--placement shared`: the engine keeps its memory beside the trainer on the one GPU, so rollouts
+    are generated while the trainer steps; every trained token is at most one version stale (one-step)
+    or within the default bound (fully), and three updates move the exported weights."""
+    from agentrl.run.metrics import read_metrics
+
+    flags = ["--env", "calculator", "--model", str(tiny_llama), "--backend", backend, "--num-gpus", "1"]
+    flags += ["--placement", "shared", "--async-mode", mode, "--tis-cap", "2", "--lr", "1e-4"]
+    flags += ["--no-dynamic-filter", "--entropy-coef", "0.001", "--num-rollouts", "3"]
+    flags += ["--rollout-batch-size", "4", "--n-samples-per-prompt", "4", "--global-batch-size", "16"]
+    flags += ["--max-turns", "2", "--max-new-tokens", "24", "--max-context", "1024", "--eval-episodes", "0"]
+    flags += ["--log-dir", str(tmp_path / "logs"), "--no-progress", "--num-cpus", "4"]
+    done = subprocess.run(
+        [sys.executable, "-m", "agentrl", "train", *flags], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + "\n" + done.stderr[-6000:]
+    records = [r for r in read_metrics(tmp_path / "logs" / "metrics.jsonl") if "train/loss" in r]
+    assert len(records) == 3
+    for r in records:
+        assert math.isfinite(r["train/loss"]) and r["train/skipped"] == 0.0, r
+    if mode == "one-step":
+        assert max(r["async/staleness_max"] for r in records) <= 1
+    record(
+        f"async_shared_gpu_{backend}_{mode}",
+        step_s=[r.get("async/step_s") for r in records],
+        train_s=[r.get("time/train_s") for r in records],
+        staleness_max=[r.get("async/staleness_max") for r in records],
+        trainer_idle_s=[r.get("async/trainer_idle_s") for r in records],
+    )
+    written = load_file(tmp_path / "logs" / "hf_model" / "model.safetensors")
+    initial = load_file(tiny_llama / "model.safetensors")
+    assert any(not torch.equal(written[k], initial[k]) for k in initial)
