@@ -91,7 +91,8 @@ def bench_overhead(tokenizer: Any, turns: int = 8, episodes: int = 30) -> float:
 
 def bench_concurrent(tokenizer: Any, concurrent: int = 256, turns: int = 4) -> float:
     """Episodes per second with ``concurrent`` episodes in flight (instant engine and env)."""
-    from agentrl.rollout.driver import EnvSpec, GenerationSettings, RolloutManager
+    from agentrl.rollout.driver import EnvSpec, RolloutManager
+    from agentrl.rollout.episodes import GenerationSettings
 
     manager = RolloutManager(
         InstantEngine(tokenizer),

@@ -39,7 +39,8 @@ from agentrl.engines.embedded.engine import EmbeddedEngine, EmbeddedEngineConfig
 from agentrl.envs.registry import resolve
 from agentrl.models import resolve_model
 from agentrl.rollout.controller import RolloutConfig
-from agentrl.rollout.driver import EnvSpec, GenerationSettings, RolloutManager
+from agentrl.rollout.driver import EnvSpec, RolloutManager
+from agentrl.rollout.episodes import GenerationSettings
 
 
 class StackSampler:

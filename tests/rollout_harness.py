@@ -181,7 +181,8 @@ def run_with_driver(
     """Episodes through the one rollout driver (as train, eval and ``agentrl rollout`` run them): one
     group of ``n_samples`` per key, in key order. ``factory(**kwargs)`` builds the env."""
     from agentrl.rollout.controller import RolloutConfig
-    from agentrl.rollout.driver import EnvSpec, GenerationSettings, RolloutManager
+    from agentrl.rollout.driver import EnvSpec, RolloutManager
+    from agentrl.rollout.episodes import GenerationSettings
 
     config = config or RolloutConfig()
     manager = RolloutManager(

@@ -150,7 +150,8 @@ def collect(
     from tqdm import tqdm
 
     from agentrl.engines.factory import start_engine
-    from agentrl.rollout.driver import GenerationSettings, RolloutManager
+    from agentrl.rollout.driver import RolloutManager
+    from agentrl.rollout.episodes import GenerationSettings
     from agentrl.types import save_jsonl
 
     engine = (

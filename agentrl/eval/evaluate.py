@@ -234,7 +234,8 @@ def run_eval(config: EvalConfig, plan: EvalPlan | None = None) -> tuple[list[Env
 
     from agentrl.engines.factory import start_engine
     from agentrl.models import resolve_model
-    from agentrl.rollout.driver import GenerationSettings, RolloutManager
+    from agentrl.rollout.driver import RolloutManager
+    from agentrl.rollout.episodes import GenerationSettings
 
     plan = plan or make_plan(config)
     model_path = resolve_model(plan.model)

@@ -21,10 +21,6 @@ enforces the env's own limit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import copy
-import dataclasses
-import hashlib
 import os
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -32,9 +28,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agentrl.engines.base import Engine, GenerateOutput, SamplingParams
-from agentrl.errors import ConfigError, EngineDeadError, EngineError
-from agentrl.rollout.controller import Policy, RolloutConfig, RolloutController, failure_component
-from agentrl.types import Status, Trajectory
+from agentrl.errors import ConfigError, EngineError
+from agentrl.rollout.controller import Policy, RolloutConfig
+from agentrl.rollout.episodes import (
+    EnvPool,
+    EpisodeRunner,
+    GenerationSettings,
+    generate_batch,
+    raise_if_engine_dead,
+)
+from agentrl.types import Trajectory
 
 if TYPE_CHECKING:
     from agentrl.rollout.stream import GroupStream
@@ -89,28 +92,6 @@ def env_specs(env: str, suite: str | None, split: str, env_kwargs: dict[str, Any
     return [EnvSpec(e.env, split or e.split, {**e.kwargs, **env_kwargs}, e.episodes) for e in loaded.entries]
 
 
-def episode_seed(seed: int, step: int, key: str, sample_index: int) -> int:
-    """A 31-bit sampling seed that depends only on its arguments (stable across processes and runs)."""
-    digest = hashlib.blake2b(f"{seed}/{step}/{key}/{sample_index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & 0x7FFFFFFF
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """How one batch of episodes is sampled."""
-
-    n_samples: int
-    """Episodes per task (a group)."""
-    temperature: float
-    """Sampling temperature; 0 is greedy."""
-    top_p: float = 1.0
-    """Nucleus sampling."""
-    step: int = 0
-    """The rollout step (part of the sampling seed, recorded as the weight version)."""
-    max_new_tokens: int | None = None
-    """Per-turn cap on sampled tokens for this batch (an eval dataset's own); None: the rollout config's."""
-
-
 def has_signal(group: Sequence[Trajectory]) -> bool:
     """True when the group's trainable episodes have at least two distinct rewards."""
     return len({t.reward for t in group if t.trainable}) > 1
@@ -134,34 +115,6 @@ def keep_informative_groups(
     test = keep if keep is not None else (has_signal if dynamic_filter else None)
     kept = [g for g in by_group.values() if test is None or test(g)][:groups]
     return [t for g in kept for t in g]
-
-
-class EnvPool:
-    """Env instances of one spec reused across episodes: at most one per concurrent slot, created on
-    demand on the controller's env threads (envs can be costly to build: an index, a sandbox)."""
-
-    def __init__(self, build: Callable[[], Any]) -> None:
-        self.build = build
-        self.idle: list[Any] = []
-
-    async def acquire(self, controller: RolloutController) -> Any:
-        return self.idle.pop() if self.idle else await controller.in_env_thread(self.build)
-
-    async def release(self, controller: RolloutController, env: Any, *, broken: bool) -> None:
-        if broken:
-            await controller.in_env_thread(_close_quietly, env)
-        else:
-            self.idle.append(env)
-
-    def close(self) -> None:
-        envs, self.idle = self.idle, []
-        for env in envs:
-            _close_quietly(env)
-
-
-def _close_quietly(env: Any) -> None:
-    with contextlib.suppress(Exception):  # closing must never take the batch down
-        env.close()
 
 
 class RolloutManager:
@@ -248,7 +201,7 @@ class RolloutManager:
         """``settings.n_samples`` episodes of each task key, in key order; every episode comes back once,
         with a status. ``on_episode`` (in-process callers only, e.g. a progress bar) is called as each
         one ends."""
-        return self._run(_generate(self, list(keys), settings, on_episode))
+        return self._run(generate_batch(self, list(keys), settings, on_episode))
 
     def stream_submit(self, groups: list[tuple[int, str]], settings: GenerationSettings) -> None:
         """Start generating each ``(index, task key)`` group in the background and return at once
@@ -331,109 +284,3 @@ class _NoEngine:
 
     async def close(self) -> None:
         return None
-
-
-def _failed(key: str, group_id: str, index: int, env_id: str, error: Exception) -> Trajectory:
-    return Trajectory(
-        prompt_ids=[],
-        status=Status.FAILED,
-        group_id=group_id,
-        task_id=key.split(":", 1)[1],
-        sample_index=index,
-        env_id=env_id,
-        error=f"{type(error).__name__}: {error}",
-        metrics={"failed_at": "env_construction", "failed_component": failure_component(error)},
-    )
-
-
-class EpisodeRunner:
-    """Runs single episodes of one batch's sampling settings on the manager's engine and envs: the
-    controller (its concurrency limit shared by every episode of the runner), one controller per env
-    chat template, and the env pools. :func:`_generate` uses one per batch; the stream of groups of
-    ``--async-mode fully`` (:mod:`agentrl.rollout.stream`) one for the whole run."""
-
-    def __init__(self, manager: RolloutManager, settings: GenerationSettings) -> None:
-        config = dataclasses.replace(manager.rollout, temperature=settings.temperature, top_p=settings.top_p)
-        if settings.max_new_tokens is not None:
-            config = dataclasses.replace(config, max_new_tokens=settings.max_new_tokens)
-        self.manager = manager
-        self.config = config
-        self.controller = RolloutController(manager.engine, manager.tokenizer, config, policy=manager.policy)
-        self._by_template: dict[str, RolloutController] = {}
-
-    def controller_for(self, env: Any) -> RolloutController:
-        """An env with its own ``chat_template`` (PromptData-v0 without --apply-chat-template renders
-        prompts as raw text) gets a controller whose tokenizer renders with that template."""
-        template = getattr(env.unwrapped, "chat_template", None)
-        if template is None:
-            return self.controller
-        if template not in self._by_template:
-            manager = self.manager
-            tokenizer = copy.copy(manager.tokenizer)  # shallow: the same vocabulary, its own template
-            tokenizer.chat_template = template
-            self._by_template[template] = RolloutController(
-                manager.engine, tokenizer, self.config, policy=manager.policy
-            )
-        return self._by_template[template]
-
-    async def episode(self, key: str, index: int, step: int) -> Trajectory:
-        """Sample ``index`` of task ``key`` (group ``"<step>/<key>"``, seeded by step, key and index)."""
-        manager = self.manager
-        entry = int(key.split(":", 1)[0])
-        spec, pool = manager.specs[entry], manager._pools[entry]
-        group_id = f"{step}/{key}"
-        async with self.controller.semaphore:
-            try:
-                env = await pool.acquire(self.controller)
-            except Exception as e:  # env construction failed: that episode fails, the others go on
-                trajectory = _failed(key, group_id, index, spec.env, e)
-            else:
-                trajectory = await self.controller_for(env).run_episode(
-                    env,
-                    task_id=key.split(":", 1)[1],
-                    group_id=group_id,
-                    sample_index=index,
-                    env_id=spec.env,
-                    seed=episode_seed(manager.seed, step, key, index),
-                    bounded=False,
-                )
-                await pool.release(self.controller, env, broken=trajectory.status is Status.FAILED)
-        trajectory.metrics["model"] = manager.model_path  # lets `agentrl view` find the tokenizer
-        return trajectory
-
-    def close(self) -> None:
-        for c in (self.controller, *self._by_template.values()):
-            c.env_threads.shutdown(wait=False)
-
-
-def raise_if_engine_dead(trajectories: Sequence[Trajectory]) -> None:
-    """An engine that can serve nothing any more fails every later request the same way: the command
-    must stop (:class:`EngineDeadError`)."""
-    dead = next((t for t in trajectories if t.metrics.get("engine_dead")), None)
-    if dead is not None:
-        raise EngineDeadError(dead.error.removeprefix("EngineDeadError: "))
-
-
-# A module-level coroutine, not a method: Ray turns a class with any ``async def`` into an async actor,
-# and this class must stay synchronous (it drives its own event loop).
-async def _generate(
-    manager: RolloutManager,
-    keys: list[str],
-    settings: GenerationSettings,
-    on_episode: Callable[[Trajectory], None] | None = None,
-) -> list[Trajectory]:
-    runner = EpisodeRunner(manager, settings)
-
-    async def one(key: str, index: int) -> Trajectory:
-        trajectory = await runner.episode(key, index, settings.step)
-        if on_episode is not None:
-            on_episode(trajectory)
-        return trajectory
-
-    try:
-        jobs = [one(key, i) for key in keys for i in range(settings.n_samples)]
-        trajectories = list(await asyncio.gather(*jobs))
-    finally:
-        runner.close()
-    raise_if_engine_dead(trajectories)
-    return trajectories

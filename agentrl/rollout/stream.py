@@ -19,13 +19,12 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from agentrl.rollout.episodes import EpisodeRunner, GenerationSettings
 from agentrl.types import Trajectory
 
-# The driver's RolloutManager, EpisodeRunner and GenerationSettings are typed Any here: the driver
-# imports this module, and an import back (even under TYPE_CHECKING) would make a cycle.
+# The driver's RolloutManager is typed Any here: the driver imports this module, and an import back
+# (even under TYPE_CHECKING) would make a cycle.
 RolloutManager = Any
-EpisodeRunner = Any
-GenerationSettings = Any
 
 T = TypeVar("T")
 

@@ -24,7 +24,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from agentrl.errors import CheckpointError, EngineError, RunFailedError
-from agentrl.rollout.driver import EnvFactory, GenerationSettings, keep_informative_groups
+from agentrl.rollout.driver import EnvFactory, keep_informative_groups
+from agentrl.rollout.episodes import GenerationSettings
 from agentrl.run.async_loop import Busy, async_result, finish_async
 from agentrl.run.failures import FailurePolicy, failure_metrics
 from agentrl.run.group_buffer import BufferedGroup, Group, GroupBuffer

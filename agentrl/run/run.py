@@ -19,7 +19,8 @@ from typing import Any
 
 from agentrl.config_io import config_to_dict
 from agentrl.errors import CheckpointError, ConfigError
-from agentrl.rollout.driver import EnvFactory, GenerationSettings, GroupFilter, keep_informative_groups
+from agentrl.rollout.driver import EnvFactory, GroupFilter, keep_informative_groups
+from agentrl.rollout.episodes import GenerationSettings
 from agentrl.run.actors import Actors, create_actors
 from agentrl.run.failures import failure_metrics
 from agentrl.run.metrics import MetricsLogger, dataset_metrics, dump_rollouts, engine_metrics, rollout_metrics

@@ -15,7 +15,8 @@ import agentrl
 from agentrl.cli.rollout import keep
 from agentrl.models import resolve_model
 from agentrl.rollout.controller import RolloutConfig
-from agentrl.rollout.driver import EnvSpec, GenerationSettings, RolloutManager
+from agentrl.rollout.driver import EnvSpec, RolloutManager
+from agentrl.rollout.episodes import GenerationSettings
 from agentrl.tools.render import render_prompt
 from agentrl.types import Status, Trajectory
 

@@ -17,7 +17,8 @@ from agentrl.engines.base import GenerateOutput, SamplingParams
 from agentrl.errors import EngineDeadError
 from agentrl.models import make_tiny_gpt2
 from agentrl.rollout.controller import RolloutConfig
-from agentrl.rollout.driver import EnvSpec, GenerationSettings, RolloutManager
+from agentrl.rollout.driver import EnvSpec, RolloutManager
+from agentrl.rollout.episodes import GenerationSettings
 
 SCRIPT = [ScriptTurn("done", end="eos")]
 

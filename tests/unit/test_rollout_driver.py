@@ -17,13 +17,8 @@ from agentrl.envs.rewards import RewardError
 from agentrl.errors import EngineDeadError, EngineError, RetrievalError, SandboxError
 from agentrl.models import make_tiny_gpt2
 from agentrl.rollout.controller import RolloutConfig, RolloutController
-from agentrl.rollout.driver import (
-    EnvSpec,
-    GenerationSettings,
-    RolloutManager,
-    has_signal,
-    keep_informative_groups,
-)
+from agentrl.rollout.driver import EnvSpec, RolloutManager, has_signal, keep_informative_groups
+from agentrl.rollout.episodes import GenerationSettings
 from agentrl.types import Status, Trajectory
 
 SCRIPT = [
