@@ -237,12 +237,17 @@ def bench_shape(
     """The engine's rows first (its graphs alone on the GPU), then transformers' on the same work."""
     folder = make_model(shape, root)
     rows = []
-    for attention in args.attention:
+    for attention, prefill_mb in [(a, mb) for a in args.attention for mb in args.fused_prefill_mb]:
         fast = dict(
             compile=not args.no_compile,
             cuda_graphs=not args.no_graphs,
             mem_fraction_static=args.mem_fraction,
             decode_attention=attention,
+            fused_prefill_mb=prefill_mb,
+        )
+        print(
+            f"{shape}: decode attention {attention}, fused prefill up to {prefill_mb} MB of scores",
+            flush=True,
         )
         rows += engine_rows(shape, folder, batches, fast, bw, args.repeats, args.profile)
         if not args.skip_multi:
@@ -302,6 +307,13 @@ def main() -> None:
         help="decode attention variants",
     )
     parser.add_argument("--no-graphs", action="store_true", help="eager launches (no CUDA graphs)")
+    parser.add_argument(
+        "--fused-prefill-mb",
+        nargs="+",
+        type=float,
+        default=[256.0],
+        help="prefill chunks with more float32 attention scores than this take SDPA (one row set per value)",
+    )
     parser.add_argument(
         "--repeats", type=int, default=1, help="timed runs per batch size; the table shows their median"
     )

@@ -196,6 +196,10 @@ def make_fast_path(engine: EngineView) -> CudaBatcher | None:
         return None
     if cfg.decode_attention not in ("bmm", "sdpa", "fused"):
         raise ConfigError(f"decode_attention must be 'bmm', 'sdpa' or 'fused', got {cfg.decode_attention!r}")
+    if cfg.fused_prefill_mb < 0:
+        raise ConfigError(
+            f"fused_prefill_mb must be >= 0 (0: SDPA for every prefill), got {cfg.fused_prefill_mb}"
+        )
     if cfg.admit_wait_steps < 0:
         raise ConfigError(
             f"admit_wait_steps must be >= 0 (0 admits at every step), got {cfg.admit_wait_steps}"
@@ -209,5 +213,6 @@ def make_fast_path(engine: EngineView) -> CudaBatcher | None:
         compile=cfg.compile,
         original_logprobs=cfg.logprobs == "original",
         attention=cfg.decode_attention,
+        prefill_score_bytes=int(cfg.fused_prefill_mb * (1 << 20)),
     )
     return CudaBatcher(engine, CudaRunner(engine.model, opts))

@@ -32,10 +32,6 @@ from agentrl.engines.embedded.device_sampling import RowParams, finished_rows, s
 from agentrl.engines.embedded.graphs import DecodeGraphs
 from agentrl.engines.embedded.slot_cache import PrefixSlots, SlotCache, plan_slots
 
-PREFILL_SCORE_BYTES = 1 << 28
-"""A fused-attention prefill chunk materialises its (n, Hq, T, L) float32 scores; above this many bytes
-the chunk takes SDPA (flash / memory-efficient kernels) instead."""
-
 MAX_STOP_IDS = 8
 """Stop ids per row checked on the device (EOS ids included); a request with more is refused."""
 
@@ -55,6 +51,9 @@ class RunnerOptions:
     """Decode attention: ``"bmm"`` (two batched products and a softmax; measured), ``"sdpa"`` (one
     fused SDPA call per layer) or ``"fused"`` (the bmm math compiled together with the rest of the
     layer, keys and values written by one index write)."""
+    prefill_score_bytes: int = 1 << 28
+    """A fused-attention prefill chunk materialises its (n, Hq, T, L) float32 scores; above this many bytes
+    the chunk takes SDPA (flash / memory-efficient kernels) instead."""
     prefill_tokens: int = 16384
     """Most ids (rows x padded chunk) in one prefill forward: bounds its activation memory."""
 
@@ -311,7 +310,10 @@ class CudaRunner:
         flat = pos.reshape(-1)
         length = int(pos.max()) + 1
         spec = self.w.spec
-        if self.opts.attention == "fused" and n * spec.heads * t * length * 4 <= PREFILL_SCORE_BYTES:
+        if (
+            self.opts.attention == "fused"
+            and n * spec.heads * t * length * 4 <= self.opts.prefill_score_bytes
+        ):
             bias = prefill_bias(pos, length)  # (n, 1, 1, t, length), shared by the layers
             window = slice(first, first + n)
             q_shape = (n, t, spec.heads, spec.head_dim)
