@@ -311,7 +311,7 @@ def main() -> None:
         "--fused-prefill-mb",
         nargs="+",
         type=float,
-        default=[256.0],
+        default=[64.0],
         help="prefill chunks with more float32 attention scores than this take SDPA (one row set per value)",
     )
     parser.add_argument(

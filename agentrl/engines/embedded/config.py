@@ -45,10 +45,12 @@ class EmbeddedEngineConfig:
     H200, 84k sampled tokens/s for SmolLM2-135M at batch 256 against 77k for ``"bmm"``, bench/RESULTS.md);
     ``"bmm"`` the same math with the attention uncompiled; ``"sdpa"`` one SDPA call per layer (measured
     no faster than ``"bmm"``)."""
-    fused_prefill_mb: float = 256.0
+    fused_prefill_mb: float = 64.0
     """Fast path: a prefill chunk whose float32 attention scores (rows x heads x new ids x keys) take
     more than this many MB runs SDPA (flash / memory-efficient kernels) instead of the fused batched
-    products, which materialise the scores."""
+    products, which materialise the scores. On an H200 a chunk of 128 rows x 128 new ids (75 MB of
+    SmolLM2 scores) took 109 ms of prefill fused and 38-49 ms with SDPA (bench/RESULTS.md, session 7);
+    small chunks (a Search-R1 turn's few rows) stay fused, where the fused path's fewer host calls pay."""
     admit_wait_steps: int = 8
     """Fast path: while requests decode, newly arrived ones wait up to this many decode steps (less if
     they fill the free rows) so that they are prefilled together: a prefill's host cost hardly depends
