@@ -163,7 +163,6 @@ def test_shared_engines_keep_serving_through_the_train_step(local_ray: None, tin
         # No rollout manager is reached: a shared engine is never asked to release its memory.
         with placed.engines_released(rollout=object(), metrics=metrics):
             during = _greedy(engine, prompt)  # served while the train step's body runs
-            assert ray.get(engine.model_device.remote()) != "cpu"
         assert metrics == {}
         assert during.output_ids == before.output_ids
     finally:
