@@ -165,15 +165,16 @@ class TorchBackend:
         n_seq, seq_len = input_ids.shape
         lengths = torch.tensor([len(x) for x in ids], device=self.device)
         attention_mask = (torch.arange(seq_len, device=self.device)[None] < lengths[:, None]).long()
-        sel = None if mask is None else mask[:, first:].bool()  # (B, T-first)
-        targets = input_ids[:, first:] if sel is None else input_ids[:, first:][sel]  # (B, T-first) | (N,)
+        # the positions whose tokens get a logprob: all from ``first`` on, or the mask's
+        sel = (torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.bool())[:, first:]
+        targets = input_ids[:, first:][sel]  # (N,)
         hf: Any = model  # a transformers PreTrainedModel
         head = hf.get_output_embeddings() if self.config.fp32_lm_head else None
         if isinstance(head, torch.nn.Linear) and not _scales_logits(model):
             with self._autocast():
                 out = hf.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
             hidden = out.last_hidden_state[:, first - 1 : -1]  # (B, T-first, H)
-            hidden = (hidden if sel is None else hidden[sel]).float()  # (B, T-first, H) | (N, H)
+            hidden = hidden[sel].float()  # (N, H)
             with torch.autocast(device_type=self.device.type, enabled=False):
                 logits = F.linear(
                     hidden, head.weight.float(), None if head.bias is None else head.bias.float()
@@ -187,22 +188,16 @@ class TorchBackend:
                     logits_to_keep=seq_len - first + 1,
                 )
             logits = out.logits[:, :-1].float()  # (B, T-first, V): position t-1 predicts token t
-            logits = logits if sel is None else logits[sel]
+            logits = logits[sel]  # (N, V)
         token_lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-        if sel is None:
-            lp = torch.cat([token_lp.new_zeros(n_seq, first), token_lp], 1)
-        else:
-            lp = token_lp.new_zeros(n_seq, seq_len)
-            lp[:, first:][sel] = token_lp
+        lp = token_lp.new_zeros(n_seq, seq_len)
+        lp[:, first:][sel] = token_lp
         ent = None
         if entropy:
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.algorithm.entropy_coef != 0):
-                rows = entropy_from_logits(logits)  # (B, T-first) | (N,)
+                rows = entropy_from_logits(logits)  # (N,)
             ent = lp.new_zeros(lp.shape)
-            if sel is None:
-                ent[:, first:] = rows
-            else:
-                ent[:, first:][sel] = rows
+            ent[:, first:][sel] = rows
         return lp, ent
 
     @torch.no_grad()
