@@ -95,6 +95,7 @@ def make_engine(args: argparse.Namespace, model_dir: Path) -> EmbeddedEngine:
         max_batch_size=max(64, args.groups * args.n),
         fast_path=args.fast_path,
         decode_attention=args.attention,
+        fused_prefill_mb=args.fused_prefill_mb,
     )
     return EmbeddedEngine(model_dir, cfg)
 
@@ -117,12 +118,23 @@ def model_folder(args: argparse.Namespace, root: Path) -> Path:
     return folder
 
 
+def compile_counts(manager: RolloutManager) -> tuple[int, int]:
+    """Frames torch.compile has compiled in this process so far, and decode graphs captured."""
+    from torch._dynamo.utils import counters
+
+    runner = getattr(getattr(manager.engine, "_cuda", None), "runner", None)  # the fast path, if on
+    graphs = runner.graphs.captures if runner is not None else 0
+    return int(counters["frames"]["ok"]), int(graphs)
+
+
 def one_round(manager: RolloutManager, keys: list[str], n: int) -> dict[str, float]:
     before = manager.engine_stats()
+    compiled = compile_counts(manager)
     started = time.perf_counter()
     trajectories = manager.generate(keys, GenerationSettings(n, 1.0, 1.0))
     wall = time.perf_counter() - started
     after = manager.engine_stats()
+    compiled_after = compile_counts(manager)
     d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     steps = max(d.get("decode_steps", 0.0), 1.0)
     return {
@@ -137,6 +149,8 @@ def one_round(manager: RolloutManager, keys: list[str], n: int) -> dict[str, flo
         "prefills": d.get("prefills", 0.0),
         "prefill_batch": d.get("prefill_requests", 0.0) / max(d.get("prefills", 0.0), 1.0),
         "engine_busy_frac": (d.get("decode_s", 0.0) + d.get("prefill_s", 0.0)) / wall,
+        "compiles": compiled_after[0] - compiled[0],
+        "graph_captures": compiled_after[1] - compiled[1],
     }
 
 
@@ -147,6 +161,12 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--fast-path", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--attention", default="fused", choices=["bmm", "sdpa", "fused"])
+    p.add_argument(
+        "--fused-prefill-mb",
+        type=float,
+        default=EmbeddedEngineConfig.fused_prefill_mb,
+        help="prefill chunks whose scores exceed this take SDPA (0: every chunk)",
+    )
     p.add_argument("--groups", type=int, default=8)
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=96)
@@ -184,12 +204,15 @@ def main() -> None:
         try:
             keys = manager.task_keys()[: args.groups]
             warm = one_round(manager, keys, args.n)
-            print(f"warm-up: {warm['wall_s']:.2f} s ({warm['sampled_tokens']} sampled tokens)")
+            print(
+                f"warm-up: {warm['wall_s']:.2f} s ({warm['sampled_tokens']} sampled tokens, "
+                f"{warm['compiles']} compiles, {warm['graph_captures']} decode graphs captured)"
+            )
             header = (
                 "| admit wait | switch ms | round | wall s | sampled | turns | steps | ms/step | batch "
-                "| prefills | prefill batch | prefill s | busy |"
+                "| prefills | prefill batch | prefill s | busy | compiles | graphs |"
             )
-            print(header + "\n|" + "---:|" * 13)
+            print(header + "\n|" + "---:|" * 15)
             engine: Any = manager.engine
             for wait, interval in itertools.product(args.admit_wait_steps, args.switch_interval):
                 sys.setswitchinterval(interval)
@@ -205,7 +228,8 @@ def main() -> None:
                         f"| {wait} | {interval * 1e3:g} | {r} | {row['wall_s']:.2f} | {row['sampled_tokens']} | "
                         f"{row['turns']:.2f} | {row['decode_steps']:.0f} | {row['ms_per_step']:.2f} | "
                         f"{row['mean_batch']:.1f} | {row['prefills']:.0f} | {row['prefill_batch']:.1f} | "
-                        f"{row['prefill_s']:.2f} | {row['engine_busy_frac']:.2f} |"
+                        f"{row['prefill_s']:.2f} | {row['engine_busy_frac']:.2f} | {row['compiles']} | "
+                        f"{row['graph_captures']} |"
                     )
                     if args.profile and isinstance(sampler, StackSampler):
                         print(sampler.report())

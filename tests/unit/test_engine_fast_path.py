@@ -78,24 +78,25 @@ def prompts(n: int, vocab: int, seed: int = 0) -> list[list[int]]:
 
 
 @pytest.mark.parametrize(
-    ("model_type", "attention"),
+    ("model_type", "attention", "fused_prefill_mb"),
     [
-        ("llama", "bmm"),
-        ("qwen2", "bmm"),
-        ("qwen3", "bmm"),
-        ("qwen2", "sdpa"),
-        ("llama", "fused"),
-        ("qwen3", "fused"),
+        ("llama", "bmm", 64.0),
+        ("qwen2", "bmm", 64.0),
+        ("qwen3", "bmm", 64.0),
+        ("qwen2", "sdpa", 64.0),
+        ("llama", "fused", 64.0),
+        ("qwen3", "fused", 64.0),
+        ("qwen3", "fused", 0.0),  # every prefill chunk through SDPA, decode fused
     ],
 )
 def test_logprobs_match_teacher_forced_transformers(
-    tmp_path: Path, tok_dir: Path, model_type: str, attention: str
+    tmp_path: Path, tok_dir: Path, model_type: str, attention: str, fused_prefill_mb: float
 ) -> None:
     folder = tiny_model(tmp_path / model_type, model_type, tok_dir)
-    eng = engine(folder, decode_attention=attention)
+    eng = engine(folder, decode_attention=attention, fused_prefill_mb=fused_prefill_mb)
     assert eng._cuda is not None
-    if attention == "fused":
-        eng._cuda.runner.warm_prefill()  # what a CUDA start-up does: must leave no trace in what follows
+    # what a CUDA start-up does (both prefill paths): must leave no trace in what follows
+    eng._cuda.runner.warm_prefill()
     sp = SamplingParams(max_new_tokens=12, temperature=1.0, ignore_eos=True)
 
     async def run() -> list[Any]:

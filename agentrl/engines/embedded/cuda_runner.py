@@ -110,7 +110,7 @@ class CudaRunner:
             token_args=(0, 1, 2, 3, 4),
             length_args={1: (1,), 2: (2,), 3: (2,), 4: (3, 4)},
         )
-        if fast and opts.attention == "fused":
+        if fast:
             self.warm_prefill()
         self.graphs = DecodeGraphs(
             self._decode_body,
@@ -301,17 +301,19 @@ class CudaRunner:
         return last
 
     def _prefill_chunk(
-        self, first: int, ids: torch.Tensor, pos: torch.Tensor, from_zero: bool
+        self, first: int, ids: torch.Tensor, pos: torch.Tensor, from_zero: bool, sdpa: bool = False
     ) -> torch.Tensor:
         """Run the layers over ``ids`` (n, t) at ``pos`` (n, t) of rows ``first..first+n-1``
-        (``from_zero``: ``pos`` is ``0..t-1`` on every row)."""
+        (``from_zero``: ``pos`` is ``0..t-1`` on every row; ``sdpa``: take the SDPA path whatever the
+        chunk's size)."""
         n, t = ids.shape
         rows = torch.arange(first, first + n, device=self.device).repeat_interleave(t)  # (n t,)
         flat = pos.reshape(-1)
         length = int(pos.max()) + 1
         spec = self.w.spec
         if (
-            self.opts.attention == "fused"
+            not sdpa
+            and self.opts.attention == "fused"
             and n * spec.heads * t * length * 4 <= self.opts.prefill_score_bytes
         ):
             bias = prefill_bias(pos, length)  # (n, 1, 1, t, length), shared by the layers
@@ -337,16 +339,23 @@ class CudaRunner:
         return self._layers(self.w.embed[ids.reshape(-1)], flat, attend)
 
     def warm_prefill(self) -> None:
-        """Compile the fused prefill at start-up for the sizes a compiler specialises (one or two rows,
-        one or two ids), so that no rollout pays a compile when its first lone request or one-id turn
-        arrives (suspected, not yet confirmed, of an H200 B=64 bench run at 18k tokens/s whose decode steps
-        were as fast as the 31k run before). Writes only the KV of rows 0-1, which hold nothing yet."""
-        for n in (1, 2)[: self.cache.slots]:
-            for t in (1, 2):
-                ids = torch.zeros(n, t, dtype=torch.long, device=self.device)
-                pos = torch.arange(t, device=self.device).expand(n, t)
-                with torch.inference_mode():
-                    self._prefill_chunk(0, ids, pos, from_zero=True)
+        """Compile both prefill paths at start-up, so that no rollout pays a compile mid-run: the fused
+        path (``attention="fused"``) for the sizes a compiler specialises (one or two rows, one or two
+        ids), and the SDPA path that chunks above ``prefill_score_bytes`` take (its per-layer functions
+        compile once with a dynamic token count; one token is a size of its own). Before the SDPA path
+        was warmed here, the Search-R1 bench's first round after its warm-up round spent 2.73 s in
+        prefill against 0.73 s in the next (H200, session 7). Writes only the KV of rows 0-1, which
+        hold nothing yet."""
+        paths = [True] + ([False] if self.opts.attention == "fused" and self.opts.prefill_score_bytes else [])
+        for sdpa in paths:
+            for n in (1, 2)[: self.cache.slots]:
+                for t in (1, 2, 3):
+                    ids = torch.zeros(n, t, dtype=torch.long, device=self.device)
+                    pos = torch.arange(t, device=self.device).expand(n, t)
+                    with torch.inference_mode():
+                        self._prefill_chunk(0, ids, pos, from_zero=True, sdpa=sdpa)
+                        if t > 1:  # a later chunk or a cached prefix: the masked form
+                            self._prefill_chunk(0, ids, pos + 1, from_zero=False, sdpa=sdpa)
 
     # ------------------------------------------------------------------ row bookkeeping
     def move_rows(self, holes: list[int], movers: list[int], length: int) -> None:
