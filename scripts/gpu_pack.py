@@ -1,7 +1,7 @@
 """Pack what a GPU machine without a package index needs, and check it unpacks runnable.
 
     python3 scripts/gpu_pack.py ray WHEEL OUT.tar.xz     # Ray's wheel, pruned, executables kept
-    python3 scripts/gpu_pack.py split FILE DIR_A DIR_B   # a large file in two parts (+ its sha256)
+    python3 scripts/gpu_pack.py split FILE DIR...        # a large file in equal parts, one a folder (+ sha256)
     python3 scripts/gpu_pack.py check-ray OUT.tar.xz     # every program Ray starts is executable
 
 Ray's 79 MB wheel becomes a 20 MB tarball without Java, RLlib, Serve, Data, Tune, Train, LLM and the
@@ -28,9 +28,6 @@ PRUNED = ("ray/jars/", "ray/dashboard/client/build/", "ray/rllib/", "ray/serve/"
 RAY_PROGRAMS = ("ray/core/src/ray/gcs/gcs_server", "ray/core/src/ray/raylet/raylet")
 """What ``ray.init`` starts as processes: must be executable after unpacking."""
 
-PART_BYTES = 33 * 2**20
-"""First part's size: beside the wheels and Ray (24 MiB), the repo and a snapshot of it, under a device
-call's 64 MiB; the second part (61 MiB) travels with the repo alone."""
 
 
 def prune_wheel(wheel: Path, out: Path, pruned: tuple[str, ...] = PRUNED) -> int:
@@ -58,31 +55,34 @@ def not_executable(tarball: Path, programs: tuple[str, ...] = RAY_PROGRAMS) -> l
     return [p for p in programs if not (modes.get(p, 0) & 0o100)]
 
 
-def split(path: Path, first: Path, second: Path, part_bytes: int = PART_BYTES) -> list[Path]:
-    """``path`` as ``NAME.part00`` in ``first`` and the rest as ``NAME.part01`` in ``second``, with
-    ``NAME.sha256`` (``sha256sum -c`` format) beside the last part."""
-    first.mkdir(parents=True, exist_ok=True)
-    second.mkdir(parents=True, exist_ok=True)
+def split(path: Path, *dirs: Path) -> list[Path]:
+    """``path`` in ``len(dirs)`` parts of equal size (the last may be shorter), ``NAME.partKK`` in
+    ``dirs[KK]``, with ``NAME.sha256`` (``sha256sum -c`` format) beside the last part. Equal parts
+    leave each device call the most room for the repo that travels with it (a call carries 64 MiB in
+    all: the 98 MB model in two parts beside 3 MiB of repo already left under 1 MiB)."""
+    if not dirs:
+        raise ValueError("split needs at least one folder")
+    size = path.stat().st_size
+    part_bytes = max(-(-size // len(dirs)), 1)
     digest = hashlib.sha256()
-    parts = [first / f"{path.name}.part00", second / f"{path.name}.part01"]
+    parts = []
     with path.open("rb") as src:
-        for i, part in enumerate(parts):
+        for i, folder in enumerate(dirs):
+            folder.mkdir(parents=True, exist_ok=True)
+            part = folder / f"{path.name}.part{i:02d}"
+            left = part_bytes
             with part.open("wb") as dst:
-                left = part_bytes if i == 0 else None
-                while left is None or left > 0:
-                    chunk = src.read(min(left or 2**22, 2**22))
-                    if not chunk:
-                        break
+                while left > 0 and (chunk := src.read(min(left, 2**22))):
                     digest.update(chunk)
                     dst.write(chunk)
-                    if left is not None:
-                        left -= len(chunk)
-    (second / f"{path.name}.sha256").write_text(f"{digest.hexdigest()}  {path.name}\n")
+                    left -= len(chunk)
+            parts.append(part)
+    (dirs[-1] / f"{path.name}.sha256").write_text(f"{digest.hexdigest()}  {path.name}\n")
     return parts
 
 
 def main(argv: list[str]) -> int:
-    usage = "usage: gpu_pack.py ray WHEEL OUT.tar.xz | split FILE DIR_A DIR_B | check-ray OUT.tar.xz"
+    usage = "usage: gpu_pack.py ray WHEEL OUT.tar.xz | split FILE DIR... | check-ray OUT.tar.xz"
     if len(argv) < 2:
         print(usage, file=sys.stderr)
         return 2
@@ -97,7 +97,7 @@ def main(argv: list[str]) -> int:
             return 1
         print(f"{args[0]}: {', '.join(RAY_PROGRAMS)} executable")
         return 0
-    if verb == "split" and len(args) == 3:
+    if verb == "split" and len(args) >= 2:
         for part in split(*args):
             print(f"{part} {part.stat().st_size} bytes")
         return 0

