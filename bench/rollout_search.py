@@ -200,7 +200,13 @@ def main() -> None:
         async def start() -> EmbeddedEngine:
             return make_engine(args, model_dir)
 
+        started = time.perf_counter()
         manager = RolloutManager(start, model_dir, [spec], rollout=rollout, seed=0)
+        compiles, graphs = compile_counts(manager)
+        print(
+            f"engine start-up: {time.perf_counter() - started:.1f} s "
+            f"({compiles} compiles, {graphs} decode graphs captured)"
+        )
         try:
             keys = manager.task_keys()[: args.groups]
             warm = one_round(manager, keys, args.n)

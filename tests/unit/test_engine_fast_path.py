@@ -96,7 +96,7 @@ def test_logprobs_match_teacher_forced_transformers(
     eng = engine(folder, decode_attention=attention, fused_prefill_mb=fused_prefill_mb)
     assert eng._cuda is not None
     # what a CUDA start-up does (both prefill paths): must leave no trace in what follows
-    eng._cuda.runner.warm_prefill()
+    eng._cuda.runner.warm_up()
     sp = SamplingParams(max_new_tokens=12, temperature=1.0, ignore_eos=True)
 
     async def run() -> list[Any]:

@@ -110,8 +110,6 @@ class CudaRunner:
             token_args=(0, 1, 2, 3, 4),
             length_args={1: (1,), 2: (2,), 3: (2,), 4: (3, 4)},
         )
-        if fast:
-            self.warm_prefill()
         self.graphs = DecodeGraphs(
             self._decode_body,
             self._state,
@@ -119,6 +117,8 @@ class CudaRunner:
             opts.max_len,
             enabled=opts.graphs and self.device.type == "cuda",
         )
+        if fast:
+            self.warm_up()
 
     # ------------------------------------------------------------------ the layers
     def _layers(
@@ -338,24 +338,36 @@ class CudaRunner:
 
         return self._layers(self.w.embed[ids.reshape(-1)], flat, attend)
 
-    def warm_prefill(self) -> None:
-        """Compile both prefill paths at start-up, so that no rollout pays a compile mid-run: the fused
-        path (``attention="fused"``) for the sizes a compiler specialises (one or two rows, one or two
-        ids), and the SDPA path that chunks above ``prefill_score_bytes`` take (its per-layer functions
-        compile once with a dynamic token count; one token is a size of its own). Before the SDPA path
-        was warmed here, the Search-R1 bench's first round after its warm-up round spent 2.73 s in
-        prefill against 0.73 s in the next (H200, session 7). Writes only the KV of rows 0-1, which
-        hold nothing yet."""
-        paths = [True] + ([False] if self.opts.attention == "fused" and self.opts.prefill_score_bytes else [])
-        for sdpa in paths:
-            for n in (1, 2)[: self.cache.slots]:
-                for t in (1, 2, 3):
-                    ids = torch.zeros(n, t, dtype=torch.long, device=self.device)
-                    pos = torch.arange(t, device=self.device).expand(n, t)
-                    with torch.inference_mode():
-                        self._prefill_chunk(0, ids, pos, from_zero=True, sdpa=sdpa)
-                        if t > 1:  # a later chunk or a cached prefix: the masked form
-                            self._prefill_chunk(0, ids, pos + 1, from_zero=False, sdpa=sdpa)
+    def warm_up(self) -> None:
+        """Compile at start-up every form the compiled layer functions take, so that no rollout pays a
+        compile (2-5 s each on an H200) mid-run. A dynamic size is compiled apart when it is 1 (and a
+        view's storage offset when it is 0), so each prefill path is run for one and several rows, one
+        and several new ids, with and without a cached prefix, starting at row 0 and at a later row;
+        then the decode graphs of one and two rows are captured (one row is a form of its own too).
+        What this replaced warmed the fused prefill at rows 0-1 only: the Search-R1 bench
+        (``bench/rollout_search.py``, H200) still compiled in two of six rounds after its warm-up round,
+        each time the fused prefill for a new form (one row and one id against a long cached prefix;
+        two rows of one id from row 0), 3.4-3.8 s those rounds against 1.9-2.1 s the others. Writes only
+        the KV of rows that hold nothing yet."""
+        fused = self.opts.attention == "fused" and self.opts.prefill_score_bytes > 0
+        later = 5 if self.opts.rows >= 7 else 0  # a first row other than 0 (offset views), when there is room
+        for sdpa in [True] + ([False] if fused else []):
+            for first in sorted({0, later}):
+                for n in (1, 2):
+                    for t in (1, 3):
+                        for cached in (0, 4):
+                            self._warm_chunk(first, n, t, cached, sdpa)
+        for rows in (1, 2):
+            self.graphs.prepare(rows, self.graphs.lengths[0], filtered=False)
+
+    def _warm_chunk(self, first: int, n: int, t: int, cached: int, sdpa: bool) -> None:
+        """One prefill chunk of ``n`` rows from ``first``, ``t`` new ids after ``cached`` cached ones."""
+        if first + n > self.opts.rows or cached + t >= self.opts.max_len:
+            return
+        ids = torch.zeros(n, t, dtype=torch.long, device=self.device)
+        pos = (cached + torch.arange(t, device=self.device)).expand(n, t)
+        with torch.inference_mode():
+            self._prefill_chunk(first, ids, pos, from_zero=cached == 0, sdpa=sdpa)
 
     # ------------------------------------------------------------------ row bookkeeping
     def move_rows(self, holes: list[int], movers: list[int], length: int) -> None:

@@ -59,6 +59,13 @@ class DecodeGraphs:
         n = self.lengths[bisect.bisect_left(self.lengths, length)]
         return b, n
 
+    def prepare(self, batch: int, length: int, filtered: bool) -> None:
+        """Capture the graph of this (batch, length) bucket now, if graphs are on and it has none yet
+        (start-up: the compiles a capture runs are paid before any request waits on them)."""
+        key = (*self.bucket(batch, length), filtered)
+        if self.enabled and key not in self._graphs:
+            self._graphs[key] = self._capture(*key)
+
     def run(self, batch: int, length: int, filtered: bool) -> None:
         """One decode step of ``batch`` rows whose longest needs ``length`` keys."""
         if not self.enabled:
