@@ -74,7 +74,9 @@ def test_check_ray_rejects_a_tarball_that_lost_the_bits(tmp_path: Path) -> None:
     ("size", "folders", "sizes"),
     [(0, 2, [0, 0]), (1000, 2, [500, 500]), (2501, 2, [1251, 1250]), (2500, 3, [834, 834, 832])],
 )
-def test_split_joins_back_to_the_same_bytes(tmp_path: Path, size: int, folders: int, sizes: list[int]) -> None:
+def test_split_joins_back_to_the_same_bytes(
+    tmp_path: Path, size: int, folders: int, sizes: list[int]
+) -> None:
     pack = _pack_module()
     data = os.urandom(size)
     src = tmp_path / "model.gguf"
