@@ -55,6 +55,10 @@ def plan_slots(
     return slots
 
 
+LEAD = 128
+"""Elements before the cache in its storage (256 bytes in bf16: keeps the alignment kernels want)."""
+
+
 class SlotCache:
     """``kv``: (layers, 2, slots, Hkv, max_len, D). Slot ``i < rows`` is running row ``i``."""
 
@@ -62,7 +66,12 @@ class SlotCache:
         self, spec: Spec, slots: int, max_len: int, dtype: torch.dtype, device: torch.device
     ) -> None:
         shape = (spec.layers, 2, slots, spec.kv_heads, max_len, spec.head_dim)
-        self.kv = torch.zeros(shape, dtype=dtype, device=device)
+        # The tensor starts LEAD elements into its storage, so no view of it (a layer, a window of rows)
+        # has storage offset 0: a compiler specialises an offset of 0 (or 1), and the first layer's view
+        # from row 0 would otherwise be compiled apart from every other layer's (seen on an H200).
+        numel = int(torch.Size(shape).numel())
+        storage = torch.zeros(numel + LEAD, dtype=dtype, device=device)
+        self.kv = storage[LEAD:].view(shape)
         self.max_len = max_len
         self.slots = slots
 
