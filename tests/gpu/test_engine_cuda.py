@@ -126,3 +126,58 @@ def test_logprob_parity_graphs_and_in_place_weight_update(
     del engine, ref, ref2
     gc.collect()
     torch.cuda.empty_cache()
+
+
+def test_no_compile_after_start_up(tmp_path: Path, tokenizer_dir: Path) -> None:
+    """Every form the compiled layer functions take is compiled at start-up: multi-turn sessions of
+    varied sizes afterwards (one and many rows, one-id turns, long cached prefixes, group samples that
+    share a prompt) compile nothing and never reach torch's recompile limit, past which a function runs
+    eagerly (how the commonest fused-prefill form once lost its kernels on the H200)."""
+    import logging
+
+    from torch._dynamo.utils import counters
+
+    limit_hits: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, r: logging.LogRecord) -> None:
+            if "recompile_limit" in r.getMessage() or "cache_size_limit" in r.getMessage():
+                limit_hits.append(r.getMessage())
+
+    handler = Catch()
+    logging.getLogger("torch._dynamo").addHandler(handler)
+    folder = checkpoint("smollm2-135m", tmp_path, tokenizer_dir)
+    engine = EmbeddedEngine(
+        str(folder),
+        EmbeddedEngineConfig(
+            device="cuda", dtype="bfloat16", max_batch_size=64, max_seq_len=1024, mem_fraction_static=0.3
+        ),
+    )
+    try:
+        compiled = counters["frames"]["ok"]
+        g = torch.Generator().manual_seed(0)
+        vocab = engine.model.config.vocab_size
+
+        def ids(k: int) -> list[int]:
+            return torch.randint(100, vocab, (k,), generator=g).tolist()
+
+        async def episode(i: int, prompt: list[int]) -> None:
+            sp = SamplingParams(max_new_tokens=int(8 + 24 * (i % 3)), temperature=1.0, ignore_eos=True)
+            context = list(prompt)
+            for turn in range(3):
+                out = await engine.generate(list(context), sp, session_id=f"s{i}")
+                context += out.output_ids + ids(1 if turn == 0 and i % 2 else 5 + 30 * (i % 4))
+
+        async def waves() -> None:
+            for groups, n in ((1, 1), (8, 8), (3, 5), (1, 3)):  # a lone request, a full rollout, ...
+                prompts = [ids(int(k)) for k in torch.randint(20, 400, (groups,), generator=g)]
+                await asyncio.gather(*(episode(j, prompts[j // n]) for j in range(groups * n)))
+
+        asyncio.run(waves())
+        after = counters["frames"]["ok"]
+        record("no_compile_after_start_up", compiles_at_start_up=compiled, compiles_after=after - compiled)
+        assert after == compiled, f"{after - compiled} compiles after start-up"
+        assert not limit_hits, limit_hits[:2]
+    finally:
+        logging.getLogger("torch._dynamo").removeHandler(handler)
+        asyncio.run(engine.close())

@@ -8,14 +8,17 @@ transformers forward of the same ids, and the transformers path of the same engi
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from agentrl.engines.base import SamplingParams
+from agentrl.engines.embedded import cuda_runner
 from agentrl.engines.embedded.attention import prefill_attention, prefill_attention_bmm, prefill_bias
 from agentrl.engines.embedded.device_sampling import hash_uniforms
 from agentrl.engines.embedded.engine import EmbeddedEngine, EmbeddedEngineConfig
@@ -271,3 +274,56 @@ def test_negative_admit_wait_steps_is_refused(tmp_path: Path, tok_dir: Path) -> 
     folder = tiny_model(tmp_path / "m", "llama", tok_dir)
     with pytest.raises(ConfigError, match="admit_wait_steps must be >= 0"):
         engine(folder, admit_wait_steps=-1)
+
+
+def test_warm_up_compiles_every_prefill_form(
+    tmp_path: Path, tok_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start-up warm-up compiles every form of the prefill, here with inductor on the CPU (the
+    fast path compiles only on CUDA; the test turns compiling on): prefill chunks of other sizes
+    afterwards (several rows, one-id turns, long cached prefixes, later rows) compile nothing new and
+    never reach torch's recompile limit, past which a compiled function silently runs eagerly. The
+    same check on the GPU, through whole multi-turn sessions: tests/gpu/test_engine_cuda.py."""
+    real = cuda_runner._compiled
+
+    def always(fn: Any, enabled: bool, **kwargs: Any) -> Any:
+        return real(fn, True, **kwargs)
+
+    monkeypatch.setattr(cuda_runner, "_compiled", always)
+    # the CPU compiles fewer forms than the GPU (no matmul padding): a lower limit than torch's 8 stands
+    # in for the GPU's dozen forms, so the runner's own limit is what keeps every form compiled
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 3)
+    limit_hits: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, r: logging.LogRecord) -> None:
+            if "recompile_limit" in r.getMessage() or "cache_size_limit" in r.getMessage():
+                limit_hits.append(r.getMessage())
+
+    handler = Catch()
+    logging.getLogger("torch._dynamo").addHandler(handler)
+    eng = engine(tiny_model(tmp_path / "m", "qwen2", tok_dir))
+    try:
+        assert eng._cuda is not None
+        runner = eng._cuda.runner
+        before = counters["frames"]["ok"]
+        runner.warm_up()
+        warmed = counters["frames"]["ok"]
+        assert warmed > before  # it compiled (else this test checks nothing)
+        with torch.inference_mode():
+            for first, n, t, cached in [
+                (0, 8, 5, 100),
+                (2, 3, 1, 170),
+                (0, 1, 7, 30),
+                (4, 2, 1, 2),
+                (1, 5, 40, 0),
+            ]:
+                ids = torch.randint(5, 50, (n, t))
+                pos = (cached + torch.arange(t)).expand(n, t)
+                out = runner._prefill_chunk(first, ids, pos, from_zero=cached == 0)
+                assert out.shape == (n * t, runner.w.spec.hidden) and torch.isfinite(out).all()
+        assert counters["frames"]["ok"] == warmed, "a prefill form was compiled after the warm-up"
+        assert not limit_hits, limit_hits[:2]
+    finally:
+        logging.getLogger("torch._dynamo").removeHandler(handler)
+        asyncio.run(eng.close())

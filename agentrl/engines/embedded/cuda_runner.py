@@ -35,6 +35,9 @@ from agentrl.engines.embedded.slot_cache import PrefixSlots, SlotCache, plan_slo
 MAX_STOP_IDS = 8
 """Stop ids per row checked on the device (EOS ids included); a request with more is refused."""
 
+RECOMPILE_LIMIT = 64
+"""Forms one compiled layer function may be compiled for before torch runs it eagerly."""
+
 
 @dataclass(frozen=True)
 class RunnerOptions:
@@ -413,6 +416,11 @@ def _compiled(
     kernels (never ones generated for another model's sizes)."""
     if not enabled:
         return fn
+    # A function compiled for more forms than the limit (8 by default) runs EAGERLY for every further
+    # form, silently: the fused prefill has about a dozen (one/several rows and ids, key lengths either
+    # side of inductor's matmul-padding threshold), and on an H200 its commonest form, warmed ninth,
+    # fell back to eager and doubled the Search-R1 rollout's prefill time.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     compiled = torch.compile(fn, dynamic=False)
     marks = [(i, 0) for i in token_args]
     for i, dims in (length_args or {}).items():
