@@ -42,12 +42,15 @@ def test_a_weight_update_mid_request_keeps_each_tokens_version_and_logprob(tiny_
     }
     prompt = [5, 17, 42, 99, 7]
 
+    asked_at: list[float] = []
+
     async def generate_across_an_update() -> tuple[list[int], list[float], list[int]]:
         request = asyncio.create_task(
             engine.generate(prompt, SamplingParams(max_new_tokens=200, ignore_eos=True, seed=3))
         )
         while engine.stats["decode_steps"] < 8:  # some tokens sampled by version 0
             await asyncio.sleep(0.001)
+        asked_at.append(engine.stats["decode_steps"])
         await engine.update_weights(new, version=1)
         out = await request
         await engine.close()
@@ -57,6 +60,9 @@ def test_a_weight_update_mid_request_keeps_each_tokens_version_and_logprob(tiny_
     assert len(versions) == len(ids) == 200
     switch = versions.index(1)  # versions go 0...0 1...1: one update, never back
     assert 8 <= switch < 200 and versions == [0] * switch + [1] * (200 - switch)
+    # the update lands within a few steps of being asked for: the worker, which takes the model lock
+    # every step, lets a waiting update in (an unfair lock let it wait out the whole request: 2 runs in 3)
+    assert switch <= asked_at[0] + 20, (switch, asked_at)
     under = {
         0: _teacher_forced(tiny_model, old, prompt + ids),
         1: _teacher_forced(tiny_model, new, prompt + ids),

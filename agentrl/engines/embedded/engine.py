@@ -118,6 +118,10 @@ class EmbeddedEngine:
         self._admitting.set()
         self._closed = threading.Event()
         self._model_lock = threading.Lock()
+        # Set while a weight update waits for the model lock: the worker, which takes and releases the
+        # lock once a step, holds back so the update gets it (a plain Lock is not fair: the worker could
+        # take it again every step and starve an update for the rest of a request).
+        self._update_waiting = threading.Event()
         self._cuda = make_fast_path(self)
         self._running = self._cuda.rows if self._cuda is not None else self._running
         self._worker = threading.Thread(target=self._work, name="agentrl-embedded-engine", daemon=True)
@@ -193,6 +197,9 @@ class EmbeddedEngine:
         if self.device.type == "cpu":
             torch.set_num_threads(self.config.num_threads or max(1, min(8, (os.cpu_count() or 2) // 2)))
         while not self._closed.is_set():
+            if self._update_waiting.is_set():
+                time.sleep(0.0005)
+                continue
             fresh = self._gather(block=not self._running)
             busy = bool(fresh or self._running)
             with self._model_lock, torch.inference_mode():  # the batch's KV tensors are inference tensors
@@ -376,7 +383,9 @@ class EmbeddedEngine:
             state = unpack_weights(source)  # views of the trainer's buffer: copied below, then dropped
         else:
             state = dict(source)
+        self._update_waiting.set()
         with self._model_lock, single_threaded_on_cpu(self.device):
+            self._update_waiting.clear()
             missing, unexpected = self.model.load_state_dict(state, strict=False)
             tied = {"lm_head.weight"} if getattr(self.model.config, "tie_word_embeddings", False) else set()
             if unexpected or set(missing) - tied:
