@@ -18,7 +18,7 @@ from torch._dynamo.utils import counters
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from agentrl.engines.base import SamplingParams
-from agentrl.engines.embedded import cuda_runner
+from agentrl.engines.embedded import compiling
 from agentrl.engines.embedded.attention import prefill_attention, prefill_attention_bmm, prefill_bias
 from agentrl.engines.embedded.device_sampling import hash_uniforms
 from agentrl.engines.embedded.engine import EmbeddedEngine, EmbeddedEngineConfig
@@ -284,12 +284,12 @@ def test_warm_up_compiles_every_prefill_form(
     afterwards (several rows, one-id turns, long cached prefixes, later rows) compile nothing new and
     never reach torch's recompile limit, past which a compiled function silently runs eagerly. The
     same check on the GPU, through whole multi-turn sessions: tests/gpu/test_engine_cuda.py."""
-    real = cuda_runner._compiled
+    real = compiling.compiled
 
     def always(fn: Any, enabled: bool, **kwargs: Any) -> Any:
         return real(fn, True, **kwargs)
 
-    monkeypatch.setattr(cuda_runner, "_compiled", always)
+    monkeypatch.setattr(compiling, "compiled", always)
     # the CPU compiles fewer forms than the GPU (no matmul padding): a lower limit than torch's 8 stands
     # in for the GPU's dozen forms, so the runner's own limit is what keeps every form compiled
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 3)

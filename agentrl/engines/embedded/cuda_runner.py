@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from agentrl.engines.embedded import decoder
+from agentrl.engines.embedded import compiling, decoder
 from agentrl.engines.embedded.attention import (
     decode_attention,
     decode_attention_sdpa,
@@ -34,9 +34,6 @@ from agentrl.engines.embedded.slot_cache import PrefixSlots, SlotCache, plan_slo
 
 MAX_STOP_IDS = 8
 """Stop ids per row checked on the device (EOS ids included); a request with more is refused."""
-
-RECOMPILE_LIMIT = 64
-"""Forms one compiled layer function may be compiled for before torch runs it eagerly."""
 
 
 @dataclass(frozen=True)
@@ -95,19 +92,21 @@ class CudaRunner:
         self.scale = spec.head_dim**-0.5
         self._rows = torch.arange(opts.rows, device=self.device)
         fast = opts.compile and self.device.type == "cuda"
-        self._attn_in: Callable[..., Any] = _compiled(decoder.attention_inputs, fast, token_args=(0, 6, 7))
-        self._attn_out: Callable[..., Any] = _compiled(
+        self._attn_in: Callable[..., Any] = compiling.compiled(
+            decoder.attention_inputs, fast, token_args=(0, 6, 7)
+        )
+        self._attn_out: Callable[..., Any] = compiling.compiled(
             decoder.attention_output_and_mlp, fast, token_args=(0, 1)
         )
-        self._attn_in_kv: Callable[..., Any] = _compiled(
+        self._attn_in_kv: Callable[..., Any] = compiling.compiled(
             decoder.attention_inputs_kv, fast, token_args=(0, 6, 7)
         )
         # dim 0 (rows) of x, q, keys, values, bias and dim 2 / 3 (the length bucket) of keys, values / bias
-        self._attn_mlp: Callable[..., Any] = _compiled(
+        self._attn_mlp: Callable[..., Any] = compiling.compiled(
             decoder.decode_attention_and_mlp, fast, token_args=(0, 1, 2, 3, 4), length_args={2: 2, 3: 2, 4: 3}
         )
         # x (n T tokens), q (n, T), keys / values (n rows, L columns), bias (n, T, L)
-        self._prefill_attn_mlp: Callable[..., Any] = _compiled(
+        self._prefill_attn_mlp: Callable[..., Any] = compiling.compiled(
             decoder.prefill_attention_and_mlp,
             fast,
             token_args=(0, 1, 2, 3, 4),
@@ -402,33 +401,3 @@ class CudaRunner:
             return 0
         self.cache.copy(row, slot, n)
         return n
-
-
-def _compiled(
-    fn: Callable[..., Any],
-    enabled: bool,
-    token_args: tuple[int, ...],
-    length_args: dict[int, int | tuple[int, ...]] | None = None,
-) -> Callable[..., Any]:
-    """``fn`` compiled with a dynamic token count (dim 0 of the ``token_args`` arguments), dynamic
-    lengths (dims ``length_args[i]`` of argument ``i``) and every other size static: one compile serves
-    every layer, batch size and length bucket of one model, and a model of other sizes gets its own
-    kernels (never ones generated for another model's sizes)."""
-    if not enabled:
-        return fn
-    # A function compiled for more forms than the limit (8 by default) runs EAGERLY for every further
-    # form, silently: the fused prefill has about a dozen (one/several rows and ids, key lengths either
-    # side of inductor's matmul-padding threshold), and on an H200 its commonest form, warmed ninth,
-    # fell back to eager and doubled the Search-R1 rollout's prefill time.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-    compiled = torch.compile(fn, dynamic=False)
-    marks = [(i, 0) for i in token_args]
-    for i, dims in (length_args or {}).items():
-        marks += [(i, d) for d in ((dims,) if isinstance(dims, int) else dims)]
-
-    def call(*args: Any) -> Any:
-        for i, dim in marks:
-            torch._dynamo.maybe_mark_dynamic(args[i], dim)
-        return compiled(*args)
-
-    return call
