@@ -128,24 +128,15 @@ def test_logprob_parity_graphs_and_in_place_weight_update(
     torch.cuda.empty_cache()
 
 
-def test_no_compile_after_start_up(tmp_path: Path, tokenizer_dir: Path) -> None:
+def test_no_compile_after_start_up(
+    tmp_path: Path, tokenizer_dir: Path, recompile_limit_hits: list[str]
+) -> None:
     """Every form the compiled layer functions take is compiled at start-up: multi-turn sessions of
     varied sizes afterwards (one and many rows, one-id turns, long cached prefixes, group samples that
     share a prompt) compile nothing and never reach torch's recompile limit, past which a function runs
     eagerly (how the commonest fused-prefill form once lost its kernels on the H200)."""
-    import logging
-
     from torch._dynamo.utils import counters
 
-    limit_hits: list[str] = []
-
-    class Catch(logging.Handler):
-        def emit(self, r: logging.LogRecord) -> None:
-            if "recompile_limit" in r.getMessage() or "cache_size_limit" in r.getMessage():
-                limit_hits.append(r.getMessage())
-
-    handler = Catch()
-    logging.getLogger("torch._dynamo").addHandler(handler)
     folder = checkpoint("smollm2-135m", tmp_path, tokenizer_dir)
     engine = EmbeddedEngine(
         str(folder),
@@ -177,7 +168,6 @@ def test_no_compile_after_start_up(tmp_path: Path, tokenizer_dir: Path) -> None:
         after = counters["frames"]["ok"]
         record("no_compile_after_start_up", compiles_at_start_up=compiled, compiles_after=after - compiled)
         assert after == compiled, f"{after - compiled} compiles after start-up"
-        assert not limit_hits, limit_hits[:2]
+        assert not recompile_limit_hits, recompile_limit_hits[:2]
     finally:
-        logging.getLogger("torch._dynamo").removeHandler(handler)
         asyncio.run(engine.close())

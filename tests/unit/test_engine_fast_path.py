@@ -8,7 +8,6 @@ transformers forward of the same ids, and the transformers path of the same engi
 from __future__ import annotations
 
 import asyncio
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -277,7 +276,7 @@ def test_negative_admit_wait_steps_is_refused(tmp_path: Path, tok_dir: Path) -> 
 
 
 def test_warm_up_compiles_every_prefill_form(
-    tmp_path: Path, tok_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tok_dir: Path, monkeypatch: pytest.MonkeyPatch, recompile_limit_hits: list[str]
 ) -> None:
     """The start-up warm-up compiles every form of the prefill, here with inductor on the CPU (the
     fast path compiles only on CUDA; the test turns compiling on): prefill chunks of other sizes
@@ -293,15 +292,6 @@ def test_warm_up_compiles_every_prefill_form(
     # the CPU compiles fewer forms than the GPU (no matmul padding): a lower limit than torch's 8 stands
     # in for the GPU's dozen forms, so the runner's own limit is what keeps every form compiled
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 3)
-    limit_hits: list[str] = []
-
-    class Catch(logging.Handler):
-        def emit(self, r: logging.LogRecord) -> None:
-            if "recompile_limit" in r.getMessage() or "cache_size_limit" in r.getMessage():
-                limit_hits.append(r.getMessage())
-
-    handler = Catch()
-    logging.getLogger("torch._dynamo").addHandler(handler)
     eng = engine(tiny_model(tmp_path / "m", "qwen2", tok_dir))
     try:
         assert eng._cuda is not None
@@ -323,7 +313,6 @@ def test_warm_up_compiles_every_prefill_form(
                 out = runner._prefill_chunk(first, ids, pos, from_zero=cached == 0)
                 assert out.shape == (n * t, runner.w.spec.hidden) and torch.isfinite(out).all()
         assert counters["frames"]["ok"] == warmed, "a prefill form was compiled after the warm-up"
-        assert not limit_hits, limit_hits[:2]
+        assert not recompile_limit_hits, recompile_limit_hits[:2]
     finally:
-        logging.getLogger("torch._dynamo").removeHandler(handler)
         asyncio.run(eng.close())
