@@ -10,7 +10,9 @@ the current one trains; ``fully`` streams groups into a buffer of two rollouts (
 episodes. Every mode generates and trains the same groups (no filter: fully admits exactly the groups it
 trains). Printed per mode: the mean step time over the steps after the first (the first cannot
 overlap), the wall clock of all steps, how long the trainer and the engine waited, the staleness of the
-trained tokens; then the speedups over off.
+trained tokens; then the speedups over off; then where the engine's time went (its ``engine/`` metrics:
+mean decode batch, prefix-cache hit rate, prefill and decode seconds, weight updates landing under
+running requests and how long generation stood still for them).
 
     python bench/async_step.py                        # 6 rollouts of 32 episodes, 2 turns, 0.4 s tools
     python bench/async_step.py --latency 0 --rollouts 4   # no tool latency: engine and trainer share the CPU
@@ -97,7 +99,10 @@ def run_mode(mode: str, model: Path | str, args: argparse.Namespace) -> dict[str
         optimizer=OptimizerConfig(lr=1e-5 if args.gpu else 1e-3),
         algorithm=AlgorithmConfig(tis_cap=2.0),  # the same loss in both modes
         torch=TorchOptions(micro_batch_tokens=16384 if args.gpu else 4096),
-        asynchronous=AsyncConfig(async_mode=mode),  # type: ignore[arg-type]
+        asynchronous=AsyncConfig(
+            async_mode=mode,  # type: ignore[arg-type]
+            async_buffer_size=args.buffer_size if mode == "fully" else None,
+        ),
     )
     factory = functools.partial(SlowToolEnv, latency=args.latency, turns=args.turns)
     train(config, env_factory=factory)
@@ -114,6 +119,12 @@ def run_mode(mode: str, model: Path | str, args: argparse.Namespace) -> dict[str
             idle_t += r["async/trainer_idle_s"]
             idle_e += r["async/engine_idle_s"]
     later = steps[1:] or steps
+    after_first = rows[1:] or rows
+
+    def engine(name: str) -> float:  # per step after the first; nan where the engine keeps no counters
+        values = [r.get(f"engine/{name}", float("nan")) for r in after_first]
+        return sum(values) / len(values)
+
     return {
         "step_s": sum(later) / len(later),
         "wall_s": sum(steps),
@@ -123,6 +134,13 @@ def run_mode(mode: str, model: Path | str, args: argparse.Namespace) -> dict[str
         "engine_idle": idle_e / sum(steps),
         "staleness_max": max(r.get("async/staleness_max", 0.0) for r in rows),
         "episodes": sum(r["rollout/episodes"] for r in rows),
+        "decode_batch": engine("mean_decode_batch"),
+        "hit_rate": engine("prefix_hit_rate"),
+        "prefill_s": engine("prefill_s"),
+        "decode_s": engine("decode_s"),
+        "updates": engine("weight_updates"),
+        "update_running": engine("update_running"),
+        "update_s": engine("update_s"),
     }
 
 
@@ -139,6 +157,12 @@ def main() -> None:
         "--threads", type=int, default=2, help="torch threads of the trainer and of the engine"
     )
     parser.add_argument("--modes", nargs="+", default=["off", "one-step", "fully"])
+    parser.add_argument(
+        "--buffer-size",
+        type=int,
+        default=None,
+        help="fully: --async-buffer-size in groups (default 2 rollouts)",
+    )
     parser.add_argument("--gpu", action="store_true", help="one CUDA GPU shared by engine and trainer")
     parser.add_argument("--model", default="smollm2-135m", help="--gpu: the policy (an alias or HF folder)")
     args = parser.parse_args()
@@ -162,6 +186,7 @@ def main() -> None:
     print(
         f"{name}, {args.rollouts} rollouts x {args.prompts * 4} episodes, "
         f"{args.turns} turns, {args.latency} s per tool call"
+        + (f", fully's buffer {args.buffer_size} groups" if args.buffer_size else "")
     )
     print(
         f"{'mode':>9} {'step s':>7} {'wall s':>7} {'rollout s':>9} {'train s':>8} {'trainer idle':>12} "
@@ -171,6 +196,16 @@ def main() -> None:
         print(
             f"{mode:>9} {r['step_s']:>7.2f} {r['wall_s']:>7.2f} {r['rollout_s']:>9.2f} {r['train_s']:>8.2f} "
             f"{r['trainer_idle']:>11.0%} {r['engine_idle']:>11.0%} {r['staleness_max']:>9.0f} {r['episodes']:>8.0f}"
+        )
+    print("the engine per step after the first (off, one-step: over the rollout; fully: over the step):")
+    print(
+        f"{'mode':>9} {'decode batch':>12} {'prefix hits':>11} {'prefill s':>9} {'decode s':>8} "
+        f"{'updates':>7} {'under running':>13} {'update s':>8}"
+    )
+    for mode, r in results.items():
+        print(
+            f"{mode:>9} {r['decode_batch']:>12.1f} {r['hit_rate']:>11.0%} {r['prefill_s']:>9.2f} "
+            f"{r['decode_s']:>8.2f} {r['updates']:>7.1f} {r['update_running']:>13.1f} {r['update_s']:>8.3f}"
         )
     off = results.get("off")
     for mode, r in results.items():

@@ -91,6 +91,10 @@ class EngineWorker:
     def model_device(self) -> str:
         return str(next(self.engine.model.parameters()).device)
 
+    def stats(self) -> dict[str, float]:
+        """The engine's counters since it started (``EmbeddedEngine.stats``)."""
+        return dict(self.engine.stats)
+
     def weights_target(self) -> dict[str, Any]:
         """The engine's GPU (UUID), dtype and Ray node, for the trainer to pack weights for it."""
         import ray
@@ -155,6 +159,15 @@ class RemoteEngine:
         target: dict[str, Any] | None = ray.get(self.actor.weights_target.remote())
         return target
 
+    @property
+    def stats(self) -> dict[str, float]:
+        """The actor's engine's counters since it started (a call to the actor): what the rollout
+        manager turns into ``engine/`` metrics, as it does for an engine in its own process."""
+        import ray
+
+        counters: dict[str, float] = ray.get(self.actor.stats.remote())
+        return counters
+
     async def health(self) -> bool:
         return bool(await self.actor.health.remote())
 
@@ -203,6 +216,16 @@ class RemoteEngines:
         """The engines' common target; None when they differ (engines on several GPUs get host arrays)."""
         targets = [e.weights_target() for e in self.engines]
         return targets[0] if all(t == targets[0] for t in targets) else None
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """The engines' counters, summed (their seconds too: engine-seconds, as their work overlaps),
+        and ``engines``, how many were summed."""
+        total: dict[str, float] = {"engines": float(len(self.engines))}
+        for e in self.engines:
+            for name, value in e.stats.items():
+                total[name] = total.get(name, 0.0) + value
+        return total
 
     async def health(self) -> bool:
         return all(await asyncio.gather(*(e.health() for e in self.engines)))

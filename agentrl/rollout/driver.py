@@ -224,7 +224,8 @@ class RolloutManager:
         return self._loop.run_until_complete(coro)
 
     def engine_stats(self) -> dict[str, float]:
-        """The engine's counters since it started (prefill / decode tokens and seconds), if it keeps any."""
+        """The engine's counters since it started (prefill / decode tokens and seconds, weight updates), if
+        it keeps any: the embedded engine, here or in its actors (:mod:`agentrl.engines.remote`)."""
         stats = getattr(self.engine, "stats", None)
         return dict(stats) if isinstance(stats, dict) else {}
 

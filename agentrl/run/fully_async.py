@@ -30,7 +30,7 @@ from agentrl.run.async_loop import Busy, async_result, finish_async
 from agentrl.run.failures import FailurePolicy, failure_metrics
 from agentrl.run.group_buffer import BufferedGroup, Group, GroupBuffer
 from agentrl.run.loop_common import Deadline, RunResult, evaluate_before_training, out_of_time
-from agentrl.run.metrics import dump_rollouts, rollout_metrics
+from agentrl.run.metrics import dump_rollouts, engine_metrics, rollout_metrics
 from agentrl.run.run import Run
 from agentrl.run.staleness import enforce_staleness
 from agentrl.run.train_config import TrainConfig
@@ -118,6 +118,8 @@ class StreamingPipeline:
         self.generating_since: float | None = None
         """When the engine last went from no group in flight to some (None: none in flight now)."""
         self.step_started = 0.0
+        self.counters_at_start: dict[str, float] = {}
+        """The engine's counters when the step began: the step's ``engine/`` metrics are the change."""
         self._threads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentrl-train")
         self._keep_state(run.start_step + 1, self.buffer.groups)
 
@@ -156,6 +158,7 @@ class StreamingPipeline:
         the filter rejected since the last batch hold; waits while the oldest groups generate
         (``time/wait_rollout_s``: the trainer had nothing to do meanwhile)."""
         started = time.perf_counter()
+        self.counters_at_start = self._engine_counters()
         self.draining = False
         fill = {
             "async/buffer_ready_groups": float(self.buffer.ready),
@@ -200,9 +203,18 @@ class StreamingPipeline:
         metrics["async/trainer_idle_s"] = self.trainer.idle(self.step_started, end)
         metrics["async/engine_idle_s"] = self.engine.idle(self.step_started, end, generating)
         metrics["async/step_s"] = end - self.step_started
+        metrics.update(
+            engine_metrics(self.counters_at_start, self._engine_counters(), end - self.step_started)
+        )
         metrics["async/engine_version"] = float(self.engine_version)
         self._keep_state(step + 1, self.buffer.groups)
         return metrics
+
+    def _engine_counters(self) -> dict[str, float]:
+        import ray
+
+        counters: dict[str, float] = ray.get(self.rollout.engine_stats.remote())
+        return counters
 
     def drain(self) -> None:
         """Stop admitting and wait until no group is generating; admission goes on after the next take."""

@@ -81,11 +81,16 @@ def rollout_metrics(trajectories: Sequence[Trajectory], prefix: str = "rollout/"
 def engine_metrics(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, float]:
     """``engine/`` metrics of one rollout from the embedded engine's counters before and after it: where
     the engine's worker spent the rollout (prefill, decode, or waiting for the envs), its mean decode
-    batch and its prefix-cache hit rate. Empty for engines without counters (SGLang)."""
+    batch and its prefix-cache hit rate; weight updates that landed in it (``engine/weight_updates``,
+    ``engine/update_running``: requests they landed under, ``engine/update_s``: generation stood still
+    for them, ``engine/update_wait_s``: they waited for a step to end). Counters summed over several
+    engines (``engines`` among them) give ``engine/busy_frac`` per engine. Empty for engines without
+    counters (SGLang)."""
     if not before or not after:
         return {}
-    d = {k: float(after.get(k, 0.0)) - float(before.get(k, 0.0)) for k in after}
-    busy = d.get("prefill_s", 0.0) + d.get("decode_s", 0.0)
+    engines = float(after.get("engines", 1.0))
+    d = {k: float(after.get(k, 0.0)) - float(before.get(k, 0.0)) for k in after if k != "engines"}
+    busy = (d.get("prefill_s", 0.0) + d.get("decode_s", 0.0)) / engines
     offered = d.get("prefill_tokens", 0.0) + d.get("cached_tokens", 0.0)
     steps = d.get("decode_steps", 0.0)
     out = {f"engine/{k}": v for k, v in d.items()}

@@ -87,6 +87,11 @@ def test_one_step_tokens_carry_their_version_and_stay_within_the_bound(
         assert records[s - 1]["async/trainer_version"] == trainer_version
         assert records[s - 1]["async/staleness_max"] == trainer_version - sampled_by <= 1
         assert records[s - 1]["async/stale_tokens"] == 0
+        # the engine's own counters over the rollout (from its Ray actor): it decoded the episodes'
+        # tokens (some come out of prefills instead) and no weight update landed under them
+        sampled = sum(sum(t.loss_mask) for t in episodes)
+        assert 0 < records[s - 1]["engine/decode_tokens"] <= sampled
+        assert records[s - 1]["engine/weight_updates"] == 0
     assert sum(trained.values()) >= 2, "the tiny model trained too rarely to see staleness"
     assert max(r["async/staleness_max"] for r in records) == 1
     for r in records:  # the idle times are parts of the step

@@ -123,6 +123,10 @@ def test_fully_async_tokens_carry_their_version_and_none_trains_over_the_bound(
         assert 0 <= r["async/buffer_ready_groups"] + r["async/buffer_generating_groups"] <= BUFFER
         assert 0 <= r["async/trainer_idle_s"] <= r["async/step_s"]
         assert 0 <= r["async/engine_idle_s"] <= r["async/step_s"]
+        # the engine's counters over the step: a step that trained synced once, under the stream
+        assert r["engine/decode_tokens"] > 0
+        assert r["engine/weight_updates"] == (0 if r["train/skipped"] else 1)
+        assert 0 <= r["engine/update_s"] <= r["async/step_s"]
     trained = sum(not r["train/skipped"] for r in records.values())
     assert trained >= 3, "the tiny model trained too rarely to see staleness"
     assert stale_seen > 0, "a buffer of 3 batches must hold tokens over a bound of 1"
@@ -130,6 +134,7 @@ def test_fully_async_tokens_carry_their_version_and_none_trains_over_the_bound(
     # syncs land under running episodes (with 96 tokens: 15-45 such episodes a run on the 2-core box,
     # but none in 2 of 4 runs at load 6).
     assert partial > 0, "no weight update landed under a running episode: nothing partial was checked"
+    assert sum(r["engine/update_running"] for r in records.values()) > 0  # the engine saw them too
     summary = (tmp_path / "summary.txt").read_text()
     assert "async (fully)" in summary and "the trainer waited" in summary
     assert f"{stale_seen} tokens over --max-staleness" in summary and "% full on average" in summary

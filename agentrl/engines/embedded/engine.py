@@ -110,6 +110,10 @@ class EmbeddedEngine:
                 "decode_steps",
                 "decode_tokens",
                 "decode_s",
+                "weight_updates",
+                "update_running",
+                "update_wait_s",
+                "update_s",
             ),
             0,
         )
@@ -383,9 +387,11 @@ class EmbeddedEngine:
             state = unpack_weights(source)  # views of the trainer's buffer: copied below, then dropped
         else:
             state = dict(source)
+        asked = time.perf_counter()
         self._update_waiting.set()
         with self._model_lock, single_threaded_on_cpu(self.device):
             self._update_waiting.clear()
+            started = time.perf_counter()
             missing, unexpected = self.model.load_state_dict(state, strict=False)
             tied = {"lm_head.weight"} if getattr(self.model.config, "tie_word_embeddings", False) else set()
             if unexpected or set(missing) - tied:
@@ -398,6 +404,14 @@ class EmbeddedEngine:
             self._reprefill = bool(self._running)  # and so is the running requests' (transformers path)
             if self._cuda is not None:
                 self._cuda.weights_changed()
+            # Under the lock, as the worker counts: how long the update waited for the worker to finish
+            # its step, how long generation stood still for it, how many requests it landed under.
+            self._count(
+                weight_updates=1,
+                update_running=len(self._running),
+                update_wait_s=started - asked,
+                update_s=time.perf_counter() - started,
+            )
 
 
 def _read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
