@@ -50,8 +50,11 @@ def test_two_rollouts_then_resume_for_a_third(tiny_model: Path, tmp_path: Path) 
         "time/rollout_s",
         "time/train_s",
         "time/sync_s",
+        "engine/prefix_hit_rate",
+        "engine/busy_frac",
     ):
         assert isinstance(records[1][key], float), key
+    assert records[1]["engine/decode_tokens"] > 0  # the engine's counters, read from its Ray actor
     assert records[2]["rollout/episodes"] == 4.0  # 2 prompts x 2 samples
     assert "eval/reward" in records[0] and "eval/reward" in records[2]
     assert list((logs / "tensorboard").glob("events.out.tfevents.*"))
