@@ -24,6 +24,11 @@ What it promises (docs/reliability.md D20-D21):
   one output whose ``meta["token_versions"]`` gives each id's version (a partial rollout,
   docs/async.md). A request aborted by ``abort()`` or by a failed server still returns ``"abort"``.
 
+The parts: health (:mod:`~agentrl.engines.sglang.health`), request routing
+(:mod:`~agentrl.engines.sglang.routing`), weight updates (:mod:`~agentrl.engines.sglang.weight_updates`),
+the wire format (:mod:`~agentrl.engines.sglang.protocol`); this module holds the lifecycle, ``generate``
+and the control calls.
+
 Example::
 
     config = SGLangEngineConfig(model_path="/models/tiny", sglang_args=("--device", "cpu"))
@@ -46,7 +51,7 @@ import httpx
 from agentrl.engines.base import GenerateOutput, SamplingParams
 from agentrl.engines.sglang import protocol as proto
 from agentrl.engines.sglang.config import SGLangEngineConfig
-from agentrl.engines.sglang.health import _TRANSIENT, ServerHealth, _Server, _ServerFailed
+from agentrl.engines.sglang.health import _TRANSIENT, _failure, _Server, _ServerFailed
 from agentrl.engines.sglang.launcher import (
     SGLangServerProcess,
     agentrl_cache_dir,
@@ -54,6 +59,7 @@ from agentrl.engines.sglang.launcher import (
     free_port,
 )
 from agentrl.engines.sglang.routing import SessionRouting
+from agentrl.engines.sglang.weight_updates import WeightUpdates
 from agentrl.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -63,7 +69,7 @@ _PREEMPTED = "preempted"
 aborted it, so it is continued (never seen by callers)."""
 
 
-class SGLangEngine(SessionRouting, ServerHealth):
+class SGLangEngine(SessionRouting, WeightUpdates):
     """SGLang servers behind the :class:`~agentrl.engines.base.Engine` protocol."""
 
     def __init__(self, config: SGLangEngineConfig) -> None:
@@ -270,72 +276,6 @@ class SGLangEngine(SessionRouting, ServerHealth):
             out.meta[_PREEMPTED] = True
         return out
 
-    async def update_weights(self, source: Any, *, version: int) -> None:
-        """Load an HF folder (``source``) on every live server with ``/update_weights_from_disk``, then
-        check that each serves ``version``. A server restarting meanwhile, or dying during the update,
-        loads it when it rejoins."""
-        path = str(source)
-        self._raise_if_failed()
-        async with self._weights_lock:
-            for server in self._servers:  # a launched server found dead by a request: restart it now
-                if not server.alive and server.process is not None and not server.process.running():
-                    self._mark_dead(server)  # its restart loads the newest weights when it rejoins
-            live = self._live()
-            if not live and not any(s.restarting for s in self._servers):
-                raise EngineError("no live SGLang server to load weights on; see the server logs")
-            self._weights_path, self.weight_version = path, version  # what restarts load from now on
-            self._settled.clear()
-            try:
-                for server in live:  # the update aborts them: generate() continues them afterwards
-                    self._preempted.update(server.inflight)
-                results = await asyncio.gather(
-                    *(self._load(s, path, version) for s in live), return_exceptions=True
-                )
-            finally:
-                self._settled.set()
-        errors = [_failure(s, r) for s, r in zip(live, results, strict=True) if isinstance(r, BaseException)]
-        self._raise_if_failed()
-        if errors:
-            raise EngineError(
-                f"loading weights version {version} failed on {len(errors)} server(s): " + "; ".join(errors)
-            )
-
-    async def _load(self, server: _Server, path: str, version: int) -> None:
-        """Load ``path`` on ``server`` and check the version it serves; a launched server that died
-        meanwhile is left to its restart (which loads the newest weights). Requests in flight there are
-        aborted first (SGLang would otherwise wait for them to finish under the old weights)."""
-        payload = proto.update_weights_from_disk_payload(path, version)
-        try:
-            if server.inflight:
-                await self._cut_requests(server)
-            await self._post(server, "/update_weights_from_disk", payload)
-            await self._check_version(server, version)
-        except _TRANSIENT:
-            # A SIGKILLed server cuts its connections a moment before its process can be reaped.
-            if server.process is None or not await self._exits_within(server, self.config.exit_grace_s):
-                raise
-            self._mark_dead(server)
-        else:
-            server.version = version
-
-    async def _cut_requests(self, server: _Server) -> None:
-        """Abort our requests in flight on ``server`` (they answer with their partial output) and wait
-        until it is idle: SGLang refuses to flush the old weights' cache after a load while a request
-        is still in its batch, which an aborted one is for a scheduler step after it answered."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.control_timeout_s / 2
-        while server.inflight and loop.time() < deadline:
-            # Again while any is left: one still on its way when the last abort arrived is not cut.
-            await self._post(server, "/abort_request", proto.abort_payload(None))
-            for _ in range(10):
-                if not server.inflight:
-                    break
-                await asyncio.sleep(0.05)
-        try:  # answers once the scheduler is idle (and flushes its cache)
-            await self._post(server, f"/flush_cache?timeout={self.config.control_timeout_s / 2:g}", {})
-        except EngineError as exc:
-            log.warning("SGLang %s stayed busy before a weight load: %s", server.url, exc)
-
     async def health(self) -> bool:
         """True while the engine is usable and at least one server answers ``/health_generate``."""
         if self._fatal is not None or not self._servers:
@@ -415,11 +355,6 @@ class SGLangEngine(SessionRouting, ServerHealth):
         errors = [_failure(s, r) for s, r in zip(servers, results, strict=True) if isinstance(r, Exception)]
         if errors:
             raise EngineError(f"SGLang {path} failed on {len(errors)} server(s): " + "; ".join(errors))
-
-
-def _failure(server: _Server, error: BaseException) -> str:
-    """``url: ReadError: ...``: httpx's transport errors often have an empty message."""
-    return f"{server.url}: {type(error).__name__}: {error}".rstrip(": ")
 
 
 def _aborted_output(version: int, error: str) -> GenerateOutput:

@@ -56,6 +56,11 @@ class _Server:
     """rid -> the HTTP call in flight, cancelled when the server is declared dead (it may be hung)."""
 
 
+def _failure(server: _Server, error: BaseException) -> str:
+    """``url: ReadError: ...``: httpx's transport errors often have an empty message."""
+    return f"{server.url}: {type(error).__name__}: {error}".rstrip(": ")
+
+
 class ServerHealth:
     """The health monitor and restart logic of the engine (state is the engine's own)."""
 
