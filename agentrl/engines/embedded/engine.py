@@ -39,28 +39,14 @@ from agentrl.engines.base import GenerateOutput, SamplingParams
 from agentrl.engines.embedded.config import EmbeddedEngineConfig
 from agentrl.engines.embedded.cuda_batcher import make_fast_path
 from agentrl.engines.embedded.kv_cache import KV, DecodeBatch, GrowingLayer, PrefixStore, cache_kv, make_cache
+from agentrl.engines.embedded.loading import eos_ids, pick_device, pick_dtype, state_dict_of
 from agentrl.engines.embedded.request import Request
 from agentrl.engines.embedded.sampling import hits_stop_string, sample_tokens
 from agentrl.engines.memory import trim_host_memory
-from agentrl.engines.packed_weights import PackedWeights, device_uuid, single_threaded_on_cpu, unpack_weights
-from agentrl.errors import ConfigError, EngineError
+from agentrl.engines.packed_weights import device_uuid, single_threaded_on_cpu
+from agentrl.errors import EngineError
 
 log = logging.getLogger(__name__)
-
-
-def _pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in ("float32", "bfloat16", "float16"):
-        raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16, got {name!r}")
-    dtype: torch.dtype = getattr(torch, name)
-    return dtype
 
 
 class EmbeddedEngine:
@@ -79,15 +65,15 @@ class EmbeddedEngine:
 
         self.config = config or EmbeddedEngineConfig()
         folder = resolve_model(model)
-        self.device = _pick_device(self.config.device)
-        self.dtype = dtype = _pick_dtype(self.config.dtype, self.device)
+        self.device = pick_device(self.config.device)
+        self.dtype = dtype = pick_dtype(self.config.dtype, self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         loaded: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
         self.model = loaded.to(self.device).eval()
         mc = self.model.config
         context: Any = getattr(mc, "max_position_embeddings", None) or getattr(mc, "n_positions", 2048)
         self.max_context = int(context)
-        self.eos_ids = self._eos_ids()
+        self.eos_ids = eos_ids(self.model, self.tokenizer)
         # transformers 5.x renamed the KV-cache argument; older releases only know past_key_values.
         params = inspect.signature(self.model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
@@ -130,15 +116,6 @@ class EmbeddedEngine:
         self._running = self._cuda.rows if self._cuda is not None else self._running
         self._worker = threading.Thread(target=self._work, name="agentrl-embedded-engine", daemon=True)
         self._worker.start()
-
-    def _eos_ids(self) -> frozenset[int]:
-        ids: set[int] = set()
-        for source in (self.model.generation_config, self.model.config):
-            value = getattr(source, "eos_token_id", None)
-            ids.update([value] if isinstance(value, int) else list(value or []))
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(int(self.tokenizer.eos_token_id))
-        return frozenset(ids)
 
     # ------------------------------------------------------------------ Engine protocol
     async def generate(
@@ -381,12 +358,7 @@ class EmbeddedEngine:
         return False
 
     def _load_weights(self, source: Any, version: int) -> None:
-        if isinstance(source, (str, Path)):
-            state = _read_state_dict(source)
-        elif isinstance(source, PackedWeights):
-            state = unpack_weights(source)  # views of the trainer's buffer: copied below, then dropped
-        else:
-            state = dict(source)
+        state = state_dict_of(source)  # packed weights: views of the trainer's buffer, copied below
         asked = time.perf_counter()
         self._update_waiting.set()
         with self._model_lock, single_threaded_on_cpu(self.device):
@@ -412,15 +384,3 @@ class EmbeddedEngine:
                 update_wait_s=started - asked,
                 update_s=time.perf_counter() - started,
             )
-
-
-def _read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    files = sorted(Path(folder).glob("*.safetensors"))
-    if not files:
-        raise EngineError(f"{folder} has no *.safetensors files to load weights from")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(str(f)))
-    return state
