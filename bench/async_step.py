@@ -73,7 +73,7 @@ class SlowToolEnv(ToolEnv):
         return TurnResult([], reward=share, terminated=True, info={"success": share > 0.2})
 
 
-def run_mode(mode: str, model: Path | str, args: argparse.Namespace) -> dict[str, float]:
+def run_mode(mode: str, model: Path | str, args: argparse.Namespace) -> dict[str, Any]:
     log_dir = Path(tempfile.mkdtemp(prefix=f"agentrl-async-{mode}-"))
     config = TrainConfig(
         env="slow-tool",
@@ -141,6 +141,8 @@ def run_mode(mode: str, model: Path | str, args: argparse.Namespace) -> dict[str
         "updates": engine("weight_updates"),
         "update_running": engine("update_running"),
         "update_s": engine("update_s"),
+        "steps": steps,
+        "first": {k: v for k, v in rows[0].items() if k.startswith(("time/", "async/"))} if rows else {},
     }
 
 
@@ -207,6 +209,11 @@ def main() -> None:
             f"{mode:>9} {r['decode_batch']:>12.1f} {r['hit_rate']:>11.0%} {r['prefill_s']:>9.2f} "
             f"{r['decode_s']:>8.2f} {r['updates']:>7.1f} {r['update_running']:>13.1f} {r['update_s']:>8.3f}"
         )
+    print("every step's seconds, and where the first went (time/ and async/ metrics):")
+    for mode, r in results.items():
+        print(f"{mode:>9} " + " ".join(f"{x:.2f}" for x in r["steps"]))
+        first = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["first"].items()) if k.endswith("_s"))
+        print(f"{'':>9} first step: {first}")
     off = results.get("off")
     for mode, r in results.items():
         if off is not None and mode != "off":

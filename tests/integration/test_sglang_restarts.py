@@ -75,7 +75,8 @@ def test_sigstopped_server_is_routed_around_and_restarted(tmp_path: Path) -> Non
             assert others.meta["server"] == engine._servers[1].url
             await _wait_for(lambda: len(engine.alive_urls()) == 2, 400, "the restarted server")
             assert engine.server_urls[0] != old_url and not process.running()
-            again = await engine.generate(prompt, SamplingParams(max_new_tokens=4), session_id="victim")
+            four = SamplingParams(max_new_tokens=4, ignore_eos=True)  # "length" whatever it samples
+            again = await engine.generate(prompt, four, session_id="victim")
             assert again.finish_reason == "length" and again.meta["server"] in engine.server_urls
 
     asyncio.run(main())

@@ -1,4 +1,5 @@
-"""`EmbeddedEngineConfig`: how the in-process engine loads, batches and which path it runs."""
+"""`EmbeddedEngineConfig`: how the in-process engine loads, batches and which path it runs; and
+`RunnerOptions`, what that config decides for the CUDA fast path's runner."""
 
 from __future__ import annotations
 
@@ -61,3 +62,29 @@ class EmbeddedEngineConfig:
     num_threads: int | None = None
     """CPU threads of the worker's torch ops; ``None``: half the cores, at most 8. Oversubscribing a
     busy machine makes OpenMP threads spin: measured 40x slower with 2 threads on 2 shared cores."""
+
+
+MAX_STOP_IDS = 8
+"""Stop ids per row checked on the device (EOS ids included); a request with more is refused."""
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """What the engine's config decides for the runner."""
+
+    rows: int
+    max_len: int
+    mem_fraction: float
+    prefix_cache: bool
+    graphs: bool
+    compile: bool
+    original_logprobs: bool
+    attention: str = "fused"
+    """Decode attention: ``"bmm"`` (two batched products and a softmax; measured), ``"sdpa"`` (one
+    fused SDPA call per layer) or ``"fused"`` (the bmm math compiled together with the rest of the
+    layer, keys and values written by one index write)."""
+    prefill_score_bytes: int = 1 << 28
+    """A fused-attention prefill chunk materialises its (n, Hq, T, L) float32 scores; above this many bytes
+    the chunk takes SDPA (flash / memory-efficient kernels) instead."""
+    prefill_tokens: int = 16384
+    """Most ids (rows x padded chunk) in one prefill forward: bounds its activation memory."""

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from agentrl.engines.embedded import decoder
-from agentrl.engines.embedded.cuda_runner import MAX_STOP_IDS, CudaRunner, Pending, RunnerOptions
+from agentrl.engines.embedded.config import MAX_STOP_IDS, RunnerOptions
+from agentrl.engines.embedded.cuda_runner import CudaRunner, Pending
 from agentrl.engines.embedded.request import EngineView, Request
 from agentrl.engines.embedded.sampling import hits_stop_string
 from agentrl.errors import ConfigError, EngineError

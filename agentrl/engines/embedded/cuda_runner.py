@@ -28,34 +28,10 @@ from agentrl.engines.embedded.attention import (
     prefill_attention,
     prefill_bias,
 )
+from agentrl.engines.embedded.config import MAX_STOP_IDS, RunnerOptions
 from agentrl.engines.embedded.device_sampling import RowParams, finished_rows, sample_rows
 from agentrl.engines.embedded.graphs import DecodeGraphs
 from agentrl.engines.embedded.slot_cache import PrefixSlots, SlotCache, plan_slots
-
-MAX_STOP_IDS = 8
-"""Stop ids per row checked on the device (EOS ids included); a request with more is refused."""
-
-
-@dataclass(frozen=True)
-class RunnerOptions:
-    """What the engine's config decides for the runner."""
-
-    rows: int
-    max_len: int
-    mem_fraction: float
-    prefix_cache: bool
-    graphs: bool
-    compile: bool
-    original_logprobs: bool
-    attention: str = "fused"
-    """Decode attention: ``"bmm"`` (two batched products and a softmax; measured), ``"sdpa"`` (one
-    fused SDPA call per layer) or ``"fused"`` (the bmm math compiled together with the rest of the
-    layer, keys and values written by one index write)."""
-    prefill_score_bytes: int = 1 << 28
-    """A fused-attention prefill chunk materialises its (n, Hq, T, L) float32 scores; above this many bytes
-    the chunk takes SDPA (flash / memory-efficient kernels) instead."""
-    prefill_tokens: int = 16384
-    """Most ids (rows x padded chunk) in one prefill forward: bounds its activation memory."""
 
 
 @dataclass
@@ -341,9 +317,35 @@ class CudaRunner:
         return self._layers(self.w.embed[ids.reshape(-1)], flat, attend)
 
     def warm_up(self) -> None:
-        """Compile every form of the layer functions and capture the smallest decode graphs now, not
-        mid-rollout (:func:`~agentrl.engines.embedded.compiling.warm_up`)."""
-        compiling.warm_up(self)
+        """Compile at start-up every form the compiled layer functions take, so that no rollout pays a
+        compile (1-5 s each on an H200) mid-run. A compiler compiles a dynamic size apart when it is 1,
+        and inductor's matmul padding splits key lengths below and above 64: each prefill path runs for
+        one and several rows, one and several new ids, after no, a short and a long cached prefix; then
+        the decode graphs of one and two rows are captured (one row is a form of its own too). All of it
+        under ``inference_mode``, as the engine's worker runs (grad mode is part of what a compile
+        assumes). The slot cache's views never have storage offset 0 (``slot_cache.LEAD``), which would
+        be a form of its own for the first layer from row 0. What this replaced warmed the fused prefill
+        at rows 0-1 with one or two ids only; ``bench/rollout_search.py`` with ``TORCH_LOGS=recompiles``
+        on an H200 then showed the fused prefill compiling in two of six rounds after its warm-up round
+        (3.4-3.8 s those rounds against 1.9-2.1 s the others), each for one of the forms above. Writes
+        only the KV of rows 0-1, which hold nothing yet."""
+        fused = self.opts.attention == "fused" and self.opts.prefill_score_bytes > 0
+        with torch.inference_mode():
+            for sdpa in [True] + ([False] if fused else []):
+                for n in (1, 2):
+                    for t in (1, 3):
+                        for cached in (0, 4, 160):
+                            self._warm_chunk(n, t, cached, sdpa)
+            for rows in (1, 2):
+                self.graphs.prepare(rows, self.graphs.lengths[0], filtered=False)
+
+    def _warm_chunk(self, n: int, t: int, cached: int, sdpa: bool) -> None:
+        """One prefill chunk of rows ``0..n-1``: ``t`` new ids after ``cached`` cached ones."""
+        if n > self.opts.rows or cached + t >= self.opts.max_len:
+            return
+        ids = torch.zeros(n, t, dtype=torch.long, device=self.device)
+        pos = (cached + torch.arange(t, device=self.device)).expand(n, t)
+        self._prefill_chunk(0, ids, pos, from_zero=cached == 0, sdpa=sdpa)
 
     # ------------------------------------------------------------------ row bookkeeping
     def move_rows(self, holes: list[int], movers: list[int], length: int) -> None:

@@ -294,8 +294,10 @@ class SGLangEngine(SessionRouting, WeightUpdates):
         self._admitted.set()
 
     async def flush_cache(self) -> None:
-        """Drop every server's prefix cache (SGLang refuses while requests run)."""
-        await self._broadcast("/flush_cache", {})
+        """Drop every server's prefix cache. SGLang refuses while a request is in its batch, which one
+        that has just answered can still be for a scheduler step: each server is asked to wait until it
+        is idle (``timeout``), as a weight update's flush does."""
+        await self._broadcast(f"/flush_cache?timeout={self.config.control_timeout_s / 2:g}", {})
 
     async def abort(self, session_id: str | None = None) -> None:
         """Abort in-flight requests of ``session_id`` (or all); they return ``finish_reason="abort"``."""
