@@ -21,6 +21,7 @@ enforces the env's own limit.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from agentrl.types import Trajectory
 if TYPE_CHECKING:
     from agentrl.rollout.stream import GroupStream
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 EnvFactory = Callable[..., Any]
@@ -225,8 +227,16 @@ class RolloutManager:
 
     def engine_stats(self) -> dict[str, float]:
         """The engine's counters since it started (prefill / decode tokens and seconds, weight updates), if
-        it keeps any: the embedded engine, here or in its actors (:mod:`agentrl.engines.remote`)."""
-        stats = getattr(self.engine, "stats", None)
+        it keeps any: the embedded engine, here or in its actors (:mod:`agentrl.engines.remote`). Empty when
+        they cannot be read (an engine actor that died): metrics never stop a run, and the requests to that
+        engine fail where the failure policy sees them."""
+        try:
+            stats = getattr(self.engine, "stats", None)
+        except Exception as e:  # a dead actor's RayActorError, or any other: the metrics go without
+            log.warning(
+                "engine counters unavailable (%s: %s); this step has no engine/ metrics", type(e).__name__, e
+            )
+            return {}
         return dict(stats) if isinstance(stats, dict) else {}
 
     def weights_target(self) -> dict[str, Any] | None:
