@@ -158,7 +158,7 @@ class StreamingPipeline:
         the filter rejected since the last batch hold; waits while the oldest groups generate
         (``time/wait_rollout_s``: the trainer had nothing to do meanwhile)."""
         started = time.perf_counter()
-        self.counters_at_start = self._engine_counters()
+        self.counters_at_start = self.run.engine_counters()
         self.draining = False
         fill = {
             "async/buffer_ready_groups": float(self.buffer.ready),
@@ -204,17 +204,11 @@ class StreamingPipeline:
         metrics["async/engine_idle_s"] = self.engine.idle(self.step_started, end, generating)
         metrics["async/step_s"] = end - self.step_started
         metrics.update(
-            engine_metrics(self.counters_at_start, self._engine_counters(), end - self.step_started)
+            engine_metrics(self.counters_at_start, self.run.engine_counters(), end - self.step_started)
         )
         metrics["async/engine_version"] = float(self.engine_version)
         self._keep_state(step + 1, self.buffer.groups)
         return metrics
-
-    def _engine_counters(self) -> dict[str, float]:
-        import ray
-
-        counters: dict[str, float] = ray.get(self.rollout.engine_stats.remote())
-        return counters
 
     def drain(self) -> None:
         """Stop admitting and wait until no group is generating; admission goes on after the next take."""

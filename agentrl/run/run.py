@@ -218,7 +218,6 @@ class Run:
     def start_rollout(self, step: int) -> PendingRollout:
         """Sample the tasks of rollout ``step`` and start generating them (:meth:`generate` waits for
         the episodes; the asynchronous loop, :mod:`agentrl.run.async_loop`, trains meanwhile)."""
-        import ray
 
         c = self.config
         assert self.sampler is not None
@@ -226,20 +225,25 @@ class Run:
         settings = GenerationSettings(c.n_samples_per_prompt, c.rollout.temperature, c.rollout.top_p, step)
         self.sampler_before_rollout = (step, self.sampler.state_dict())
         keys = self.sampler.sample(n_prompts)
-        before, started = ray.get(self.actors.rollout.engine_stats.remote()), time.perf_counter()
+        before, started = self.engine_counters(), time.perf_counter()
         return PendingRollout(step, self.actors.rollout.generate.remote(keys, settings), before, started)
+
+    def engine_counters(self) -> dict[str, float]:
+        """The engine's counters now (empty for engines without them): ``engine/`` metrics are their
+        change over a rollout or a step (:func:`~agentrl.run.metrics.engine_metrics`)."""
+        import ray
+
+        counters: dict[str, float] = ray.get(self.actors.rollout.engine_stats.remote())
+        return counters
 
     def finish_rollout(
         self, pending: PendingRollout, trajectories: list[Trajectory], seconds: float
     ) -> tuple[list[Trajectory], dict[str, float]]:
         """The episodes of a started rollout to train on, and the metrics of all of them (see
         :meth:`generate`); ``seconds``: how long it generated."""
-        import ray
 
         c, step = self.config, pending.step
-        engine = engine_metrics(
-            pending.engine_before, ray.get(self.actors.rollout.engine_stats.remote()), seconds
-        )
+        engine = engine_metrics(pending.engine_before, self.engine_counters(), seconds)
         lost = [t for t in trajectories if not t.trainable]
         if lost:  # the filters keep them out of training and of rollouts/: their errors are here
             dump_rollouts(lost, self.log_dir, step, folder="failed_rollouts")

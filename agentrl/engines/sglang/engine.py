@@ -294,10 +294,8 @@ class SGLangEngine(SessionRouting, WeightUpdates):
         self._admitted.set()
 
     async def flush_cache(self) -> None:
-        """Drop every server's prefix cache. SGLang refuses while a request is in its batch, which one
-        that has just answered can still be for a scheduler step: each server is asked to wait until it
-        is idle (``timeout``), as a weight update's flush does."""
-        await self._broadcast(f"/flush_cache?timeout={self.config.control_timeout_s / 2:g}", {})
+        """Drop every server's prefix cache, each once it is idle (as a weight update's flush does)."""
+        await self._broadcast(proto.flush_when_idle_path(self.config.control_timeout_s / 2), {})
 
     async def abort(self, session_id: str | None = None) -> None:
         """Abort in-flight requests of ``session_id`` (or all); they return ``finish_reason="abort"``."""

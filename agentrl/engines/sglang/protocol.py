@@ -115,6 +115,12 @@ def abort_payload(rid: str | None) -> dict[str, Any]:
     return {"rid": rid} if rid is not None else {"abort_all": True}
 
 
+def flush_when_idle_path(timeout_s: float) -> str:
+    """``/flush_cache`` that first waits up to ``timeout_s`` for the scheduler to be idle: SGLang refuses to
+    flush while a request is in its batch, which one that has just answered can be for a scheduler step."""
+    return f"/flush_cache?timeout={timeout_s:g}"
+
+
 def pause_payload(mode: PauseMode) -> dict[str, Any]:
     """Body of ``POST /pause_generation``."""
     return {"mode": mode}

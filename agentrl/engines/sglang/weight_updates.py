@@ -89,6 +89,6 @@ class WeightUpdates(ServerHealth):
                     break
                 await asyncio.sleep(0.05)
         try:  # answers once the scheduler is idle (and flushes its cache)
-            await self._post(server, f"/flush_cache?timeout={self.config.control_timeout_s / 2:g}", {})
+            await self._post(server, proto.flush_when_idle_path(self.config.control_timeout_s / 2), {})
         except EngineError as exc:
             log.warning("SGLang %s stayed busy before a weight load: %s", server.url, exc)
